@@ -1,0 +1,22 @@
+"""Reference generators of the ESRGAN family, checkpoint loading/saving and network interpolation.
+
+    model = engine.models.create("rrdb23")                     # a registered variant (see VARIANTS)
+    model, info = engine.models.load("RealESRGAN_x4plus.pth")  # any supported checkpoint layout
+    engine.models.save(model, "net.safetensors")
+    blended = engine.models.interpolate(psnr_net, gan_net, alpha=0.8)
+"""
+
+from .cascade import Cascade
+from .checkpoint import CheckpointError, ModelInfo, load, save
+from .edsr import EDSR
+from .formats import ACCEPTED as ACCEPTED_FORMATS
+from .interpolation import InterpolationError, interpolate
+from .registry import ARCHS, VARIANTS, build, create
+from .rrdbnet import RRDB, ResidualDenseBlock, RRDBNet
+from .srresnet import MSRResNet, SRResNet
+
+__all__ = [
+    "ACCEPTED_FORMATS", "ARCHS", "VARIANTS", "Cascade", "CheckpointError", "EDSR", "InterpolationError",
+    "MSRResNet", "ModelInfo", "RRDB", "RRDBNet", "ResidualDenseBlock", "SRResNet", "build", "create",
+    "interpolate", "load", "save",
+]

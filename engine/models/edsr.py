@@ -1,0 +1,65 @@
+"""EDSR (Lim et al. 2017) in BasicSR's layout; the baseline is num_feat=64, num_block=16, res_scale=1.
+
+    x ─ (x − mean)·img_range ─ conv_first ─┬─ body: num_block × [conv1 ─ ReLU ─ conv2, ·res_scale (+ skip)] ─┐
+                                            │                                                 conv_after_body ─(+)─
+                                            └──────────────────────── long skip ───────────────────────────────┘
+    ─ upsample: per ×2 (or one ×3) stage [conv nf→nf·s² ─ PixelShuffle(s)] ─ conv_last ─ /img_range + mean ─ y
+
+The upsampler is an `nn.Sequential` of (conv, PixelShuffle) pairs, so its convs are `upsample.0`, `upsample.2`, …
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import SRNet
+from .srresnet import ResidualBlockNoBN, _stage_factors
+
+DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
+
+
+class EDSR(SRNet):
+    """EDSR. Input (N, C, H, W) in [0, 1] → (N, C_out, H·scale, W·scale); `scale` ∈ {2, 3, 4, 8}."""
+
+    arch = "edsr"
+
+    def __init__(
+        self,
+        *,
+        num_in_ch: int = 3,
+        num_out_ch: int = 3,
+        scale: int = 4,
+        num_feat: int = 64,
+        num_block: int = 16,
+        res_scale: float = 1.0,
+        img_range: float = 255.0,
+        rgb_mean: tuple[float, ...] = DIV2K_RGB_MEAN,
+    ) -> None:
+        super().__init__()
+        factors = _stage_factors(scale, "EDSR")
+        rgb_mean = tuple(float(m) for m in rgb_mean)
+        if len(rgb_mean) != num_in_ch or num_in_ch != num_out_ch:
+            raise ValueError(f"EDSR subtracts a mean per channel: rgb_mean has {len(rgb_mean)} values for "
+                             f"num_in_ch={num_in_ch}, num_out_ch={num_out_ch}; they must all agree")
+        self.hparams = dict(num_in_ch=num_in_ch, num_out_ch=num_out_ch, scale=scale, num_feat=num_feat,
+                            num_block=num_block, res_scale=res_scale, img_range=img_range, rgb_mean=rgb_mean)
+        self.scale, self.in_channels, self.out_channels = scale, num_in_ch, num_out_ch
+        self.img_range = img_range
+        self.mean: torch.Tensor
+        self.register_buffer("mean", torch.tensor(rgb_mean).view(1, -1, 1, 1), persistent=False)
+        self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
+        self.body = nn.Sequential(
+            *(ResidualBlockNoBN(num_feat, res_scale, pytorch_init=True) for _ in range(num_block)))
+        self.conv_after_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        stages: list[nn.Module] = []
+        for f in factors:
+            stages += [nn.Conv2d(num_feat, num_feat * f * f, 3, 1, 1), nn.PixelShuffle(f)]
+        self.upsample = nn.Sequential(*stages)
+        self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = self.mean.to(x.dtype)
+        feat = self.conv_first((x - mean) * self.img_range)
+        feat = feat + self.conv_after_body(self.body(feat))
+        return self.conv_last(self.upsample(feat)) / self.img_range + mean

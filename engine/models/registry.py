@@ -1,0 +1,85 @@
+"""Architectures and named variants. A variant is one row of data, not a subclass."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from .base import SRNet
+from .cascade import Cascade
+from .edsr import EDSR
+from .rrdbnet import RRDBNet
+from .srresnet import MSRResNet, SRResNet
+
+ARCHS: dict[str, type[SRNet]] = {
+    "rrdbnet": RRDBNet,
+    "srresnet": SRResNet,
+    "msrresnet": MSRResNet,
+    "edsr": EDSR,
+    "cascade": Cascade,
+}
+
+# name → (arch, hyper-parameters). Hyper-parameters not given take the constructor's defaults.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "rrdb23": ("rrdbnet", dict(num_block=23, num_feat=64, num_grow_ch=32, scale=4)),  # ESRGAN
+    "rrdb6": ("rrdbnet", dict(num_block=6, num_feat=64, num_grow_ch=32, scale=4)),  # Real-ESRGAN anime 6B
+    "srgan": ("srresnet", dict(num_block=16, num_feat=64, scale=4)),
+    "msrresnet": ("msrresnet", dict(num_block=16, num_feat=64, scale=4)),
+    "edsr": ("edsr", dict(num_block=16, num_feat=64, res_scale=1.0, scale=4)),  # EDSR-baseline
+    # The ×16 perceptual-extreme setting: two ×4 ESRGAN generators in a row.
+    "rrdb23x16": ("cascade", dict(stages=["rrdb23", "rrdb23"])),
+}
+
+
+def build(arch: str, hparams: dict[str, Any]) -> SRNet:
+    """Construct architecture `arch` with keyword hyper-parameters (a cascade's stages as nested dicts)."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
+    if arch == "cascade":
+        stages = []
+        for stage in hparams["stages"]:
+            stages.append(create(stage) if isinstance(stage, str) else build(stage["arch"], stage["hparams"]))
+        return Cascade(*stages)
+    try:
+        return ARCHS[arch](**hparams)
+    except TypeError as e:
+        raise ValueError(f"bad hyper-parameters for {arch}: {e}") from None
+
+
+def create(name: str, **overrides: Any) -> SRNet:
+    """Build the registered variant `name` (see `VARIANTS`), e.g. `create("rrdb23")` or
+    `create("rrdb23", scale=2)`; overrides replace the table's hyper-parameters."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown model {name!r}; registered: {', '.join(VARIANTS)}")
+    arch, hparams = VARIANTS[name]
+    return build(arch, {**hparams, **overrides})
+
+
+def variant_name(arch: str, hparams: dict[str, Any]) -> str | None:
+    """The registered name whose hyper-parameters (defaults filled in) equal `hparams`, if any."""
+    wanted = _normalized(full_hparams(arch, hparams))
+    for name, (v_arch, v_hparams) in VARIANTS.items():
+        if v_arch == arch and _normalized(full_hparams(v_arch, v_hparams)) == wanted:
+            return name
+    return None
+
+
+def full_hparams(arch: str, hparams: dict[str, Any]) -> dict[str, Any]:
+    """`hparams` with the constructor's defaults filled in; a cascade's stages as {"arch", "hparams"} dicts."""
+    if arch == "cascade":
+        stages = [VARIANTS[s] if isinstance(s, str) else (s["arch"], s["hparams"]) for s in hparams["stages"]]
+        return {"stages": [{"arch": a, "hparams": full_hparams(a, hp)} for a, hp in stages]}
+    params = inspect.signature(ARCHS[arch]).parameters.values()
+    defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    return {**defaults, **hparams}
+
+
+def _normalized(value: Any) -> Any:
+    """Hyper-parameters compared as JSON stores them: tuples as lists, numbers as floats."""
+    if isinstance(value, dict):
+        return {k: _normalized(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_normalized(v) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value

@@ -1,0 +1,244 @@
+"""Independent re-implementations of the published networks, for the checkpoint tests.
+
+Two kinds, both written from the papers' descriptions and the published key layouts, sharing no code with
+`engine.models`:
+- modules with the exact names of the foreign layouts (ESRGAN 2018 `nn.Sequential`, ESRGAN 2019 / BSRGAN,
+  EDSR-PyTorch), so that their `state_dict()` is a checkpoint in that format;
+- functional float64 forwards over a state dict in BasicSR's key names (RRDBNet, MSRResNet, EDSR, and our
+  SRResNet layout), to check our modules against the math.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def lrelu(x: torch.Tensor, slope: float = 0.2) -> torch.Tensor:
+    return torch.where(x >= 0, x, slope * x)
+
+
+def nearest2(x: torch.Tensor) -> torch.Tensor:
+    return x.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+
+
+def space_to_depth(x: torch.Tensor, s: int) -> torch.Tensor:
+    """BasicSR's pixel_unshuffle: channel c·s² + i·s + j holds pixel (s·y + i, s·x + j) of channel c."""
+    b, c, h, w = x.shape
+    return x.view(b, c, h // s, s, w // s, s).permute(0, 1, 3, 5, 2, 4).reshape(b, c * s * s, h // s, w // s)
+
+
+def depth_to_space(x: torch.Tensor, s: int) -> torch.Tensor:
+    b, c, h, w = x.shape
+    return x.view(b, c // (s * s), s, s, h, w).permute(0, 1, 4, 2, 5, 3).reshape(b, c // (s * s), h * s, w * s)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ESRGAN 2018 ("old arch"): everything inside one nn.Sequential called `model`.
+
+
+class _ConvAct(nn.Sequential):
+    def __init__(self, cin: int, cout: int, act: bool) -> None:
+        super().__init__(nn.Conv2d(cin, cout, 3, 1, 1), *([nn.LeakyReLU(0.2)] if act else []))
+
+
+class _RDB5C(nn.Module):
+    def __init__(self, nf: int, gc: int, wrapped: bool) -> None:
+        super().__init__()
+        make = (lambda i, o, a: _ConvAct(i, o, a)) if wrapped else (lambda i, o, a: nn.Conv2d(i, o, 3, 1, 1))
+        self.acts = [True, True, True, True, False]
+        for j in range(5):
+            setattr(self, f"conv{j + 1}", make(nf + j * gc, gc if j < 4 else nf, self.acts[j]))
+        self.wrapped = wrapped
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = [x]
+        for j in range(1, 5):
+            y = getattr(self, f"conv{j}")(torch.cat(feats, 1))
+            feats.append(y if self.wrapped else lrelu(y))
+        return x + 0.2 * self.conv5(torch.cat(feats, 1))
+
+
+class _RRDBPublished(nn.Module):
+    def __init__(self, nf: int, gc: int, wrapped: bool) -> None:
+        super().__init__()
+        self.RDB1, self.RDB2, self.RDB3 = (_RDB5C(nf, gc, wrapped) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0.2 * self.RDB3(self.RDB2(self.RDB1(x)))
+
+
+class _Shortcut(nn.Module):
+    def __init__(self, sub: nn.Module) -> None:
+        super().__init__()
+        self.sub = sub
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.sub(x)
+
+
+class ESRGAN2018(nn.Module):
+    """ESRGAN's original RRDB_net: model.0 conv, model.1 ShortcutBlock(sub = RRDBs + conv), then per
+    upsampling stage [Upsample(nearest), conv, LeakyReLU], then HR conv, LeakyReLU, last conv."""
+
+    def __init__(self, in_nc: int, out_nc: int, nf: int, nb: int, gc: int, n_upscale: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_nc, nf, 3, 1, 1),
+            _Shortcut(nn.Sequential(*(_RRDBPublished(nf, gc, True) for _ in range(nb)), nn.Conv2d(nf, nf, 3, 1, 1))),
+        ]
+        for _ in range(n_upscale):
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(nf, nf, 3, 1, 1), nn.LeakyReLU(0.2)]
+        layers += [nn.Conv2d(nf, nf, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(nf, out_nc, 3, 1, 1)]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class ESRGAN2019(nn.Module):
+    """ESRGAN's 2019 RRDBNet_arch (also KAIR/BSRGAN): conv_first, RRDB_trunk, trunk_conv, upconv1[, upconv2],
+    HRconv, conv_last."""
+
+    def __init__(self, in_nc: int, out_nc: int, nf: int, nb: int, gc: int, n_upscale: int) -> None:
+        super().__init__()
+        self.conv_first = nn.Conv2d(in_nc, nf, 3, 1, 1)
+        self.RRDB_trunk = nn.Sequential(*(_RRDBPublished(nf, gc, False) for _ in range(nb)))
+        self.trunk_conv = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.n_upscale = n_upscale
+        for k in range(1, n_upscale + 1):
+            setattr(self, f"upconv{k}", nn.Conv2d(nf, nf, 3, 1, 1))
+        self.HRconv = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.conv_last = nn.Conv2d(nf, out_nc, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fea = self.conv_first(x)
+        fea = fea + self.trunk_conv(self.RRDB_trunk(fea))
+        for k in range(1, self.n_upscale + 1):
+            fea = lrelu(getattr(self, f"upconv{k}")(F.interpolate(fea, scale_factor=2, mode="nearest")))
+        return self.conv_last(lrelu(self.HRconv(fea)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# EDSR-PyTorch (the authors' code): images in [0, rgb_range], fixed mean-shift 1×1 convs.
+
+
+class _MeanShift(nn.Conv2d):
+    def __init__(self, rgb_range: float, rgb_mean: tuple[float, ...], sign: int) -> None:
+        super().__init__(3, 3, 1)
+        self.weight.data = torch.eye(3).view(3, 3, 1, 1)
+        self.bias.data = sign * rgb_range * torch.tensor(rgb_mean)
+        self.requires_grad_(False)
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, nf: int, res_scale: float) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(nf, nf, 3, 1, 1), nn.ReLU(True), nn.Conv2d(nf, nf, 3, 1, 1))
+        self.res_scale = res_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) * self.res_scale + x
+
+
+class EDSROfficial(nn.Module):
+    def __init__(self, nf: int, nb: int, scale: int, res_scale: float = 1.0, rgb_range: float = 255.0) -> None:
+        super().__init__()
+        mean = (0.4488, 0.4371, 0.4040)
+        self.sub_mean = _MeanShift(rgb_range, mean, -1)
+        self.head = nn.Sequential(nn.Conv2d(3, nf, 3, 1, 1))
+        self.body = nn.Sequential(*(_ResBlock(nf, res_scale) for _ in range(nb)), nn.Conv2d(nf, nf, 3, 1, 1))
+        stages: list[nn.Module] = []
+        for f in ([3] if scale == 3 else [2] * (scale.bit_length() - 1)):
+            stages += [nn.Conv2d(nf, f * f * nf, 3, 1, 1), nn.PixelShuffle(f)]
+        self.tail = nn.Sequential(nn.Sequential(*stages), nn.Conv2d(nf, 3, 3, 1, 1))
+        self.add_mean = _MeanShift(rgb_range, mean, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(self.sub_mean(x))
+        return self.add_mean(self.tail(self.body(x) + x))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Functional float64 forwards on BasicSR key names.
+
+
+def _conv(sd: dict[str, torch.Tensor], name: str, x: torch.Tensor) -> torch.Tensor:
+    w = sd[f"{name}.weight"].double()
+    return F.conv2d(x, w, sd[f"{name}.bias"].double(), padding=w.shape[-1] // 2)
+
+
+def rrdbnet_math(sd: dict[str, torch.Tensor], x: torch.Tensor, *, unshuffle: int = 1) -> torch.Tensor:
+    x = x.double()
+    if unshuffle > 1:
+        x = space_to_depth(x, unshuffle)
+    nb = len({k.split(".")[1] for k in sd if k.startswith("body.")})
+    feat = _conv(sd, "conv_first", x)
+    h = feat
+    for i in range(nb):
+        block_in = h
+        for k in (1, 2, 3):
+            feats = [h]
+            for j in (1, 2, 3, 4):
+                feats.append(lrelu(_conv(sd, f"body.{i}.rdb{k}.conv{j}", torch.cat(feats, 1))))
+            h = h + 0.2 * _conv(sd, f"body.{i}.rdb{k}.conv5", torch.cat(feats, 1))
+        h = block_in + 0.2 * h
+    feat = feat + _conv(sd, "conv_body", h)
+    k = 1
+    while f"conv_up{k}.weight" in sd:
+        feat = lrelu(_conv(sd, f"conv_up{k}", nearest2(feat)))
+        k += 1
+    return _conv(sd, "conv_last", lrelu(_conv(sd, "conv_hr", feat)))
+
+
+def msrresnet_math(sd: dict[str, torch.Tensor], x: torch.Tensor, scale: int) -> torch.Tensor:
+    x = x.double()
+    nb = len({k.split(".")[1] for k in sd if k.startswith("body.")})
+    h = lrelu(_conv(sd, "conv_first", x), 0.1)
+    for i in range(nb):
+        h = h + _conv(sd, f"body.{i}.conv2", torch.relu(_conv(sd, f"body.{i}.conv1", h)))
+    f = 2 if scale == 4 else scale
+    h = lrelu(depth_to_space(_conv(sd, "upconv1", h), f), 0.1)
+    if scale == 4:
+        h = lrelu(depth_to_space(_conv(sd, "upconv2", h), 2), 0.1)
+    out = _conv(sd, "conv_last", lrelu(_conv(sd, "conv_hr", h), 0.1))
+    return out + F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+
+
+def edsr_math(sd: dict[str, torch.Tensor], x: torch.Tensor, res_scale: float = 1.0) -> torch.Tensor:
+    mean = torch.tensor([0.4488, 0.4371, 0.4040], dtype=torch.float64).view(1, 3, 1, 1)
+    nb = len({k.split(".")[1] for k in sd if k.startswith("body.")})
+    h = feat = _conv(sd, "conv_first", (x.double() - mean) * 255.0)
+    for i in range(nb):
+        h = h + res_scale * _conv(sd, f"body.{i}.conv2", torch.relu(_conv(sd, f"body.{i}.conv1", h)))
+    h = feat + _conv(sd, "conv_after_body", h)
+    i = 0
+    while f"upsample.{i}.weight" in sd:
+        y = _conv(sd, f"upsample.{i}", h)
+        h = depth_to_space(y, int(round((y.shape[1] / h.shape[1]) ** 0.5)))
+        i += 2
+    return _conv(sd, "conv_last", h) / 255.0 + mean
+
+
+def srresnet_math(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def prelu(name: str, t: torch.Tensor) -> torch.Tensor:
+        a = sd[f"{name}.weight"].double().view(1, -1, 1, 1)
+        return torch.where(t >= 0, t, a * t)
+
+    def bn(name: str, t: torch.Tensor) -> torch.Tensor:
+        g = {s: sd[f"{name}.{s}"].double().view(1, -1, 1, 1) for s in ("weight", "bias", "running_mean", "running_var")}
+        return (t - g["running_mean"]) / torch.sqrt(g["running_var"] + 1e-5) * g["weight"] + g["bias"]
+
+    nb = len({k.split(".")[1] for k in sd if k.startswith("body.")})
+    h = feat = prelu("prelu_first", _conv(sd, "conv_first", x.double()))
+    for i in range(nb):
+        r = prelu(f"body.{i}.prelu", bn(f"body.{i}.bn1", _conv(sd, f"body.{i}.conv1", h)))
+        h = h + bn(f"body.{i}.bn2", _conv(sd, f"body.{i}.conv2", r))
+    h = feat + bn("bn_body", _conv(sd, "conv_body", h))
+    i = 0
+    while f"upsample.{i}.conv.weight" in sd:
+        y = _conv(sd, f"upsample.{i}.conv", h)
+        h = prelu(f"upsample.{i}.prelu", depth_to_space(y, int(round((y.shape[1] / h.shape[1]) ** 0.5))))
+        i += 1
+    return _conv(sd, "conv_last", h)

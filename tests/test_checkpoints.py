@@ -1,0 +1,263 @@
+"""Checkpoint loading: every foreign layout, written with its published key names by an independent
+implementation (tests/published_layouts.py), loads into a network that gives the same output; hyper-parameters
+are detected from shapes; our safetensors round-trip; damaged and unknown files give one clear error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from published_layouts import ESRGAN2018, ESRGAN2019, EDSROfficial
+from safetensors.torch import save_file
+from test_models import randomize_
+
+import engine.models as M
+
+X = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+def _out(model: torch.nn.Module, x: torch.Tensor = X) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x)
+
+
+def _save_pth(obj: object, path: Path) -> Path:
+    torch.save(obj, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Foreign layouts, each from its own implementation.
+
+
+@pytest.mark.parametrize("n_upscale", [0, 1, 2, 3])
+def test_esrgan_2018_layout(tmp_path: Path, n_upscale: int) -> None:
+    ref = randomize_(ESRGAN2018(in_nc=3, out_nc=3, nf=16, nb=2, gc=8, n_upscale=n_upscale))
+    keys = set(ref.state_dict())
+    assert "model.1.sub.0.RDB1.conv1.0.weight" in keys and "model.1.sub.2.weight" in keys  # trunk conv
+    assert ({"model.3.weight", "model.6.weight", "model.8.weight", "model.10.weight"} <= keys) == (n_upscale == 2)
+
+    model, info = M.load(_save_pth(ref.state_dict(), tmp_path / "old.pth"))
+    assert info.format == "esrgan-2018" and info.arch == "rrdbnet"
+    assert info.scale == 2**n_upscale
+    assert (info.hparams["num_feat"], info.hparams["num_block"], info.hparams["num_grow_ch"]) == (16, 2, 8)
+    torch.testing.assert_close(_out(model), _out(ref), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_upscale", [1, 2])
+def test_esrgan_2019_layout(tmp_path: Path, n_upscale: int) -> None:
+    """ESRGAN 2019 / KAIR; BSRGAN's ×2 has only upconv1."""
+    ref = randomize_(ESRGAN2019(in_nc=3, out_nc=3, nf=16, nb=2, gc=8, n_upscale=n_upscale))
+    assert {"RRDB_trunk.1.RDB3.conv5.weight", "trunk_conv.weight", "HRconv.bias"} <= set(ref.state_dict())
+    model, info = M.load(_save_pth(ref.state_dict(), tmp_path / "new.pth"))
+    assert info.format == "esrgan-2019" and info.scale == 2**n_upscale
+    torch.testing.assert_close(_out(model), _out(ref), atol=1e-5, rtol=1e-5)
+
+
+def test_basicsr_prefers_params_ema(tmp_path: Path) -> None:
+    hp = dict(num_feat=16, num_block=2, num_grow_ch=8)
+    net, ema = (randomize_(M.build("rrdbnet", hp), seed=s) for s in (1, 2))
+    path = _save_pth({"params": net.state_dict(), "params_ema": ema.state_dict()}, tmp_path / "basicsr.pth")
+    model, info = M.load(path)
+    assert (info.format, info.wrapper) == ("basicsr", "params_ema")
+    torch.testing.assert_close(_out(model), _out(ema), atol=0, rtol=0)
+
+    model, info = M.load(_save_pth({"params": net.state_dict()}, tmp_path / "params.pth"))
+    assert info.wrapper == "params"
+    torch.testing.assert_close(_out(model), _out(net), atol=0, rtol=0)
+
+    bare, info = M.load(_save_pth(ema.state_dict(), tmp_path / "bare.pth"))
+    assert info.wrapper is None
+    torch.testing.assert_close(_out(bare), _out(ema), atol=0, rtol=0)
+
+
+def test_dataparallel_prefix_is_stripped(tmp_path: Path) -> None:
+    net = randomize_(M.build("rrdbnet", dict(num_feat=8, num_block=1, num_grow_ch=4)))
+    sd = {f"module.{k}": v for k, v in net.state_dict().items()}
+    model, _ = M.load(_save_pth(sd, tmp_path / "ddp.pth"))
+    torch.testing.assert_close(_out(model), _out(net), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_basicsr_msrresnet(tmp_path: Path, scale: int) -> None:
+    net = randomize_(M.build("msrresnet", dict(num_feat=16, num_block=3, scale=scale)))
+    model, info = M.load(_save_pth({"params": net.state_dict()}, tmp_path / "msr.pth"))
+    assert (info.arch, info.scale, info.hparams["num_block"]) == ("msrresnet", scale, 3)
+    torch.testing.assert_close(_out(model), _out(net), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4, 8])
+def test_basicsr_edsr(tmp_path: Path, scale: int) -> None:
+    net = randomize_(M.build("edsr", dict(num_feat=16, num_block=3, scale=scale)))
+    model, info = M.load(_save_pth({"params_ema": net.state_dict()}, tmp_path / "edsr.pth"))
+    assert (info.arch, info.scale, info.hparams["num_block"], info.hparams["res_scale"]) == ("edsr", scale, 3, 1.0)
+    torch.testing.assert_close(_out(model), _out(net), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_edsr_official_layout(tmp_path: Path, scale: int) -> None:
+    """EDSR-PyTorch works on [0, 255]; ours on [0, 1]: ours(x)·255 = official(255·x)."""
+    ref = randomize_(EDSROfficial(nf=16, nb=2, scale=scale))
+    ref.sub_mean.__init__(255.0, (0.4488, 0.4371, 0.4040), -1)  # randomize_ touched the fixed mean shifts
+    ref.add_mean.__init__(255.0, (0.4488, 0.4371, 0.4040), 1)
+    assert {"head.0.weight", "body.2.weight", "tail.0.0.weight", "tail.1.weight"} <= set(ref.state_dict())
+    model, info = M.load(_save_pth(ref.state_dict(), tmp_path / "edsr_baseline.pt"))
+    assert (info.format, info.scale, info.hparams["num_block"]) == ("edsr-official", scale, 2)
+    torch.testing.assert_close(_out(model) * 255, _out(ref, X * 255), atol=1e-3, rtol=1e-5)
+
+
+def test_srgan_layout(tmp_path: Path) -> None:
+    net = randomize_(M.build("srresnet", dict(num_feat=16, num_block=2, scale=4, prelu_per_channel=True)))
+    model, info = M.load(_save_pth(net.state_dict(), tmp_path / "srgan.pth"))
+    assert (info.arch, info.scale, info.hparams["prelu_per_channel"]) == ("srresnet", 4, True)
+    torch.testing.assert_close(_out(model), _out(net), atol=0, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hyper-parameters from shapes.
+
+
+@pytest.mark.parametrize("layout", ["esrgan-2018", "esrgan-2019", "basicsr"])
+@pytest.mark.parametrize("scale", [1, 2, 4, 8])
+def test_non_default_hyper_parameters_are_detected(tmp_path: Path, layout: str, scale: int) -> None:
+    hp = dict(num_block=5, num_feat=48, num_grow_ch=16, scale=scale)
+    if layout == "basicsr":
+        ref = randomize_(M.build("rrdbnet", hp))  # ×1 / ×2 through pixel-unshuffle (Real-ESRGAN x2plus)
+        expect_unshuffle = scale < 4
+    else:
+        cls = ESRGAN2018 if layout == "esrgan-2018" else ESRGAN2019
+        ref = randomize_(cls(in_nc=3, out_nc=3, nf=48, nb=5, gc=16, n_upscale=scale.bit_length() - 1))
+        expect_unshuffle = False
+    model, info = M.load(_save_pth(ref.state_dict(), tmp_path / "net.pth"))
+    assert info.format == layout
+    assert {k: info.hparams[k] for k in ("num_block", "num_feat", "num_grow_ch", "scale")} == hp
+    assert model.unshuffle == (4 // scale if expect_unshuffle else 1)
+    x = torch.rand(1, 3, 4, 8)
+    torch.testing.assert_close(_out(model, x), _out(ref, x), atol=1e-5, rtol=1e-5)
+
+
+def test_channels_are_detected(tmp_path: Path) -> None:
+    ref = randomize_(ESRGAN2019(in_nc=1, out_nc=1, nf=8, nb=1, gc=4, n_upscale=2))
+    _, info = M.load(_save_pth(ref.state_dict(), tmp_path / "gray.pth"))
+    assert (info.in_channels, info.out_channels) == (1, 1)
+    x2 = randomize_(M.build("rrdbnet", dict(num_in_ch=4, num_out_ch=4, scale=2, num_feat=8, num_block=1,
+                                            num_grow_ch=4)))
+    _, info = M.load(x2.state_dict())
+    assert (info.in_channels, info.out_channels, info.scale) == (4, 4, 2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Our safetensors.
+
+
+@pytest.mark.parametrize("name", list(M.VARIANTS))
+def test_save_load_round_trip_every_variant(tmp_path: Path, name: str) -> None:
+    net = randomize_(M.create(name))
+    path = tmp_path / f"{name}.safetensors"
+    M.save(net, path, metadata={"note": "hello"})
+    model, info = M.load(path)
+    assert (info.format, info.name, info.arch, info.scale) == ("safetensors", name, net.arch, net.scale)
+    assert info.metadata == {"note": "hello"}
+    x = torch.rand(1, 3, 4, 4)
+    assert torch.equal(_out(model, x), _out(net, x))
+
+
+def test_round_trip_keeps_non_default_hyper_parameters(tmp_path: Path) -> None:
+    net = randomize_(M.build("edsr", dict(num_feat=16, num_block=2, scale=3, res_scale=0.1, img_range=1.0)))
+    M.save(net, tmp_path / "e.safetensors")
+    model, info = M.load(tmp_path / "e.safetensors")
+    assert info.hparams["res_scale"] == 0.1 and info.hparams["img_range"] == 1.0 and info.name is None
+    assert torch.equal(_out(model), _out(net))
+
+
+def test_foreign_safetensors_without_our_metadata(tmp_path: Path) -> None:
+    """A BasicSR state dict converted to safetensors by someone else (no metadata): detected by keys."""
+    net = randomize_(M.build("rrdbnet", dict(num_feat=8, num_block=2, num_grow_ch=4, scale=2)))
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "x2.safetensors"))
+    model, info = M.load(tmp_path / "x2.safetensors")
+    assert info.format == "basicsr (safetensors)" and info.scale == 2
+    assert torch.equal(_out(model), _out(net))
+
+
+def test_save_is_atomic_and_leaves_no_temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "net.safetensors"
+    first = M.create("msrresnet", num_block=1)
+    M.save(first, path)
+    before = path.read_bytes()
+
+    import engine.models.checkpoint as ck
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ck, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        M.save(M.create("msrresnet", num_block=1), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["net.safetensors"]
+    meta = json.loads(ck.safe_open(str(path), "pt").metadata()["engine.hparams"])
+    assert meta["num_block"] == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Errors name the file, what was found and what is accepted.
+
+
+def _load_error(path: Path) -> str:
+    with pytest.raises(M.CheckpointError) as e:
+        M.load(path)
+    message = str(e.value)
+    assert str(path) in message and "Accepted formats:" in message and "ESRGAN 2018" in message
+    return message
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    (tmp_path / "empty.pth").write_bytes(b"")
+    assert "empty" in _load_error(tmp_path / "empty.pth")
+
+
+def test_truncated_pth(tmp_path: Path) -> None:
+    path = _save_pth(M.create("msrresnet", num_block=1).state_dict(), tmp_path / "t.pth")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert "truncated or damaged PyTorch checkpoint" in _load_error(path)
+
+
+def test_truncated_safetensors(tmp_path: Path) -> None:
+    path = tmp_path / "t.safetensors"
+    M.save(M.create("msrresnet", num_block=1), path)
+    path.write_bytes(path.read_bytes()[:-1000])
+    assert "damaged or truncated safetensors" in _load_error(path)
+
+
+def test_text_file(tmp_path: Path) -> None:
+    (tmp_path / "notes.pth").write_text("these are not weights\n")
+    assert "text file" in _load_error(tmp_path / "notes.pth")
+
+
+def test_unknown_network(tmp_path: Path) -> None:
+    other = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    message = _load_error(_save_pth(other.state_dict(), tmp_path / "classifier.pth"))
+    assert "no known network among its 4 tensors" in message and "'0.weight'" in message
+
+
+def test_recognised_layout_with_wrong_tensors(tmp_path: Path) -> None:
+    sd = M.build("rrdbnet", dict(num_feat=8, num_block=1, num_grow_ch=4)).state_dict()
+    sd["body.0.rdb2.conv3.weight"] = torch.zeros(4, 5, 3, 3)
+    assert "do not fit a rrdbnet" in _load_error(_save_pth(sd, tmp_path / "bad.pth"))
+
+
+def test_pickled_code_is_never_executed(tmp_path: Path) -> None:
+    """A whole pickled model needs arbitrary unpickling: refused, with the fix."""
+    path = _save_pth(M.create("msrresnet", num_block=1), tmp_path / "whole_model.pth")
+    assert "would execute code" in _load_error(path)
+
+
+def test_dict_without_tensors(tmp_path: Path) -> None:
+    assert "without tensors" in _load_error(_save_pth({"iter": 5, "epoch": 1}, tmp_path / "state.pth"))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+        M.load(tmp_path / "nowhere.pth")

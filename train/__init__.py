@@ -1,0 +1,1 @@
+"""Training: data pipeline, degradations, losses, discriminators and loops."""
