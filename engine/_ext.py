@@ -14,7 +14,7 @@ from types import ModuleType
 def load_C() -> ModuleType:
     """Return the `engine._C` module; raise ImportError with build instructions when it is not built."""
     try:
-        from engine import _C
+        from engine import _C  # type: ignore[attr-defined]  # compiled; absent from the source tree
     except ImportError as error:
         raise ImportError(
             "engine._C is not built: run `pip install -e .` in the repository root "

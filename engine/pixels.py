@@ -14,7 +14,7 @@ torch tensors.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 
@@ -63,7 +63,7 @@ def from_planar(
     )
 
 
-def _is_torch_tensor(x: object) -> bool:
+def _is_torch_tensor(x: object) -> TypeGuard[torch.Tensor]:
     torch = sys.modules.get("torch")  # if torch was never imported, x cannot be a tensor
     return torch is not None and isinstance(x, torch.Tensor)
 

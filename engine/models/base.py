@@ -19,3 +19,8 @@ class SRNet(nn.Module):
     scale: int
     in_channels: int
     out_channels: int
+
+    def _set_hparams(self, **hparams: Any) -> None:
+        """Record the constructor's keyword arguments; `scale`, `num_in_ch` and `num_out_ch` are among them."""
+        self.hparams = hparams
+        self.scale, self.in_channels, self.out_channels = hparams["scale"], hparams["num_in_ch"], hparams["num_out_ch"]

@@ -42,9 +42,8 @@ class EDSR(SRNet):
         if len(rgb_mean) != num_in_ch or num_in_ch != num_out_ch:
             raise ValueError(f"EDSR subtracts a mean per channel: rgb_mean has {len(rgb_mean)} values for "
                              f"num_in_ch={num_in_ch}, num_out_ch={num_out_ch}; they must all agree")
-        self.hparams = dict(num_in_ch=num_in_ch, num_out_ch=num_out_ch, scale=scale, num_feat=num_feat,
-                            num_block=num_block, res_scale=res_scale, img_range=img_range, rgb_mean=rgb_mean)
-        self.scale, self.in_channels, self.out_channels = scale, num_in_ch, num_out_ch
+        self._set_hparams(num_in_ch=num_in_ch, num_out_ch=num_out_ch, scale=scale, num_feat=num_feat,
+                           num_block=num_block, res_scale=res_scale, img_range=img_range, rgb_mean=rgb_mean)
         self.img_range = img_range
         self.mean: torch.Tensor
         self.register_buffer("mean", torch.tensor(rgb_mean).view(1, -1, 1, 1), persistent=False)

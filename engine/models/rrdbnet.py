@@ -92,9 +92,8 @@ class RRDBNet(SRNet):
         super().__init__()
         if scale not in (1, 2, 4, 8):
             raise ValueError(f"RRDBNet scale must be 1, 2, 4 or 8, got {scale}")
-        self.hparams = dict(num_in_ch=num_in_ch, num_out_ch=num_out_ch, scale=scale, num_feat=num_feat,
-                            num_block=num_block, num_grow_ch=num_grow_ch, pixel_unshuffle=pixel_unshuffle)
-        self.scale, self.in_channels, self.out_channels = scale, num_in_ch, num_out_ch
+        self._set_hparams(num_in_ch=num_in_ch, num_out_ch=num_out_ch, scale=scale, num_feat=num_feat,
+                           num_block=num_block, num_grow_ch=num_grow_ch, pixel_unshuffle=pixel_unshuffle)
         self.unshuffle = 4 // scale if (scale < 4 and pixel_unshuffle) else 1
         self.num_upsample = int(math.log2(scale * self.unshuffle))
 

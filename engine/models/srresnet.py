@@ -84,9 +84,8 @@ class SRResNet(SRNet):
     ) -> None:
         super().__init__()
         factors = _stage_factors(scale, "SRResNet")
-        self.hparams = dict(num_in_ch=num_in_ch, num_out_ch=num_out_ch, scale=scale, num_feat=num_feat,
-                            num_block=num_block, prelu_per_channel=prelu_per_channel)
-        self.scale, self.in_channels, self.out_channels = scale, num_in_ch, num_out_ch
+        self._set_hparams(num_in_ch=num_in_ch, num_out_ch=num_out_ch, scale=scale, num_feat=num_feat,
+                           num_block=num_block, prelu_per_channel=prelu_per_channel)
         pc = num_feat if prelu_per_channel else 1
         self.conv_first = nn.Conv2d(num_in_ch, num_feat, 9, 1, 4)
         self.prelu_first = nn.PReLU(pc)
@@ -134,9 +133,8 @@ class MSRResNet(SRNet):
         super().__init__()
         if scale not in (2, 3, 4):
             raise ValueError(f"MSRResNet scale must be 2, 3 or 4 (BasicSR's layout), got {scale}")
-        self.hparams = dict(num_in_ch=num_in_ch, num_out_ch=num_out_ch, scale=scale, num_feat=num_feat,
-                            num_block=num_block)
-        self.scale, self.in_channels, self.out_channels = scale, num_in_ch, num_out_ch
+        self._set_hparams(num_in_ch=num_in_ch, num_out_ch=num_out_ch, scale=scale, num_feat=num_feat,
+                           num_block=num_block)
         self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
         self.body = nn.Sequential(*(ResidualBlockNoBN(num_feat) for _ in range(num_block)))
         factor = 2 if scale == 4 else scale
