@@ -6,6 +6,7 @@
     blended = engine.models.interpolate(psnr_net, gan_net, alpha=0.8)
 """
 
+from .base import SRNet
 from .cascade import Cascade
 from .checkpoint import CheckpointError, ModelInfo, load, save
 from .edsr import EDSR
@@ -17,6 +18,6 @@ from .srresnet import MSRResNet, SRResNet
 
 __all__ = [
     "ACCEPTED_FORMATS", "ARCHS", "VARIANTS", "Cascade", "CheckpointError", "EDSR", "InterpolationError",
-    "MSRResNet", "ModelInfo", "RRDB", "RRDBNet", "ResidualDenseBlock", "SRResNet", "build", "create",
+    "MSRResNet", "ModelInfo", "RRDB", "RRDBNet", "ResidualDenseBlock", "SRNet", "SRResNet", "build", "create",
     "interpolate", "load", "save",
 ]

@@ -1,0 +1,177 @@
+"""Training configuration and the presets of the published recipes.
+
+A preset is one row of `PRESETS`: the fields of `TrainConfig` it sets. The command line can override any field
+(`--set ema_decay=0.99`), and the whole configuration is saved as `config.json` beside the checkpoints, so a run
+can be resumed or repeated from it alone.
+
+Sources: ESRGAN (Wang et al. 2018) and BasicSR's `train_ESRGAN_x4.yml` / `train_RRDBNet_PSNR_x4.yml`
+(PSNR stage: L1, Adam 2e-4, betas (0.9, 0.99), cosine restarts every 250k for 1M iterations, EMA 0.999; GAN
+stage: 1.0·perceptual(conv5_4, L1) + 5e-3·RaGAN + 1e-2·L1, Adam 1e-4 for both nets, halved at 50k/100k/200k/
+300k of 400k); SRGAN (Ledig et al. 2017: SRResNet trained with MSE, Adam 1e-4, betas (0.9, 0.999); then VGG54
+(after activation, rescaled) + 1e-3·adversarial, 1e-4 for 100k then 1e-5 for 100k).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    preset: str = ""
+    stage: str = "psnr"  # "psnr": pixel loss only; "gan": + perceptual + adversarial, needs a discriminator
+    # network: a registered variant of engine.models, with hyper-parameter overrides
+    model: str = "rrdb23"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    scale: int = 4
+    # data
+    data: str = ""  # HR folder
+    data_lr: str = ""  # optional paired LR folder (otherwise LR is made on the fly with MATLAB imresize)
+    val: str = ""  # validation HR folder (optional)
+    val_lr: str = ""
+    gt_size: int = 128  # HR crop side
+    batch_size: int = 16  # per process (as BasicSR's batch_size_per_gpu)
+    num_workers: int = 4
+    use_flip: bool = True
+    use_rot: bool = True
+    # optimisation
+    iters: int = 1_000_000
+    lr_g: float = 2e-4
+    lr_d: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    scheduler: str = "cosine_restart"  # "cosine_restart" | "multistep" | "constant"
+    milestones: list[int] = field(default_factory=list)  # multistep: lr × gamma at each
+    gamma: float = 0.5
+    periods: list[int] = field(default_factory=lambda: [250_000] * 4)  # cosine_restart
+    restart_weights: list[float] = field(default_factory=lambda: [1.0] * 4)
+    eta_min: float = 1e-7
+    ema_decay: float = 0.999  # 0 disables the EMA generator
+    # losses
+    pixel_loss: str = "l1"  # "l1" | "mse"
+    pixel_weight: float = 1.0
+    perceptual_weight: float = 0.0
+    perceptual_layers: dict[str, float] = field(default_factory=lambda: {"conv5_4": 1.0})
+    perceptual_criterion: str = "l1"
+    gan_type: str = "ragan"  # "ragan" | "vanilla"
+    gan_weight: float = 0.0
+    discriminator: str = ""  # "vgg128" | "unet" | "srgan" (train.discriminators)
+    discriminator_args: dict[str, Any] = field(default_factory=dict)
+    pretrained: str = ""  # generator checkpoint to start from (the PSNR net for a GAN stage)
+    vgg19_weights: str = ""
+    perceptual_random_init: bool = False  # tests only: a randomly initialised VGG19
+    # runtime
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    amp: str = "none"  # "none" | "bf16" | "fp16" (fp16 needs a GPU and uses a gradient scaler)
+    channels_last: bool = False
+    compile: bool = False
+    seed: int = 0
+    log_every: int = 100
+    val_every: int = 5_000
+    save_every: int = 5_000
+    keep_states: int = 2  # training states kept for --resume (model files are all kept)
+    sample_count: int = 4  # validation images in the LR / output / HR grid
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown config fields {unknown}; known: {sorted(names)}")
+        cfg = cls(**d)
+        cfg.betas = tuple(cfg.betas)  # type: ignore[assignment]
+        return cfg
+
+
+_ESRGAN_PSNR = dict(
+    stage="psnr", model="rrdb23", gt_size=128, batch_size=16, iters=1_000_000, lr_g=2e-4, betas=(0.9, 0.99),
+    scheduler="cosine_restart", periods=[250_000] * 4, restart_weights=[1.0] * 4, eta_min=1e-7,
+    pixel_loss="l1", pixel_weight=1.0, ema_decay=0.999, val_every=5_000, save_every=5_000,
+)
+_ESRGAN_GAN = dict(
+    stage="gan", model="rrdb23", gt_size=128, batch_size=16, iters=400_000, lr_g=1e-4, lr_d=1e-4,
+    betas=(0.9, 0.99), scheduler="multistep", milestones=[50_000, 100_000, 200_000, 300_000], gamma=0.5,
+    pixel_loss="l1", pixel_weight=1e-2, perceptual_weight=1.0, perceptual_layers={"conv5_4": 1.0},
+    perceptual_criterion="l1", gan_type="ragan", gan_weight=5e-3, discriminator="vgg128", ema_decay=0.999,
+    val_every=5_000, save_every=5_000,
+)
+_SRGAN_MSE = dict(
+    stage="psnr", model="srgan", gt_size=96, batch_size=16, iters=1_000_000, lr_g=1e-4, betas=(0.9, 0.999),
+    scheduler="constant", pixel_loss="mse", pixel_weight=1.0, ema_decay=0.0,
+)
+_SRGAN_GAN = dict(
+    # VGG54 after activation with SRGAN's 1/12.75 feature rescaling: (1/12.75)² ≈ 6e-3 on the squared error.
+    stage="gan", model="srgan", gt_size=96, batch_size=16, iters=200_000, lr_g=1e-4, lr_d=1e-4,
+    betas=(0.9, 0.999), scheduler="multistep", milestones=[100_000], gamma=0.1, pixel_weight=0.0,
+    perceptual_weight=6e-3, perceptual_layers={"relu5_4": 1.0}, perceptual_criterion="mse",
+    gan_type="vanilla", gan_weight=1e-3, discriminator="srgan", ema_decay=0.0,
+)
+# A small RRDBNet that trains on a CPU in minutes: the shipped default model is this preset.
+_TINY_NET = dict(model="rrdb6", model_args={"num_block": 2, "num_feat": 32, "num_grow_ch": 16})
+_TINY = dict(
+    stage="psnr", **_TINY_NET, gt_size=64, batch_size=8, num_workers=2, iters=12_000, lr_g=5e-4,
+    betas=(0.9, 0.99), scheduler="cosine_restart", periods=[12_000], restart_weights=[1.0], eta_min=1e-6,
+    pixel_loss="l1", ema_decay=0.999, log_every=50, val_every=500, save_every=500,
+)
+_TINY_GAN = dict(
+    stage="gan", **_TINY_NET, gt_size=64, batch_size=4, num_workers=2, iters=2_000, lr_g=1e-4, lr_d=1e-4,
+    betas=(0.9, 0.99), scheduler="multistep", milestones=[1_000], gamma=0.5, pixel_weight=1e-2,
+    perceptual_weight=1.0, perceptual_layers={"conv5_4": 1.0}, gan_type="ragan", gan_weight=5e-3,
+    discriminator="unet", discriminator_args={"num_feat": 16}, ema_decay=0.999, log_every=50, val_every=500,
+    save_every=500,
+)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "esrgan-psnr": _ESRGAN_PSNR,
+    "esrgan-gan": _ESRGAN_GAN,
+    "srgan": _SRGAN_MSE,  # SRResNet with MSE; continue with srgan-gan
+    "srgan-gan": _SRGAN_GAN,
+    "tiny": _TINY,
+    "tiny-gan": _TINY_GAN,
+}
+
+
+def preset(name: str, **overrides: Any) -> TrainConfig:
+    """The configuration of preset `name` with `overrides` applied."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    return TrainConfig.from_dict({**PRESETS[name], "preset": name, **overrides})
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` with a JSON value (`lr_g=1e-4`, `milestones=[10,20]`); a bare word is a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--set expects KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
+def learning_rate(cfg: TrainConfig, base_lr: float, it: int) -> float:
+    """Learning rate at iteration `it` (0-based), a pure function of `it`, so resuming restores the schedule.
+
+    multistep: base·gamma^(milestones ≤ it). cosine_restart (BasicSR's CosineAnnealingRestartLR): in period k of
+    length T_k with restart weight w_k, eta_min + w_k·(base − eta_min)·(1 + cos(π·t/T_k))/2, t counted from the
+    period's start; after the last period, eta_min.
+    """
+    if cfg.scheduler == "constant":
+        return base_lr
+    if cfg.scheduler == "multistep":
+        return base_lr * cfg.gamma ** sum(1 for m in cfg.milestones if it >= m)
+    if cfg.scheduler == "cosine_restart":
+        start = 0
+        for period, weight in zip(cfg.periods, cfg.restart_weights, strict=True):
+            if it < start + period:
+                cos = 0.5 * (1 + math.cos(math.pi * (it - start) / period))
+                return cfg.eta_min + weight * (base_lr - cfg.eta_min) * cos
+            start += period
+        return cfg.eta_min
+    raise ValueError(f"scheduler must be constant, multistep or cosine_restart, got {cfg.scheduler!r}")

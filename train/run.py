@@ -1,0 +1,98 @@
+"""`python -m train.run --preset esrgan-psnr --data HR_DIR --val VAL_DIR --out runs/NAME [overrides]`
+
+Trains one stage of a preset (see train/config.py: esrgan-psnr, esrgan-gan, srgan, srgan-gan, tiny, tiny-gan).
+`--resume` continues the run in --out from its last saved state, with its saved config.json (flags given
+with --resume override it, e.g. more --iters). The same command under `torchrun --nproc_per_node=N` trains
+with DistributedDataParallel (gloo on CPU, nccl on GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import PRESETS, TrainConfig, parse_override, preset
+from .trainer import Trainer, TrainError
+
+# flag → config field, for the flags that are plain overrides
+_FIELDS = {
+    "data": "data", "data_lr": "data_lr", "val": "val", "val_lr": "val_lr", "pretrained": "pretrained",
+    "vgg19_weights": "vgg19_weights", "perceptual_random_init": "perceptual_random_init", "iters": "iters",
+    "batch_size": "batch_size", "gt_size": "gt_size", "scale": "scale", "lr": "lr_g", "workers": "num_workers",
+    "seed": "seed", "amp": "amp", "channels_last": "channels_last", "compile": "compile", "device": "device",
+    "val_every": "val_every", "save_every": "save_every", "log_every": "log_every",
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train.run", description=__doc__.split("\n\n")[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=list(PRESETS), help="recipe to train (required unless --resume)")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, logs, config.json)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last state")
+    p.add_argument("--data", help="folder of HR training images (required unless --resume)")
+    p.add_argument("--data-lr", help="paired LR folder (default: none, LR made with MATLAB imresize)")
+    p.add_argument("--val", help="folder of HR validation images (default: none, no validation)")
+    p.add_argument("--val-lr", help="paired LR validation folder (default: none)")
+    p.add_argument("--pretrained", help="generator checkpoint to start from, any supported format "
+                   "(default: none; the GAN stage starts from the PSNR net)")
+    p.add_argument("--vgg19-weights", help="VGG19 ImageNet weights in torchvision's layout (vgg19-dcbb9e9d.pth), "
+                   "needed by the perceptual loss (default: none)")
+    p.add_argument("--perceptual-random-init", action="store_true", default=None,
+                   help="FOR TESTS ONLY: a randomly initialised VGG19 instead of --vgg19-weights (default: off)")
+    p.add_argument("--iters", type=int, help="total iterations (default: the preset's)")
+    p.add_argument("--batch-size", type=int, help="batch per process (default: the preset's)")
+    p.add_argument("--gt-size", type=int, help="HR crop side in pixels (default: the preset's)")
+    p.add_argument("--scale", type=int, help="upscaling factor (default: 4)")
+    p.add_argument("--lr", type=float, help="generator learning rate (default: the preset's)")
+    p.add_argument("--workers", type=int, help="DataLoader workers per process (default: the preset's)")
+    p.add_argument("--seed", type=int, help="random seed (default: 0)")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"], help="mixed precision (default: none; fp16 on GPU "
+                   "only, with a gradient scaler)")
+    p.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory format (default: off)")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the generator (default: off)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (cuda when available)")
+    p.add_argument("--val-every", type=int, help="validate every N iterations (default: the preset's)")
+    p.add_argument("--save-every", type=int, help="checkpoint every N iterations (default: the preset's)")
+    p.add_argument("--log-every", type=int, help="log losses every N iterations (default: the preset's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, JSON value (e.g. --set ema_decay=0.99); repeatable")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    overrides: dict[str, Any] = {field: getattr(args, flag) for flag, field in _FIELDS.items()
+                                 if getattr(args, flag) is not None}
+    for text in args.set:
+        key, value = parse_override(text)
+        overrides[key] = value
+    if args.resume:
+        saved = Path(args.out) / "config.json"
+        if not saved.is_file():
+            raise TrainError(f"--resume: {saved} does not exist; is {args.out} a run directory?")
+        base = json.loads(saved.read_text())
+        if args.preset and args.preset != base.get("preset"):
+            raise TrainError(f"--resume: {args.out} was trained with preset {base.get('preset')!r}, not "
+                             f"{args.preset!r}; drop --preset")
+        return TrainConfig.from_dict({**base, **overrides})
+    if not args.preset:
+        raise TrainError("--preset is required (or --resume to continue a run)")
+    return preset(args.preset, **overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        Trainer(cfg, args.out, resume=args.resume).run()
+    except (TrainError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
