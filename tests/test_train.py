@@ -94,6 +94,13 @@ def test_amp_bf16_and_channels_last_train(tmp_path: Path, photos: Path) -> None:
     assert all(np.isfinite(float(r["l_pix"])) for r in _csv(tmp_path / "run" / "train.csv"))
 
 
+@pytest.mark.slow
+def test_torch_compile_trains(tmp_path: Path, photos: Path) -> None:
+    """Inductor on the CPU needs a C++ compiler; this compiles the generator's forward and backward."""
+    Trainer(_tiny(photos, compile=True, iters=2, log_every=1), tmp_path / "run").run()
+    assert all(np.isfinite(float(r["l_pix"])) for r in _csv(tmp_path / "run" / "train.csv"))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Checkpoints and resume.
 

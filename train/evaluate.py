@@ -86,3 +86,65 @@ def sample_grid(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> 
         strips.append(np.concatenate([to_uint8(lr_big), to_uint8(out), to_uint8(hr)], axis=1))
     width = max(s.shape[1] for s in strips)
     return np.concatenate([np.pad(s, ((0, 4), (0, width - s.shape[1]), (0, 0))) for s in strips], axis=0)
+
+
+def report(checkpoint: str, val_dir: str, val_lr: str | None = None, device: str = "cpu") -> dict:
+    """Y-PSNR/SSIM of a checkpoint and of bicubic on a validation folder, per image and on average."""
+    import engine.models as models
+
+    from .data import ValDataset
+
+    net, info = models.load(checkpoint, device=device)
+    val = ValDataset(val_dir, scale=info.scale, lr_dir=val_lr)
+    samples = [val[i] for i in range(len(val))]
+    ours, bicubic = evaluate_model(net, samples, info.scale, device), evaluate_bicubic(samples, info.scale)
+    (p, s), (bp, bs) = mean(ours), mean(bicubic)
+    return {
+        "checkpoint": checkpoint, "scale": info.scale, "images": [o.name for o in ours],
+        "model": {"psnr_y": round(p, 4), "ssim_y": round(s, 5)},
+        "bicubic": {"psnr_y": round(bp, 4), "ssim_y": round(bs, 5)},
+        "per_image": [{"name": o.name, "psnr_y": round(o.psnr_y, 4), "ssim_y": round(o.ssim_y, 5),
+                       "bicubic_psnr_y": round(b.psnr_y, 4), "bicubic_ssim_y": round(b.ssim_y, 5)}
+                      for o, b in zip(ours, bicubic, strict=True)],
+    }
+
+
+def markdown(rep: dict) -> str:
+    lines = ["| image | bicubic Y-PSNR / SSIM | model Y-PSNR / SSIM |", "|---|---|---|"]
+    for r in rep["per_image"]:
+        lines.append(f"| {r['name']} | {r['bicubic_psnr_y']:.2f} dB / {r['bicubic_ssim_y']:.4f} | "
+                     f"{r['psnr_y']:.2f} dB / {r['ssim_y']:.4f} |")
+    b, m = rep["bicubic"], rep["model"]
+    lines.append(f"| **mean** | **{b['psnr_y']:.2f} dB / {b['ssim_y']:.4f}** | "
+                 f"**{m['psnr_y']:.2f} dB / {m['ssim_y']:.4f}** |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m train.evaluate CHECKPOINT --val VAL_DIR [--json OUT]`: model vs bicubic, Y channel, crop = scale."""
+    import argparse
+    import json
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m train.evaluate", description=main.__doc__)
+    p.add_argument("checkpoint", help="generator checkpoint, any format engine.models.load accepts")
+    p.add_argument("--val", required=True, help="folder of HR images (LR made with MATLAB imresize)")
+    p.add_argument("--val-lr", help="paired LR folder (default: none)")
+    p.add_argument("--json", help="also write the report as JSON to this file (default: none)")
+    p.add_argument("--device", default="cpu", help="default: cpu")
+    args = p.parse_args(argv)
+    try:
+        rep = report(args.checkpoint, args.val, args.val_lr, args.device)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(markdown(rep))
+    if args.json:
+        from pathlib import Path
+
+        Path(args.json).write_text(json.dumps(rep, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -25,9 +25,8 @@ import logging
 import os
 import random
 import re
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import engine.models as models
+from engine.atomic import atomic_write
 from engine.models.registry import full_hparams
 
 from .config import TrainConfig, learning_rate
@@ -60,19 +60,6 @@ class TrainError(RuntimeError):
 
 # ---------------------------------------------------------------------------------------------------------
 # Files
-
-
-def atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    """Call `write(tmp)` for a temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -252,11 +239,6 @@ def ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
     torch._foreach_lerp_(ema_params, net_params, 1.0 - decay)
     for b_ema, b in zip(ema.buffers(), net.buffers(), strict=True):
         b_ema.copy_(b)
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    module = getattr(module, "_orig_mod", module)  # torch.compile
-    return module.module if isinstance(module, DistributedDataParallel) else module
 
 
 # ---------------------------------------------------------------------------------------------------------
