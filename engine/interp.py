@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .models import CheckpointError, InterpolationError, interpolate, load, save
-from .models.registry import full_hparams
+from .models.registry import same_network
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,8 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         net_a, info_a = load(args.a)
         net_b, info_b = load(args.b)
-        if (info_a.arch, full_hparams(info_a.arch, info_a.hparams)) != \
-                (info_b.arch, full_hparams(info_b.arch, info_b.hparams)):
+        if not same_network(net_a, net_b):
             raise InterpolationError(f"{args.a} is a {info_a.arch} {info_a.hparams} but {args.b} is a "
                                      f"{info_b.arch} {info_b.hparams}: only two versions of one network blend")
         net_a.load_state_dict(interpolate(net_a, net_b, args.alpha))

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 import engine.models as models
-from engine.models.registry import full_hparams
+from engine.models.registry import same_network
 
 from .data import ValDataset
 from .evaluate import evaluate_model, mean
@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         alphas = parse_alphas(args.alphas)
         net_a, info_a = models.load(args.psnr)
         net_b, info_b = models.load(args.gan)
-        if full_hparams(info_a.arch, info_a.hparams) != full_hparams(info_b.arch, info_b.hparams) or \
-                info_a.arch != info_b.arch:
+        if not same_network(net_a, net_b):
             raise ValueError(f"{args.psnr} and {args.gan} are different networks ({info_a.arch} {info_a.hparams} vs "
                              f"{info_b.arch} {info_b.hparams}); only two versions of one network blend")
         val = ValDataset(args.val, scale=info_a.scale, lr_dir=args.val_lr) if args.val else None

@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 import engine.models as models
 from engine.atomic import atomic_write
-from engine.models.registry import full_hparams
+from engine.models.registry import same_network
 
 from .config import TrainConfig, learning_rate
 from .data import TrainDataset, ValDataset, build_train_loader
@@ -213,7 +213,7 @@ def build_generator(cfg: TrainConfig) -> models.SRNet:
 def load_pretrained(net: models.SRNet, path: str) -> None:
     """Start from a checkpoint in any format engine.models.load accepts (EMA weights preferred)."""
     loaded, info = models.load(path)
-    if (loaded.arch, full_hparams(loaded.arch, loaded.hparams)) != (net.arch, full_hparams(net.arch, net.hparams)):
+    if not same_network(loaded, net):
         raise TrainError(f"--pretrained {path} is a {info.arch} {info.hparams}, but this run trains a {net.arch} "
                          f"{net.hparams}; pass a checkpoint of the same network or change the model settings")
     net.load_state_dict(loaded.state_dict())

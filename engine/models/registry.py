@@ -64,6 +64,13 @@ def variant_name(arch: str, hparams: dict[str, Any]) -> str | None:
     return None
 
 
+def same_network(a: SRNet, b: SRNet) -> bool:
+    """Whether `a` and `b` have one architecture and equal hyper-parameters (defaults filled in), so that their
+    weights are interchangeable."""
+    return a.arch == b.arch and _normalized(full_hparams(a.arch, a.hparams)) == _normalized(
+        full_hparams(b.arch, b.hparams))
+
+
 def full_hparams(arch: str, hparams: dict[str, Any]) -> dict[str, Any]:
     """`hparams` with the constructor's defaults filled in; a cascade's stages as {"arch", "hparams"} dicts."""
     if arch == "cascade":
