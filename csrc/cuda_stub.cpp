@@ -4,6 +4,7 @@
 #include <stdexcept>
 
 #include "cuda_pixels.h"
+#include "cuda_tiles.h"
 
 namespace engine::cuda {
 namespace {
@@ -24,6 +25,11 @@ void to_planar(uintptr_t, PixelType, uintptr_t, int64_t, int64_t, int, bool, uin
 }
 
 void from_planar(uintptr_t, uintptr_t, PixelType, int64_t, int64_t, int, bool, uintptr_t) {
+  built_without_cuda();
+}
+
+void accumulate(uintptr_t, uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                int64_t, uintptr_t) {
   built_without_cuda();
 }
 

@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "cuda_check.h"
 #include "cuda_pixels.h"
 #include "pixel_math.h"
 
@@ -14,42 +15,6 @@
 
 namespace engine::cuda {
 namespace {
-
-// The one place where CUDA status codes become errors (std::runtime_error -> RuntimeError in Python).
-void check(cudaError_t status, const char* call) {
-  if (status != cudaSuccess) {
-    throw std::runtime_error(std::string(call) + " failed: " + cudaGetErrorName(status) + ": " +
-                             cudaGetErrorString(status));
-  }
-}
-#define ENGINE_CUDA_CHECK(call) check((call), #call)
-
-// Statuses of cudaGetDeviceCount that mean "no usable GPU here" rather than a failure.
-bool means_no_device(cudaError_t status) {
-  return status == cudaErrorNoDevice || status == cudaErrorInsufficientDriver ||
-         status == cudaErrorStubLibrary;
-}
-
-void require_device() {
-  int count = 0;
-  const cudaError_t status = cudaGetDeviceCount(&count);
-  if (means_no_device(status) || (status == cudaSuccess && count == 0)) {
-    (void)cudaGetLastError();  // clear the status so later runtime calls don't report it
-    const std::string reason = status == cudaSuccess ? "0 devices" : cudaGetErrorString(status);
-    throw std::runtime_error("no CUDA device is available (cudaGetDeviceCount: " + reason +
-                             "); the CUDA pixel functions need an NVIDIA GPU and a driver for CUDA " +
-                             std::to_string(CUDART_VERSION / 1000) + "." +
-                             std::to_string(CUDART_VERSION % 1000 / 10) + " or newer");
-  }
-  ENGINE_CUDA_CHECK(status);
-}
-
-constexpr int kBlock = 256;
-
-// Blocks for a grid-stride loop over n items (n > 0).
-unsigned grid_for(int64_t n) {
-  return static_cast<unsigned>(std::min<int64_t>((n + kBlock - 1) / kBlock, int64_t{1} << 20));
-}
 
 template <typename T>
 __global__ void to_planar_kernel(const T* __restrict__ src, float* __restrict__ dst, int64_t pixels,
@@ -111,7 +76,7 @@ int device_count() {
 
 void to_planar(uintptr_t src, PixelType src_type, uintptr_t dst, int64_t height, int64_t width, int channels,
                bool reverse_channels, uintptr_t stream) {
-  require_device();
+  require_device("the CUDA pixel functions");
   const int64_t pixels = height * width;
   if (pixels == 0) return;
   const auto s = reinterpret_cast<cudaStream_t>(stream);
@@ -127,7 +92,7 @@ void to_planar(uintptr_t src, PixelType src_type, uintptr_t dst, int64_t height,
 
 void from_planar(uintptr_t src, uintptr_t dst, PixelType dst_type, int64_t height, int64_t width,
                  int channels, bool reverse_channels, uintptr_t stream) {
-  require_device();
+  require_device("the CUDA pixel functions");
   const int64_t pixels = height * width;
   if (pixels == 0) return;
   const auto s = reinterpret_cast<cudaStream_t>(stream);

@@ -1,0 +1,365 @@
+"""`engine.infer()`: the one inference call, for any image of any size.
+
+    out = engine.infer(net, image)                    # HWC numpy (uint8/uint16/float; gray, RGB, RGBA) or torch
+    out = engine.infer(net, image, tile=256, outscale=2)
+
+Images larger than a tile are cut into overlapping tiles that are upscaled in batches and blended with weights
+that sum to one at every output pixel (a raised-cosine ramp across the middle of each overlap, nothing on the
+image borders), so there are no seams and memory stays bounded. Tile scheduling, pixel conversion and blending
+run in `engine._C`; the network call per batch of tiles goes to a `Backend` (PyTorch here; ONNX Runtime,
+TensorRT and our native plan plug into the same interface).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import models
+from ._ext import load_C
+
+log = logging.getLogger("engine")
+
+# Chosen by measurement (bench/tiling.py, README "Tiling"): the smallest overlap whose tiled output clears the
+# PSNR target against the untiled one and beats crop-only tiles, for every photo and tile size measured.
+DEFAULT_TILE_OVERLAP = 32
+DEFAULT_BATCH = 4
+CPU_MEMORY_BUDGET = 2 * 2**30  # bytes of activations per batch of tiles when the tile size is chosen for you
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What `infer` needs from an engine: run a batch of tiles.
+
+    `run` takes float32 (N, in_channels, h, w) in [0, 1] on `device`, with h and w multiples of `multiple`, and
+    returns float32 (N, out_channels, h·scale, w·scale).
+    """
+
+    scale: int
+    in_channels: int
+    out_channels: int
+    multiple: int
+    device: torch.device
+
+    def run(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+    def bytes_per_pixel(self) -> float: ...
+
+
+class TorchBackend:
+    """A reference network run by PyTorch: CPU (fp32, bf16) or CUDA (fp16, bf16, fp32, channels_last).
+
+    With `gan_net` (the GAN fine-tune of `net`), `set_alpha(α)` rewrites the live weights in place as
+    (1 − α)·θ_net + α·θ_gan (network interpolation, no rebuild). fp16 outputs that are not finite (overflow) are
+    recomputed in fp32 with a warning, never returned black.
+    """
+
+    def __init__(self, net: models.SRNet, *, device: str | torch.device = "cpu", dtype: str = "fp32",
+                 channels_last: bool = False, gan_net: models.SRNet | None = None) -> None:
+        self.device = torch.device(device)
+        if dtype not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"dtype must be fp32, fp16 or bf16, got {dtype!r}")
+        if dtype == "fp16" and self.device.type != "cuda":
+            raise ValueError("fp16 inference needs a CUDA device; use bf16 or fp32 on the CPU")
+        if gan_net is not None and not models.registry.same_network(net, gan_net):
+            raise ValueError(f"the GAN weights are a {gan_net.arch} {gan_net.hparams}, not the same network as "
+                             f"{net.arch} {net.hparams}: alpha blends two versions of one network")
+        self.net = net.eval().to(self.device)
+        self.dtype = dtype
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.scale, self.in_channels, self.out_channels = net.scale, net.in_channels, net.out_channels
+        self.multiple = int(getattr(net, "unshuffle", 1))
+        self._endpoints = None
+        if gan_net is not None:
+            self._endpoints = ({k: v.detach().clone() for k, v in net.state_dict().items()},
+                               {k: v.detach().to(self.device) for k, v in gan_net.state_dict().items()})
+        self.alpha: float | None = 0.0 if gan_net is not None else None
+        self._warned_overflow = False
+        self._bpp: float | None = None
+
+    def set_alpha(self, alpha: float) -> None:
+        """Blend the live weights in place: θ = (1 − alpha)·θ_psnr + alpha·θ_gan."""
+        if self._endpoints is None:
+            raise ValueError("alpha needs the GAN weights of this network (--gan-weights / gan_net=)")
+        blended = models.interpolate(self._endpoints[0], self._endpoints[1], alpha)
+        with torch.no_grad():
+            for key, t in self.net.state_dict().items():
+                t.copy_(blended[key])
+        self.alpha = float(alpha)
+
+    def _forward(self, x: torch.Tensor, dtype: str) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        if dtype == "fp32":
+            return self.net(x).float()
+        amp = torch.float16 if dtype == "fp16" else torch.bfloat16
+        with torch.autocast(self.device.type, dtype=amp):
+            return self.net(x).float()
+
+    @torch.inference_mode()
+    def run(self, batch: torch.Tensor) -> torch.Tensor:
+        out = self._forward(batch, self.dtype)
+        if self.dtype == "fp16" and not torch.isfinite(out).all():
+            if not self._warned_overflow:
+                log.warning("fp16 overflow (non-finite output): recomputing in fp32; use --bf16 or --fp32 to avoid "
+                            "the double work")
+                self._warned_overflow = True
+            out = self._forward(batch, "fp32")
+        return out
+
+    @torch.inference_mode()
+    def bytes_per_pixel(self) -> float:
+        """Peak activation bytes per input pixel, measured on a probe by the largest module outputs."""
+        if self._bpp is None:
+            side = 16 * self.multiple
+            sizes: list[int] = []
+            hooks = [m.register_forward_hook(lambda _m, _i, o: sizes.append(o.numel()) if torch.is_tensor(o) else None)
+                     for m in self.net.modules()]
+            try:
+                self.net(torch.zeros(1, self.in_channels, side, side, device=self.device))
+            finally:
+                for h in hooks:
+                    h.remove()
+            element = 2 if self.dtype in ("fp16", "bf16") else 4
+            # the largest output, its input and a concat/workspace of the same size live at once
+            self._bpp = 3 * max(sizes) * element / (side * side)
+        return self._bpp
+
+
+def as_backend(net: Any, *, device: str | torch.device | None = None, dtype: str | None = None,
+               gan_net: Any = None) -> Backend:
+    """A `Backend` for `net`: a Backend as is, a reference network, or a checkpoint path (loaded)."""
+    if isinstance(net, Backend):
+        if device is not None or dtype is not None or gan_net is not None:
+            raise ValueError("device, dtype and gan_net configure a network; a built backend already has them")
+        return net
+    if isinstance(net, (str, os.PathLike)):
+        net, _ = models.load(net)
+    if isinstance(gan_net, (str, os.PathLike)):
+        gan_net, _ = models.load(gan_net)
+    if not isinstance(net, models.SRNet):
+        raise TypeError(f"net must be a network of engine.models, a checkpoint path or a Backend, got "
+                        f"{type(net).__name__}")
+    return TorchBackend(net, device=device or "cpu", dtype=dtype or "fp32", gan_net=gan_net)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tiles
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Tiles of an (H, W) low-resolution canvas: tile starts per axis, the tile size, and 1-D blend weights per
+    tile in output pixels (`wy[i]` for the i-th row of tiles, `wx[j]` for the j-th column)."""
+
+    height: int
+    width: int
+    tile_h: int
+    tile_w: int
+    ys: list[int]
+    xs: list[int]
+    wy: np.ndarray  # (len(ys), tile_h·scale) float32
+    wx: np.ndarray  # (len(xs), tile_w·scale) float32
+
+    @property
+    def count(self) -> int:
+        return len(self.ys) * len(self.xs)
+
+    def tiles(self) -> Iterator[tuple[int, int]]:
+        """(row index, column index) of every tile, row by row."""
+        for i in range(len(self.ys)):
+            for j in range(len(self.xs)):
+                yield i, j
+
+
+def plan_tiles(height: int, width: int, tile: int, overlap: int, scale: int) -> TilePlan:
+    C = load_C()
+    ys, xs = C.axis_tiles(height, tile, overlap), C.axis_tiles(width, tile, overlap)
+    return TilePlan(height, width, min(tile, height), min(tile, width), list(ys), list(xs),
+                    C.axis_weights(height, ys, tile, scale), C.axis_weights(width, xs, tile, scale))
+
+
+def auto_tile(backend: Backend, height: int, width: int, batch: int, budget: int | None = None) -> int:
+    """The largest tile side whose batch of activations fits `budget` bytes (CPU: 2 GiB; CUDA: half the free
+    memory), rounded down to a multiple of 8 and of the backend's input multiple; the whole image if it fits."""
+    if budget is None:
+        if backend.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(backend.device)
+            budget = free // 2
+        else:
+            budget = CPU_MEMORY_BUDGET
+    side = int(math.sqrt(budget / (batch * backend.bytes_per_pixel())))
+    if side >= max(height, width):
+        return max(height, width)
+    step = 8 * backend.multiple // math.gcd(8, backend.multiple)
+    return max(step, side // step * step)
+
+
+def upscale_planes(backend: Backend, planes: np.ndarray, *, tile: int | None = None,
+                   tile_overlap: int = DEFAULT_TILE_OVERLAP, batch: int = DEFAULT_BATCH, threads: int = 0,
+                   progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """float32 planes (C, H, W) in [0, 1] → (C, H·scale, W·scale), tiled and blended.
+
+    `tile` is the tile side in input pixels (None: chosen from the memory budget; 0: no tiling).
+    `progress(n)` is called after each batch with the number of tiles done in it.
+    """
+    C = load_C()
+    channels, h, w = planes.shape
+    if channels != backend.in_channels:
+        raise ValueError(f"the network reads {backend.in_channels} channels, the image has {channels}")
+    m = backend.multiple
+    pad_h, pad_w = (-h) % m, (-w) % m
+    if pad_h or pad_w:  # pixel-unshuffle networks need sides that are multiples of 2 or 4
+        if min(h, w) > max(pad_h, pad_w):
+            planes = np.pad(planes, ((0, 0), (0, pad_h), (0, pad_w)), mode="reflect")
+        else:
+            planes = np.pad(planes, ((0, 0), (0, pad_h), (0, pad_w)), mode="edge")
+    H, W = planes.shape[1:]
+    if tile is None:
+        tile = auto_tile(backend, H, W, batch)
+    if tile == 0:
+        tile = max(H, W)
+    if tile % m:
+        raise ValueError(f"tile {tile} must be a multiple of {m} for this ×{backend.scale} network "
+                         f"(pixel-unshuffle by {m})")
+    if 2 * tile_overlap > tile and max(H, W) > tile:
+        log.warning("tile overlap %d is more than half the tile %d: using %d", tile_overlap, tile, tile // 2)
+        tile_overlap = tile // 2
+    plan = plan_tiles(H, W, tile, tile_overlap, backend.scale)
+    s = backend.scale
+    out = np.zeros((backend.out_channels, H * s, W * s), np.float32)
+    source = torch.from_numpy(np.ascontiguousarray(planes))
+    positions = list(plan.tiles())
+    for first in range(0, len(positions), batch):
+        chunk = positions[first:first + batch]
+        inputs = torch.stack([source[:, plan.ys[i]:plan.ys[i] + plan.tile_h, plan.xs[j]:plan.xs[j] + plan.tile_w]
+                              for i, j in chunk])
+        result = backend.run(inputs).float().cpu().numpy()
+        C.blend_tiles(out, np.ascontiguousarray(result), [plan.ys[i] * s for i, _ in chunk],
+                      [plan.xs[j] * s for _, j in chunk], [plan.wy[i] for i, _ in chunk],
+                      [plan.wx[j] for _, j in chunk], threads=threads)
+        if progress is not None:
+            progress(len(chunk))
+    return out[:, : h * s, : w * s]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Images
+
+_GRAY = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601 luma, as cv2's RGB2GRAY
+
+
+def _resize(planes: np.ndarray, height: int, width: int, interpolation: int) -> np.ndarray:
+    """Resize float32 planes (C, h, w) with OpenCV, channel by channel."""
+    return np.stack([cv2.resize(p, (width, height), interpolation=interpolation) for p in planes])
+
+
+def infer(net: Any, image: np.ndarray | torch.Tensor, *, tile: int | None = None,
+          tile_overlap: int = DEFAULT_TILE_OVERLAP, batch: int = DEFAULT_BATCH, outscale: float | None = None,
+          alpha: float | None = None, alpha_upsampler: str = "model", threads: int = 0,
+          progress: Callable[[int], None] | None = None) -> np.ndarray | torch.Tensor:
+    """Upscale one image.
+
+    Args:
+        net: a network of `engine.models`, a checkpoint path, or a `Backend` (e.g. `TorchBackend(net, ...)`).
+        image: numpy (H, W) or (H, W, C) with C ∈ {1, 2, 3, 4} (gray, gray+alpha, RGB, RGBA), uint8, uint16 or
+            float (nominally [0, 1]); or a float torch tensor (C, H, W) or (N, C, H, W) in [0, 1].
+        tile: tile side in input pixels; None chooses it from a memory budget, 0 disables tiling.
+        tile_overlap: overlap of neighbouring tiles in input pixels (≤ tile / 2).
+        batch: tiles per network call.
+        outscale: final scale relative to the input (resized with Lanczos after the network); default: the
+            network's scale.
+        alpha: network interpolation weight, for a backend made with both endpoints (`TorchBackend(gan_net=…)`).
+        alpha_upsampler: "model" (the alpha channel goes through the network as gray) or "bicubic".
+
+    Returns:
+        The upscaled image with the input's dtype and channel layout (a tensor on the input's device for tensors).
+    """
+    backend = as_backend(net)
+    if alpha is not None:
+        set_alpha = getattr(backend, "set_alpha", None)
+        if set_alpha is None:
+            raise ValueError(f"alpha needs a backend with both endpoint weights; {type(backend).__name__} has none")
+        if getattr(backend, "alpha", None) != alpha:
+            set_alpha(alpha)
+    if alpha_upsampler not in ("model", "bicubic"):
+        raise ValueError(f"alpha_upsampler must be model or bicubic, got {alpha_upsampler!r}")
+    if outscale is not None and not outscale > 0:
+        raise ValueError(f"outscale must be positive, got {outscale}")
+    if isinstance(image, torch.Tensor):
+        return _infer_tensor(backend, image, tile, tile_overlap, batch, outscale, threads, progress)
+
+    C = load_C()
+    image = np.asarray(image)
+    dtype, keep_axis = image.dtype, image.ndim == 3 and image.shape[2] == 1
+    if dtype not in (np.uint8, np.uint16, np.float32):
+        if dtype.kind != "f":
+            raise ValueError(f"image must be uint8, uint16 or float, got {dtype}")
+        image = image.astype(np.float32)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (2, 3, 4)):
+        raise ValueError(f"image must have shape (H, W) or (H, W, C) with C in 1..4, got {image.shape}")
+    planes = C.to_planar(np.ascontiguousarray(image), threads=threads)  # (C, H, W) float32
+    channels = planes.shape[0]
+    color, alpha_plane = (planes[:-1], planes[-1:]) if channels in (2, 4) else (planes, None)
+    gray = color.shape[0] == 1
+
+    def run(p: np.ndarray) -> np.ndarray:
+        if p.shape[0] == 1 and backend.in_channels == 3:
+            return (_GRAY[:, None, None] * upscale_planes(
+                backend, np.repeat(p, 3, axis=0), tile=tile, tile_overlap=tile_overlap, batch=batch, threads=threads,
+                progress=progress)).sum(axis=0, keepdims=True)
+        return upscale_planes(backend, p, tile=tile, tile_overlap=tile_overlap, batch=batch, threads=threads,
+                              progress=progress)
+
+    out = run(np.ascontiguousarray(color))
+    h, w = image.shape[:2]
+    s = backend.scale
+    if alpha_plane is not None:
+        if alpha_upsampler == "model":
+            up_alpha = run(np.ascontiguousarray(alpha_plane))
+        else:
+            up_alpha = _resize(alpha_plane, h * s, w * s, cv2.INTER_CUBIC)
+        out = np.concatenate([out, up_alpha])
+    if outscale is not None and outscale != s:
+        out = _resize(out, round(h * outscale), round(w * outscale), cv2.INTER_LANCZOS4)
+    if dtype in (np.uint8, np.uint16):
+        result = C.from_planar(np.ascontiguousarray(out, dtype=np.float32), dtype.name, threads=threads)
+    else:
+        result = np.ascontiguousarray(out.transpose(1, 2, 0)).astype(dtype, copy=False)
+    if gray and alpha_plane is None and not keep_axis:
+        return result[..., 0]
+    return result
+
+
+def _infer_tensor(backend: Backend, image: torch.Tensor, tile: int | None, tile_overlap: int, batch: int,
+                  outscale: float | None, threads: int, progress: Callable[[int], None] | None) -> torch.Tensor:
+    """Float tensors (C, H, W) or (N, C, H, W) in [0, 1]: each image through the tiled path, same layout back."""
+    if not image.is_floating_point() or image.ndim not in (3, 4):
+        raise ValueError(f"a tensor image must be float (C, H, W) or (N, C, H, W), got {image.dtype} "
+                         f"{tuple(image.shape)}")
+    frames = image.unsqueeze(0) if image.ndim == 3 else image
+    outs = []
+    for frame in frames:
+        planes = frame.detach().float().cpu().numpy()
+        up = upscale_planes(backend, np.ascontiguousarray(planes), tile=tile, tile_overlap=tile_overlap, batch=batch,
+                            threads=threads, progress=progress)
+        result = torch.from_numpy(up)
+        if outscale is not None and outscale != backend.scale:
+            h, w = frame.shape[-2:]
+            result = F.interpolate(result[None], size=(round(h * outscale), round(w * outscale)), mode="bicubic",
+                                   align_corners=False)[0]
+        outs.append(result)
+    out = torch.stack(outs).to(device=image.device, dtype=image.dtype)
+    return out[0] if image.ndim == 3 else out

@@ -1,0 +1,258 @@
+"""engine.infer and python -m engine.upscale: layouts and dtypes, seam-free tiles, alpha, precision fallback,
+folder runs that lose nothing."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+import torch
+
+import engine
+import engine.models as M
+from engine.imageio import read_image, write_image
+from engine.inference import TorchBackend, plan_tiles, upscale_planes
+from engine.upscale import main as upscale_main
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from tiling import TARGET_DB, crop_only_tiles, psnr8  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def shipped() -> TorchBackend:
+    net, _ = M.load(REPO / "weights" / "tiny_x4.safetensors")
+    return TorchBackend(net)
+
+
+def _small_net(seed: int = 0, **kw: object) -> M.SRNet:
+    torch.manual_seed(seed)
+    return M.create("rrdb6", num_block=1, num_feat=8, num_grow_ch=4, **kw).eval()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Layouts and dtypes.
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(13, 17), (13, 17, 1), (13, 17, 2), (13, 17, 3), (13, 17, 4)])
+def test_every_dtype_and_layout_round_trips(shipped: TorchBackend, dtype: type, shape: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(0)
+    if np.issubdtype(dtype, np.integer):
+        image = rng.integers(0, np.iinfo(dtype).max, shape, endpoint=True).astype(dtype)
+    else:
+        image = rng.random(shape).astype(dtype)
+    out = engine.infer(shipped, image, tile=0)
+    assert out.dtype == dtype
+    assert out.shape == (52, 68, *shape[2:])
+
+
+def test_rgb_matches_the_network_and_gray_uses_luma(shipped: TorchBackend) -> None:
+    rgb = skimage.data.chelsea()[100:140, 150:200]
+    out = engine.infer(shipped, rgb, tile=0)
+    with torch.no_grad():
+        ref = shipped.net(torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255)[0]
+    expected = np.clip(np.rint(ref.permute(1, 2, 0).numpy() * 255), 0, 255).astype(np.uint8)
+    assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1  # float32 summation order only
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    out_gray = engine.infer(shipped, gray, tile=0)
+    luma = cv2.cvtColor(engine.infer(shipped, np.repeat(gray[..., None], 3, axis=2), tile=0), cv2.COLOR_RGB2GRAY)
+    assert out_gray.shape == (gray.shape[0] * 4, gray.shape[1] * 4)
+    assert np.abs(out_gray.astype(int) - luma.astype(int)).max() <= 1
+
+
+def test_rgba_alpha_by_model_or_bicubic(shipped: TorchBackend) -> None:
+    rgba = np.dstack([skimage.data.coffee()[:24, :30], np.full((24, 30), 200, np.uint8)])
+    rgba[:, :10, 3] = 0
+    for upsampler in ("model", "bicubic"):
+        out = engine.infer(shipped, rgba, tile=0, alpha_upsampler=upsampler)
+        assert out.shape == (96, 120, 4)
+        assert abs(int(out[48, 100, 3]) - 200) <= 3 and out[48, 5, 3] <= 3
+    np.testing.assert_array_equal(engine.infer(shipped, rgba, tile=0)[..., :3], engine.infer(shipped, rgba[..., :3],
+                                                                                             tile=0))
+
+
+def test_outscale_odd_sizes_and_images_smaller_than_a_tile(shipped: TorchBackend) -> None:
+    image = skimage.data.astronaut()[:37, :23]
+    assert engine.infer(shipped, image, tile=64).shape == (148, 92, 3)
+    assert engine.infer(shipped, image, outscale=2).shape == (74, 46, 3)
+    assert engine.infer(shipped, image, outscale=3.5).shape == (130, 80, 3)
+    with pytest.raises(ValueError, match="outscale must be positive"):
+        engine.infer(shipped, image, outscale=0)
+
+
+def test_pixel_unshuffle_networks_pad_odd_sizes() -> None:
+    net = _small_net(scale=2)  # pixel-unshuffle by 2: sides must be even inside
+    image = np.random.default_rng(1).random((15, 21, 3)).astype(np.float32)
+    assert engine.infer(net, image, tile=0).shape == (30, 42, 3)
+    assert engine.infer(net, image, tile=8, tile_overlap=2).shape == (30, 42, 3)
+
+
+def test_tensor_input_keeps_layout_and_dtype(shipped: TorchBackend) -> None:
+    x = torch.rand(2, 3, 10, 12, dtype=torch.float64)
+    out = engine.infer(shipped, x, tile=0)
+    assert out.shape == (2, 3, 40, 48) and out.dtype == torch.float64
+    assert engine.infer(shipped, x[0], tile=0).shape == (3, 40, 48)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tiles.
+
+
+def test_tiled_output_matches_untiled_and_beats_crop_only_tiles(shipped: TorchBackend) -> None:
+    """At the same tile size (Real-ESRGAN's -t 64: 64 + 10 pixels of context for crop-only tiles)."""
+    planes = np.ascontiguousarray(skimage.data.chelsea()[40:200, 100:300].transpose(2, 0, 1) / 255, np.float32)
+    whole = upscale_planes(shipped, planes, tile=0)
+    blended = upscale_planes(shipped, planes, tile=64, tile_overlap=engine.inference.DEFAULT_TILE_OVERLAP)
+    crop_only = crop_only_tiles(shipped, planes, tile=64, pad=10)
+    ours, theirs = psnr8(blended, whole), psnr8(crop_only, whole)
+    assert ours >= TARGET_DB, ours  # the target that picked the default overlap (bench/tiling.py)
+    assert theirs < ours, (theirs, ours)
+
+
+def test_tile_plan_weights_sum_to_one(shipped: TorchBackend) -> None:
+    plan = plan_tiles(100, 70, 40, 8, 4)
+    rows, cols = np.zeros(400, np.float32), np.zeros(280, np.float32)
+    for i, y in enumerate(plan.ys):
+        rows[y * 4:(y + plan.tile_h) * 4] += plan.wy[i]
+    for j, x in enumerate(plan.xs):
+        cols[x * 4:(x + plan.tile_w) * 4] += plan.wx[j]
+    assert np.array_equal(rows, np.ones(400, np.float32)) and np.array_equal(cols, np.ones(280, np.float32))
+
+
+def test_tiles_are_batched_and_progress_is_reported(shipped: TorchBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes: list[int] = []
+    original = shipped.run
+    monkeypatch.setattr(shipped, "run", lambda b: (sizes.append(b.shape[0]), original(b))[1])
+    done: list[int] = []
+    engine.infer(shipped, skimage.data.camera()[:64, :90], tile=32, tile_overlap=4, batch=4, progress=done.append)
+    # rows: ceil((64 - 4) / (32 - 4)) = 3, columns: ceil((90 - 4) / 28) = 4
+    assert sum(sizes) == sum(done) == 3 * 4 and sizes == [4, 4, 4]
+    engine.infer(shipped, skimage.data.camera()[:64, :60], tile=32, tile_overlap=4, batch=4)
+    assert sizes[3:] == [4, 2]  # 3 × 2 tiles
+
+
+def test_tile_size_is_chosen_from_the_memory_budget(shipped: TorchBackend) -> None:
+    from engine.inference import auto_tile
+
+    per_pixel = shipped.bytes_per_pixel()
+    assert auto_tile(shipped, 4000, 4000, batch=1, budget=int(per_pixel * 200 * 200)) == 200
+    assert auto_tile(shipped, 50, 60, batch=1, budget=2**30) == 60  # fits whole
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Alpha and precision.
+
+
+def test_alpha_blends_the_two_networks(tmp_path: Path) -> None:
+    psnr_net, gan_net = _small_net(1), _small_net(2)
+    backend = TorchBackend(_small_net(1), gan_net=gan_net)
+    image = np.random.default_rng(2).random((9, 11, 3)).astype(np.float32)
+    blended = _small_net(1)
+    blended.load_state_dict(M.interpolate(psnr_net, gan_net, 0.3))
+    np.testing.assert_allclose(engine.infer(backend, image, tile=0, alpha=0.3), engine.infer(blended, image, tile=0),
+                               atol=1e-6)
+    np.testing.assert_allclose(engine.infer(backend, image, tile=0, alpha=0.0), engine.infer(psnr_net, image, tile=0),
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="alpha needs"):
+        engine.infer(psnr_net, image, alpha=0.5)
+
+
+def test_fp16_overflow_is_recomputed_in_fp32(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    backend = TorchBackend(_small_net(), dtype="bf16")
+    backend.dtype = "fp16"  # a CPU stand-in: the fp16 pass is simulated to overflow
+    real = backend._forward
+    monkeypatch.setattr(backend, "_forward", lambda x, d: real(x, "fp32") * (torch.inf if d == "fp16" else 1))
+    with caplog.at_level(logging.WARNING, logger="engine"):
+        out = backend.run(torch.rand(1, 3, 8, 8))
+    assert torch.isfinite(out).all() and "fp16 overflow" in caplog.text
+
+
+def test_fp16_on_the_cpu_is_refused() -> None:
+    with pytest.raises(ValueError, match="fp16 inference needs a CUDA device"):
+        TorchBackend(_small_net(), dtype="fp16")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The command line.
+
+
+def _folder(tmp_path: Path, count: int = 3) -> Path:
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(count):
+        write_image(src / f"img{i}.png", skimage.data.astronaut()[i * 20:i * 20 + 24, :20])
+    return src
+
+
+def test_cli_upscales_a_folder_with_the_default_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = _folder(tmp_path)
+    assert upscale_main(["-i", str(src), "-o", str(tmp_path / "out")]) == 0
+    outs = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert outs == ["img0_out.png", "img1_out.png", "img2_out.png"]
+    assert read_image(tmp_path / "out" / "img0_out.png").shape == (96, 80, 3)
+    assert "3 written" in capsys.readouterr().out
+
+
+def test_cli_reports_a_corrupt_file_and_writes_the_others(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = _folder(tmp_path, 2)
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(100))
+    assert upscale_main(["-i", str(src), "-o", str(tmp_path / "out")]) == 1
+    captured = capsys.readouterr()
+    assert "broken.png" in captured.err and "cannot be decoded" in captured.err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["img0_out.png", "img1_out.png"]
+
+
+def test_cli_keeps_existing_outputs_and_resumes_with_skip_existing(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    src, out = _folder(tmp_path), tmp_path / "out"
+    out.mkdir()
+    (out / "img0_out.png").write_bytes(b"finished before the interruption")
+    assert upscale_main(["-i", str(src), "-o", str(out), "--skip-existing"]) == 0
+    summary = capsys.readouterr().out
+    assert "2 written" in summary and "1 skipped" in summary
+    assert (out / "img0_out.png").read_bytes() == b"finished before the interruption"
+
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert upscale_main(["-i", str(src), "-o", str(out)]) == 1  # nothing is replaced without --overwrite
+    err = capsys.readouterr().err
+    assert err.count("exists; pass --overwrite") == 3
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    assert upscale_main(["-i", str(src), "-o", str(out), "--overwrite"]) == 0
+    assert read_image(out / "img0_out.png").shape == (96, 80, 3)
+
+
+def test_cli_leaves_no_temporary_files_after_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    write_image(src / "rgba.png", np.dstack([skimage.data.coffee()[:16, :16], np.full((16, 16), 9, np.uint8)]))
+    out = tmp_path / "out"
+    assert upscale_main(["-i", str(src), "-o", str(out), "--ext", "jpg"]) == 1  # JPEG has no alpha
+    assert "alpha" in capsys.readouterr().err
+    assert not out.exists() or list(out.iterdir()) == []
+    assert [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")] == []
+
+
+def test_cli_refuses_images_over_max_pixels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = _folder(tmp_path, 1)
+    assert upscale_main(["-i", str(src), "-o", str(tmp_path / "out"), "--max-pixels", "100"]) == 1
+    assert "--max-pixels" in capsys.readouterr().err
+
+
+def test_cli_accepts_real_esrgan_spellings_and_alpha(tmp_path: Path) -> None:
+    src = _folder(tmp_path, 1)
+    M.save(_small_net(1), tmp_path / "psnr.safetensors")
+    M.save(_small_net(2), tmp_path / "gan.safetensors")
+    code = upscale_main(["-i", str(src), "-o", str(tmp_path / "out"),
+                         "--model_path", str(tmp_path / "psnr.safetensors"),
+                         "--tile_pad", "4", "-t", "16", "--alpha", "0.5", "--gan-weights",
+                         str(tmp_path / "gan.safetensors"), "-s", "2", "--suffix", "", "--ext", "webp"])
+    assert code == 0
+    assert read_image(tmp_path / "out" / "img0.webp").shape[:2] == (48, 40)
