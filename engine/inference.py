@@ -205,26 +205,29 @@ def auto_tile(backend: Backend, height: int, width: int, batch: int, budget: int
     return max(step, side // step * step)
 
 
-def upscale_planes(backend: Backend, planes: np.ndarray, *, tile: int | None = None,
+def upscale_planes(backend: Backend, planes: np.ndarray | torch.Tensor, *, tile: int | None = None,
                    tile_overlap: int = DEFAULT_TILE_OVERLAP, batch: int = DEFAULT_BATCH, threads: int = 0,
-                   progress: Callable[[int], None] | None = None) -> np.ndarray:
+                   progress: Callable[[int], None] | None = None) -> np.ndarray | torch.Tensor:
     """float32 planes (C, H, W) in [0, 1] → (C, H·scale, W·scale), tiled and blended.
 
+    On a CPU backend the result is numpy, blended by the host code of `engine._C`. On a CUDA backend the tiles
+    stay on the device: the result is a CUDA tensor blended by `engine._C.accumulate_cuda` on the current stream.
     `tile` is the tile side in input pixels (None: chosen from the memory budget; 0: no tiling).
     `progress(n)` is called after each batch with the number of tiles done in it.
     """
     C = load_C()
-    channels, h, w = planes.shape
+    on_device = backend.device.type == "cuda"
+    source = torch.as_tensor(planes, dtype=torch.float32).to(backend.device if on_device else "cpu")
+    channels, h, w = source.shape
     if channels != backend.in_channels:
         raise ValueError(f"the network reads {backend.in_channels} channels, the image has {channels}")
     m = backend.multiple
     pad_h, pad_w = (-h) % m, (-w) % m
     if pad_h or pad_w:  # pixel-unshuffle networks need sides that are multiples of 2 or 4
-        if min(h, w) > max(pad_h, pad_w):
-            planes = np.pad(planes, ((0, 0), (0, pad_h), (0, pad_w)), mode="reflect")
-        else:
-            planes = np.pad(planes, ((0, 0), (0, pad_h), (0, pad_w)), mode="edge")
-    H, W = planes.shape[1:]
+        mode = "reflect" if min(h, w) > max(pad_h, pad_w) else "replicate"
+        source = F.pad(source[None], (0, pad_w, 0, pad_h), mode=mode)[0]
+    source = source.contiguous()
+    H, W = source.shape[1:]
     if tile is None:
         tile = auto_tile(backend, H, W, batch)
     if tile == 0:
@@ -237,20 +240,38 @@ def upscale_planes(backend: Backend, planes: np.ndarray, *, tile: int | None = N
         tile_overlap = tile // 2
     plan = plan_tiles(H, W, tile, tile_overlap, backend.scale)
     s = backend.scale
-    out = np.zeros((backend.out_channels, H * s, W * s), np.float32)
-    source = torch.from_numpy(np.ascontiguousarray(planes))
     positions = list(plan.tiles())
-    for first in range(0, len(positions), batch):
-        chunk = positions[first:first + batch]
-        inputs = torch.stack([source[:, plan.ys[i]:plan.ys[i] + plan.tile_h, plan.xs[j]:plan.xs[j] + plan.tile_w]
-                              for i, j in chunk])
-        result = backend.run(inputs).float().cpu().numpy()
-        C.blend_tiles(out, np.ascontiguousarray(result), [plan.ys[i] * s for i, _ in chunk],
+
+    def batches() -> Iterator[tuple[list[tuple[int, int]], torch.Tensor]]:
+        for first in range(0, len(positions), batch):
+            chunk = positions[first:first + batch]
+            inputs = torch.stack([source[:, plan.ys[i]:plan.ys[i] + plan.tile_h,
+                                         plan.xs[j]:plan.xs[j] + plan.tile_w] for i, j in chunk])
+            yield chunk, backend.run(inputs).float().contiguous()
+            if progress is not None:
+                progress(len(chunk))
+
+    if on_device:
+        canvas = torch.zeros((backend.out_channels, H * s, W * s), dtype=torch.float32, device=backend.device)
+        wy = [torch.from_numpy(v).to(backend.device) for v in plan.wy]
+        wx = [torch.from_numpy(v).to(backend.device) for v in plan.wx]
+        stream = torch.cuda.current_stream(backend.device).cuda_stream
+        for chunk, result in batches():
+            for k, (i, j) in enumerate(chunk):
+                C.accumulate_cuda(canvas.data_ptr(), result[k].data_ptr(), wy[i].data_ptr(), wx[j].data_ptr(),
+                                  backend.out_channels, H * s, W * s, plan.tile_h * s, plan.tile_w * s,
+                                  plan.ys[i] * s, plan.xs[j] * s, stream)
+        return canvas[:, : h * s, : w * s]
+    out = np.zeros((backend.out_channels, H * s, W * s), np.float32)
+    for chunk, result in batches():
+        C.blend_tiles(out, result.cpu().numpy(), [plan.ys[i] * s for i, _ in chunk],
                       [plan.xs[j] * s for _, j in chunk], [plan.wy[i] for i, _ in chunk],
                       [plan.wx[j] for _, j in chunk], threads=threads)
-        if progress is not None:
-            progress(len(chunk))
     return out[:, : h * s, : w * s]
+
+
+def _host(planes: np.ndarray | torch.Tensor) -> np.ndarray:
+    return planes.cpu().numpy() if isinstance(planes, torch.Tensor) else planes
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -317,11 +338,11 @@ def infer(net: Any, image: np.ndarray | torch.Tensor, *, tile: int | None = None
 
     def run(p: np.ndarray) -> np.ndarray:
         if p.shape[0] == 1 and backend.in_channels == 3:
-            return (_GRAY[:, None, None] * upscale_planes(
+            return (_GRAY[:, None, None] * _host(upscale_planes(
                 backend, np.repeat(p, 3, axis=0), tile=tile, tile_overlap=tile_overlap, batch=batch, threads=threads,
-                progress=progress)).sum(axis=0, keepdims=True)
-        return upscale_planes(backend, p, tile=tile, tile_overlap=tile_overlap, batch=batch, threads=threads,
-                              progress=progress)
+                progress=progress))).sum(axis=0, keepdims=True)
+        return _host(upscale_planes(backend, p, tile=tile, tile_overlap=tile_overlap, batch=batch, threads=threads,
+                                    progress=progress))
 
     out = run(np.ascontiguousarray(color))
     h, w = image.shape[:2]
@@ -345,17 +366,17 @@ def infer(net: Any, image: np.ndarray | torch.Tensor, *, tile: int | None = None
 
 def _infer_tensor(backend: Backend, image: torch.Tensor, tile: int | None, tile_overlap: int, batch: int,
                   outscale: float | None, threads: int, progress: Callable[[int], None] | None) -> torch.Tensor:
-    """Float tensors (C, H, W) or (N, C, H, W) in [0, 1]: each image through the tiled path, same layout back."""
+    """Float tensors (C, H, W) or (N, C, H, W) in [0, 1]: each image through the tiled path, same layout back.
+    A CUDA tensor with a CUDA backend never leaves the device."""
     if not image.is_floating_point() or image.ndim not in (3, 4):
         raise ValueError(f"a tensor image must be float (C, H, W) or (N, C, H, W), got {image.dtype} "
                          f"{tuple(image.shape)}")
     frames = image.unsqueeze(0) if image.ndim == 3 else image
     outs = []
     for frame in frames:
-        planes = frame.detach().float().cpu().numpy()
-        up = upscale_planes(backend, np.ascontiguousarray(planes), tile=tile, tile_overlap=tile_overlap, batch=batch,
+        up = upscale_planes(backend, frame.detach().float(), tile=tile, tile_overlap=tile_overlap, batch=batch,
                             threads=threads, progress=progress)
-        result = torch.from_numpy(up)
+        result = torch.as_tensor(up)
         if outscale is not None and outscale != backend.scale:
             h, w = frame.shape[-2:]
             result = F.interpolate(result[None], size=(round(h * outscale), round(w * outscale)), mode="bicubic",

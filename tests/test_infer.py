@@ -256,3 +256,44 @@ def test_cli_accepts_real_esrgan_spellings_and_alpha(tmp_path: Path) -> None:
                          str(tmp_path / "gan.safetensors"), "-s", "2", "--suffix", "", "--ext", "webp"])
     assert code == 0
     assert read_image(tmp_path / "out" / "img0.webp").shape[:2] == (48, 40)
+
+
+@pytest.mark.gpu
+def test_cuda_backend_blends_on_the_device(shipped: TorchBackend) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device visible to torch")
+    net, _ = M.load(REPO / "weights" / "tiny_x4.safetensors")
+    gpu = TorchBackend(net, device="cuda", dtype="fp32")
+    planes = np.ascontiguousarray(skimage.data.coffee()[:150, :170].transpose(2, 0, 1) / 255, np.float32)
+    host = upscale_planes(shipped, planes, tile=64)
+    device = upscale_planes(gpu, torch.from_numpy(planes).cuda(), tile=64)
+    assert isinstance(device, torch.Tensor) and device.is_cuda
+    np.testing.assert_allclose(device.cpu().numpy(), host, atol=1e-4)  # cuDNN vs CPU convolutions
+    out = engine.infer(gpu, torch.from_numpy(planes).cuda(), tile=64)
+    assert out.is_cuda and out.shape == (3, 600, 680)
+
+
+def test_cli_reports_out_of_memory_and_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import engine.upscale as cli
+
+    src = _folder(tmp_path, 2)
+    real = cli.infer
+
+    def infer_or_oom(backend: object, image: np.ndarray, **kw: object) -> object:
+        if image[0, 0, 0] == skimage.data.astronaut()[0, 0, 0]:  # img0
+            raise MemoryError("cannot allocate")
+        return real(backend, image, **kw)
+
+    monkeypatch.setattr(cli, "infer", infer_or_oom)
+    assert upscale_main(["-i", str(src), "-o", str(tmp_path / "out")]) == 1
+    assert "img0.png: out of memory (MemoryError); use a smaller --tile" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["img1_out.png"]
+
+
+def test_cli_bf16_on_the_cpu(tmp_path: Path) -> None:
+    src = _folder(tmp_path, 1)
+    assert upscale_main(["-i", str(src), "-o", str(tmp_path / "out"), "--bf16", "--device", "cpu"]) == 0
+    fp32 = engine.infer(TorchBackend(M.load(REPO / "weights" / "tiny_x4.safetensors")[0]), read_image(src / "img0.png"))
+    bf16 = read_image(tmp_path / "out" / "img0_out.png")
+    assert bf16.shape == fp32.shape and np.abs(bf16.astype(int) - fp32.astype(int)).mean() < 3
