@@ -171,10 +171,6 @@ class TilePlan:
     wy: np.ndarray  # (len(ys), tile_h·scale) float32
     wx: np.ndarray  # (len(xs), tile_w·scale) float32
 
-    @property
-    def count(self) -> int:
-        return len(self.ys) * len(self.xs)
-
     def tiles(self) -> Iterator[tuple[int, int]]:
         """(row index, column index) of every tile, row by row."""
         for i in range(len(self.ys)):
