@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from engine import models  # noqa: E402
 from engine.inference import TorchBackend, upscale_planes  # noqa: E402
+from engine.metrics import psnr  # noqa: E402
 
 TARGET_DB = 60.0  # tiled vs untiled, on 8-bit outputs: at most a few pixels differ by one level
 
@@ -48,11 +49,11 @@ def crop_only_tiles(backend: TorchBackend, planes: np.ndarray, tile: int, pad: i
 
 
 def psnr8(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR of two [0, 1] float images after rounding to 8 bits (inf when identical)."""
-    qa = np.clip(np.rint(a * 255), 0, 255)
-    qb = np.clip(np.rint(b * 255), 0, 255)
-    mse = float(np.mean((qa - qb) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
+    """PSNR of two [0, 1] float planar images (C, H, W) after rounding to 8 bits (inf when identical)."""
+    def to8(x: np.ndarray) -> np.ndarray:
+        return np.clip(np.rint(x * 255), 0, 255).transpose(1, 2, 0)
+
+    return psnr(to8(a), to8(b))
 
 
 def photos() -> dict[str, np.ndarray]:

@@ -175,7 +175,7 @@ def _check_pixels(path: StrPath, height: int, width: int, max_pixels: int | None
 
 
 def read_image(path: StrPath, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read an image as (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA; dtype uint8, uint16 or float32, as stored.
+    """Read an image as (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA; dtype uint8, uint16 or float, as stored.
 
     Images with more than `max_pixels` pixels (None: no limit) are refused, before decoding when the header gives
     the size. Gray+alpha files come back as RGBA (OpenCV expands them). JPEGs are turned upright by their EXIF
@@ -206,8 +206,8 @@ def read_image(path: StrPath, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
         raise ImageError(f"{path}: cannot be decoded (corrupt, truncated or unsupported)")
     _check_pixels(path, image.shape[0], image.shape[1], max_pixels)
 
-    if image.dtype not in (np.uint8, np.uint16, np.float32):
-        raise ImageError(f"{path}: unsupported pixel type {image.dtype} (uint8, uint16 or float32 expected)")
+    if image.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
+        raise ImageError(f"{path}: unsupported pixel type {image.dtype} (uint8, uint16 or float expected)")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if image.ndim == 2:

@@ -15,11 +15,11 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from engine import imageio
 from train.degradations import imresize
 
 __all__ = [
@@ -34,7 +34,7 @@ __all__ = [
 
 logger = logging.getLogger("train.data")
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"})
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(imageio.SUPPORTED_EXTENSIONS)
 
 # Margin, in LR pixels, of the HR box downscaled for an on-the-fly LR patch. The antialiased cubic kernel of a
 # 1/scale downscale reaches 2 LR pixels (2·scale HR pixels) each side, so LR pixels 2 or more inside the box
@@ -67,10 +67,11 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def read_image(path: str | Path) -> np.ndarray | None:
-    """Decode an image file with OpenCV into RGB float32 (H, W, 3) in [0, 1].
+    """Decode an image file into RGB float32 (H, W, 3) in [0, 1], with `engine.imageio.read_image` (the same
+    decoder as inference: OpenCV, JPEG EXIF orientation applied, non-ASCII paths).
 
     8-bit samples are divided by 255, 16-bit by 65535; float samples are kept (clipped to [0, 1]). Gray images
-    are repeated to 3 channels, alpha is dropped. The file is read with `np.fromfile`, so non-ASCII paths work.
+    are repeated to 3 channels, alpha is dropped.
 
     Returns:
         The image, or None when the file's content cannot be decoded (empty, corrupt, an unsupported format
@@ -79,35 +80,28 @@ def read_image(path: str | Path) -> np.ndarray | None:
     Raises:
         OSError (e.g. FileNotFoundError): the file cannot be read at all.
     """
-    buf = np.fromfile(Path(path), dtype=np.uint8)
-    if buf.size == 0:
-        return None
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such image file")
     try:
-        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    except cv2.error:
+        img = imageio.read_image(path, max_pixels=None)
+    except imageio.ImageError:
         return None
-    if img is None or img.size == 0 or img.ndim not in (2, 3):
+    if img.size == 0:
         return None
 
     if img.dtype == np.uint8:
         out = img.astype(np.float32) / np.float32(255)
     elif img.dtype == np.uint16:
         out = img.astype(np.float32) / np.float32(65535)
-    elif img.dtype in (np.float32, np.float64):
-        out = np.clip(np.nan_to_num(img.astype(np.float32)), 0.0, 1.0)
     else:
-        return None
+        out = np.clip(np.nan_to_num(img.astype(np.float32)), 0.0, 1.0)
 
     if out.ndim == 2:
         out = out[:, :, None]
-    channels = out.shape[2]
-    if channels in (1, 2):  # gray, or gray + alpha
-        out = np.repeat(out[:, :, :1], 3, axis=2)
-    elif channels in (3, 4):  # BGR or BGRA -> RGB
-        out = out[:, :, 2::-1]
-    else:
-        return None
-    return np.ascontiguousarray(out)
+    if out.shape[2] == 1:  # gray
+        out = np.repeat(out, 3, axis=2)
+    return np.ascontiguousarray(out[:, :, :3])  # RGB, or RGBA without its alpha
 
 
 def _relative_name(path: Path, root: Path) -> str:

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -43,6 +42,7 @@ from tqdm import tqdm
 
 import engine.models as models
 from engine.atomic import atomic_write
+from engine.imageio import write_image
 from engine.models.registry import same_network
 
 from .config import TrainConfig, learning_rate
@@ -64,16 +64,6 @@ class TrainError(RuntimeError):
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def atomic_png(image_rgb: np.ndarray, path: Path) -> None:
-    def write(tmp: str) -> None:
-        ok, buf = cv2.imencode(".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
-        if not ok:
-            raise OSError(f"cannot encode {path}")
-        Path(tmp).write_bytes(buf.tobytes())
-
-    atomic_write(path, write)
 
 
 STATE_NAME = re.compile(r"(\d{8})\.state")
@@ -430,7 +420,7 @@ class Trainer:
             self.tensorboard.add_scalar("val/ssim_y", ssim_y, it)
         rows = [(s["lr"], upscale(net, s["lr"], self.device), s["hr"]) for s in samples[: self.cfg.sample_count]]
         if rows:
-            atomic_png(sample_grid(rows), self.out / "samples" / f"iter_{it:08d}.png")
+            write_image(self.out / "samples" / f"iter_{it:08d}.png", sample_grid(rows))
         log.info("iter %d: validation Y-PSNR %.3f dB, Y-SSIM %.4f on %d images", it, psnr_y, ssim_y, len(scores))
         return psnr_y, ssim_y
 
