@@ -1,0 +1,311 @@
+"""ONNX export of the reference networks: fp32 or fp16 graphs with dynamic batch, height and width.
+
+    model = export.onnx.export_onnx(net, precision="fp16", io_dtype="fp32")
+    export.onnx.save(model, "engines/rrdb23/model.onnx")
+
+The graph is written op by op from the network's own modules rather than traced by `torch.onnx.export`,
+because the traced graphs break what engines need (torch 2.13, checked while writing this):
+- both exporters write `pixel_unshuffle` as Reshape/Transpose with sizes taken from the traced shape, the
+  pattern that breaks dynamic shapes in TensorRT (pytorch/TensorRT#595); here it is the standard
+  `SpaceToDepth` followed by a constant channel `Gather` (ONNX's order is block-major, PyTorch's channel-major),
+  and pixel shuffle is `DepthToSpace` in CRD mode, which is PyTorch's order;
+- the TorchScript exporter merges initializers with equal values (all-zero biases become one tensor behind
+  Identity nodes) and the dynamo exporter folds some away, so the weights could no longer be refitted by name.
+
+Here every weight initializer is named by its state-dict key (`body.0.rdb1.conv1.weight`), which is what the
+alpha refit (ONNX Runtime initializer rebinding, TensorRT's Refitter) and the INT8 calibration map by. Each Conv
+node is named by its module's prefix (`body.0.rdb1.conv1`). Constants that are not weights live under `const/`.
+
+Input `input` is (batch, in_channels, height, width), output `output` is (batch, out_channels, height·s, width·s);
+batch, height and width are dynamic (height and width multiples of 4 or 2 for pixel-unshuffle networks).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from engine.atomic import atomic_write
+from engine.models import SRNet
+from engine.models.cascade import Cascade
+from engine.models.edsr import EDSR
+from engine.models.rrdbnet import RRDBNet
+from engine.models.srresnet import MSRResNet, SRResNet
+
+OPSET = 18
+PRECISIONS = ("fp32", "fp16")
+INPUT, OUTPUT = "input", "output"
+
+
+class ExportError(ValueError):
+    """The network or the options cannot be exported; the message says what to change."""
+
+
+class _Graph:
+    """A growing ONNX graph in one float type (`dtype`): nodes, initializers and fresh value names."""
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.dtype = np.dtype(dtype)
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: dict[str, onnx.TensorProto] = {}
+        self._count = 0
+
+    def fresh(self, hint: str) -> str:
+        self._count += 1
+        return f"{hint}:{self._count}"
+
+    def op(self, op_type: str, inputs: Sequence[str], *, name: str | None = None, **attrs: Any) -> str:
+        out = self.fresh(name or op_type)
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=name or out, **attrs))
+        return out
+
+    def weight(self, key: str, tensor: torch.Tensor) -> str:
+        """An initializer named by its state-dict key, in the graph's float type."""
+        if key in self.initializers:
+            raise ExportError(f"two tensors are named {key!r}")
+        array = tensor.detach().cpu().double().numpy().astype(self.dtype)
+        self.initializers[key] = numpy_helper.from_array(array, key)
+        return key
+
+    def const(self, value: Any, dtype: np.dtype | None = None) -> str:
+        array = np.asarray(value, dtype=dtype or self.dtype)
+        name = f"const/{self._count}"
+        self._count += 1
+        self.initializers[name] = numpy_helper.from_array(array, name)
+        return name
+
+    # layers -----------------------------------------------------------------------------------------------
+
+    def conv(self, conv: nn.Conv2d, prefix: str, x: str) -> str:
+        if conv.groups != 1 or conv.dilation != (1, 1) or not isinstance(conv.padding, tuple):
+            raise ExportError(f"{prefix}: only plain convolutions are exported (groups 1, dilation 1, int padding)")
+        inputs = [x, self.weight(f"{prefix}.weight", conv.weight)]
+        if conv.bias is not None:
+            inputs.append(self.weight(f"{prefix}.bias", conv.bias))
+        ph, pw = conv.padding
+        out = self.fresh(prefix)
+        self.nodes.append(helper.make_node(
+            "Conv", inputs, [out], name=prefix, kernel_shape=list(conv.kernel_size), strides=list(conv.stride),
+            pads=[ph, pw, ph, pw]))
+        return out
+
+    def leaky_relu(self, x: str, slope: float) -> str:
+        return self.op("LeakyRelu", [x], alpha=float(slope))
+
+    def relu(self, x: str) -> str:
+        return self.op("Relu", [x])
+
+    def prelu(self, prelu: nn.PReLU, prefix: str, x: str) -> str:
+        # ONNX PRelu broadcasts the slope unidirectionally: (C,) must become (C, 1, 1) to apply per channel.
+        slope = prelu.weight.detach().reshape(-1, 1, 1)
+        return self.op("PRelu", [x, self.weight(f"{prefix}.weight", slope)])
+
+    def batch_norm(self, bn: nn.BatchNorm2d, prefix: str, x: str) -> str:
+        if bn.running_mean is None or bn.running_var is None or bn.weight is None or bn.bias is None:
+            raise ExportError(f"{prefix}: batch norm without running statistics or affine weights")
+        inputs = [x, self.weight(f"{prefix}.weight", bn.weight), self.weight(f"{prefix}.bias", bn.bias),
+                  self.weight(f"{prefix}.running_mean", bn.running_mean),
+                  self.weight(f"{prefix}.running_var", bn.running_var)]
+        return self.op("BatchNormalization", inputs, epsilon=float(bn.eps))
+
+    def add(self, a: str, b: str) -> str:
+        return self.op("Add", [a, b])
+
+    def scaled(self, x: str, factor: float) -> str:
+        return x if factor == 1.0 else self.op("Mul", [x, self.const(factor)])
+
+    def resize(self, x: str, factor: int, mode: str) -> str:
+        """PyTorch's `interpolate(scale_factor=factor)`: nearest (floor of asymmetric coordinates) or bilinear
+        with align_corners=False (half-pixel coordinates)."""
+        scales = self.const([1.0, 1.0, float(factor), float(factor)], np.float32)
+        if mode == "nearest":
+            return self.op("Resize", [x, "", scales], mode="nearest", coordinate_transformation_mode="asymmetric",
+                           nearest_mode="floor")
+        return self.op("Resize", [x, "", scales], mode="linear", coordinate_transformation_mode="half_pixel")
+
+    def pixel_shuffle(self, x: str, factor: int) -> str:
+        return self.op("DepthToSpace", [x], blocksize=factor, mode="CRD")
+
+    def pixel_unshuffle(self, x: str, factor: int, channels: int) -> str:
+        # SpaceToDepth writes channel (i·r + j)·C + c; PyTorch's pixel_unshuffle writes c·r² + i·r + j.
+        y = self.op("SpaceToDepth", [x], blocksize=factor)
+        r2 = factor * factor
+        order = [(k % r2) * channels + k // r2 for k in range(channels * r2)]
+        return self.op("Gather", [y, self.const(order, np.int64)], axis=1)
+
+
+# architectures ---------------------------------------------------------------------------------------------
+
+
+def _rrdbnet(g: _Graph, net: RRDBNet, p: str, x: str) -> str:
+    if net.unshuffle > 1:
+        x = g.pixel_unshuffle(x, net.unshuffle, net.in_channels)
+    feat = g.conv(net.conv_first, f"{p}conv_first", x)
+    body = feat
+    for i, rrdb in enumerate(net.body):
+        rrdb_in = body
+        for k in (1, 2, 3):
+            rdb = getattr(rrdb, f"rdb{k}")
+            q = f"{p}body.{i}.rdb{k}"
+            parts = [body]
+            for j in (1, 2, 3, 4):
+                y = g.leaky_relu(g.conv(getattr(rdb, f"conv{j}"), f"{q}.conv{j}", g.op("Concat", parts, axis=1)
+                                        if len(parts) > 1 else parts[0]), 0.2)
+                parts.append(y)
+            y5 = g.conv(rdb.conv5, f"{q}.conv5", g.op("Concat", parts, axis=1))
+            body = g.add(body, g.scaled(y5, 0.2))
+        body = g.add(rrdb_in, g.scaled(body, 0.2))
+    feat = g.add(feat, g.conv(net.conv_body, f"{p}conv_body", body))
+    for k in range(1, net.num_upsample + 1):
+        feat = g.leaky_relu(g.conv(getattr(net, f"conv_up{k}"), f"{p}conv_up{k}", g.resize(feat, 2, "nearest")), 0.2)
+    return g.conv(net.conv_last, f"{p}conv_last", g.leaky_relu(g.conv(net.conv_hr, f"{p}conv_hr", feat), 0.2))
+
+
+def _srresnet(g: _Graph, net: SRResNet, p: str, x: str) -> str:
+    feat = g.prelu(net.prelu_first, f"{p}prelu_first", g.conv(net.conv_first, f"{p}conv_first", x))
+    body = feat
+    for i, block in enumerate(net.body):
+        q = f"{p}body.{i}"
+        y = g.prelu(block.prelu, f"{q}.prelu", g.batch_norm(block.bn1, f"{q}.bn1", g.conv(block.conv1, f"{q}.conv1",
+                                                                                             body)))
+        body = g.add(body, g.batch_norm(block.bn2, f"{q}.bn2", g.conv(block.conv2, f"{q}.conv2", y)))
+    feat = g.add(feat, g.batch_norm(net.bn_body, f"{p}bn_body", g.conv(net.conv_body, f"{p}conv_body", body)))
+    for i, stage in enumerate(net.upsample):
+        q = f"{p}upsample.{i}"
+        feat = g.prelu(stage.prelu, f"{q}.prelu",
+                       g.pixel_shuffle(g.conv(stage.conv, f"{q}.conv", feat), stage.shuffle.upscale_factor))
+    return g.conv(net.conv_last, f"{p}conv_last", feat)
+
+
+def _res_blocks(g: _Graph, blocks: nn.Sequential, p: str, x: str) -> str:
+    for i, block in enumerate(blocks):
+        q = f"{p}body.{i}"
+        y = g.conv(block.conv2, f"{q}.conv2", g.relu(g.conv(block.conv1, f"{q}.conv1", x)))
+        x = g.add(x, g.scaled(y, float(block.res_scale)))
+    return x
+
+
+def _msrresnet(g: _Graph, net: MSRResNet, p: str, x: str) -> str:
+    feat = _res_blocks(g, net.body, p, g.leaky_relu(g.conv(net.conv_first, f"{p}conv_first", x), 0.1))
+    factor = net.pixel_shuffle.upscale_factor
+    feat = g.leaky_relu(g.pixel_shuffle(g.conv(net.upconv1, f"{p}upconv1", feat), factor), 0.1)
+    if net.scale == 4:
+        feat = g.leaky_relu(g.pixel_shuffle(g.conv(net.upconv2, f"{p}upconv2", feat), factor), 0.1)
+    out = g.conv(net.conv_last, f"{p}conv_last", g.leaky_relu(g.conv(net.conv_hr, f"{p}conv_hr", feat), 0.1))
+    return g.add(out, g.resize(x, net.scale, "linear"))
+
+
+def _edsr(g: _Graph, net: EDSR, p: str, x: str) -> str:
+    mean = g.const(net.mean.detach().cpu().double().numpy())
+    feat = g.conv(net.conv_first, f"{p}conv_first", g.scaled(g.op("Sub", [x, mean]), float(net.img_range)))
+    feat = g.add(feat, g.conv(net.conv_after_body, f"{p}conv_after_body", _res_blocks(g, net.body, p, feat)))
+    for i, layer in enumerate(net.upsample):
+        if isinstance(layer, nn.Conv2d):
+            feat = g.conv(layer, f"{p}upsample.{i}", feat)
+        else:
+            feat = g.pixel_shuffle(feat, layer.upscale_factor)
+    out = g.conv(net.conv_last, f"{p}conv_last", feat)
+    return g.op("Add", [g.op("Div", [out, g.const(float(net.img_range))]), mean])
+
+
+def _cascade(g: _Graph, net: Cascade, p: str, x: str) -> str:
+    for i, stage in enumerate(net.stages):
+        x = _emit(g, stage, f"{p}stages.{i}.", x)
+    return x
+
+
+_EMITTERS: dict[type, Callable[..., str]] = {
+    RRDBNet: _rrdbnet, SRResNet: _srresnet, MSRResNet: _msrresnet, EDSR: _edsr, Cascade: _cascade,
+}
+
+
+def _emit(g: _Graph, net: SRNet, prefix: str, x: str) -> str:
+    emitter = _EMITTERS.get(type(net))
+    if emitter is None:
+        raise ExportError(f"no ONNX export for {type(net).__name__}; exportable: "
+                          f"{', '.join(t.__name__ for t in _EMITTERS)}")
+    return emitter(g, net, prefix, x)
+
+
+def input_multiple(net: SRNet) -> int:
+    """Height and width of the input must be multiples of this (pixel-unshuffle networks: 2 or 4)."""
+    if isinstance(net, Cascade):
+        m, s = 1, 1
+        for stage in net.stages:  # a later stage's multiple applies to the earlier stages' upscaled output
+            need = input_multiple(stage)
+            m = np.lcm(m, need // np.gcd(need, s))
+            s *= stage.scale
+        return int(m)
+    return int(getattr(net, "unshuffle", 1))
+
+
+def export_onnx(net: SRNet, *, precision: str = "fp32", io_dtype: str = "fp32", opset: int = OPSET) -> onnx.ModelProto:
+    """The ONNX graph of `net` (in eval mode) with dynamic batch, height and width.
+
+    `precision` fp32 or fp16 sets the weights' and the computation's type; `io_dtype` (fp32 or fp16) the type of
+    `input` and `output` (an fp16 graph with fp32 I/O casts at both ends). The returned model passed
+    `onnx.checker` with full checking.
+    """
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision must be fp32 or fp16, got {precision!r}")
+    if io_dtype not in PRECISIONS:
+        raise ExportError(f"io_dtype must be fp32 or fp16, got {io_dtype!r}")
+    if opset < 17:
+        raise ExportError(f"opset must be 17 or newer, got {opset}")
+    if net.training:
+        raise ExportError("the network is in training mode (batch norm would use batch statistics): call .eval()")
+    compute = np.float16 if precision == "fp16" else np.float32
+    g = _Graph(np.dtype(compute))
+    x = INPUT
+    elem = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16}
+    if io_dtype != precision:
+        x = g.op("Cast", [x], name="cast_input", to=elem[precision])
+    with torch.no_grad():
+        y = _emit(g, net, "", x)
+    if io_dtype != precision:
+        y = g.op("Cast", [y], name="cast_output", to=elem[io_dtype])
+    g.nodes.append(helper.make_node("Identity", [y], [OUTPUT], name="output"))
+
+    s = net.scale
+    inputs = [helper.make_tensor_value_info(INPUT, elem[io_dtype], ["batch", net.in_channels, "height", "width"])]
+    outputs = [helper.make_tensor_value_info(OUTPUT, elem[io_dtype],
+                                             ["batch", net.out_channels, f"height*{s}", f"width*{s}"])]
+    graph = helper.make_graph(g.nodes, f"{net.arch}_x{s}", inputs, outputs, list(g.initializers.values()))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="esrgan-engine")
+    model.ir_version = min(model.ir_version, 10)  # readable by onnxruntime ≥ 1.20 and TensorRT 10
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def weight_names(model: onnx.ModelProto) -> list[str]:
+    """The initializers that are network weights (named by state-dict keys), in graph order."""
+    return [t.name for t in model.graph.initializer if not t.name.startswith("const/")]
+
+
+def save(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
+    """Write `model` atomically (a temporary file beside `path`, then a rename)."""
+    data = model.SerializeToString()
+    atomic_write(path, lambda tmp: open(tmp, "wb").write(data))
+
+
+def initializer_arrays(model: onnx.ModelProto, state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The network weights of `model` taken from a state dict: for every weight initializer, the tensor of the
+    same name reshaped to the initializer's shape and cast to its type (what a refit or a rebinding writes)."""
+    out: dict[str, np.ndarray] = {}
+    for init in model.graph.initializer:
+        if init.name.startswith("const/"):
+            continue
+        if init.name not in state:
+            raise ExportError(f"the graph's weight {init.name!r} is not in the state dict")
+        dtype = helper.tensor_dtype_to_np_dtype(init.data_type)
+        array = state[init.name].detach().cpu().double().numpy().astype(dtype)
+        out[init.name] = np.ascontiguousarray(array.reshape(tuple(init.dims)))
+    return out
