@@ -2,6 +2,8 @@
 
     import engine
     out = engine.infer(net_or_checkpoint, image)     # any size; tiled and blended
+    eng = engine.load("engines/rrdb23-fp16-tensorrt")  # an engine directory of python -m engine.build
+    eng.set_alpha(0.8); out = engine.infer(eng, image)
 
 Submodules are imported on use (`engine.models`, `engine.metrics`, ...), so `import engine` stays cheap and
 never needs the compiled extension `engine._C` or a GPU.
@@ -11,7 +13,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_LAZY = {"infer": "inference", "TorchBackend": "inference", "Backend": "inference"}
+_LAZY = {"infer": "inference", "TorchBackend": "inference", "Backend": "inference", "load": "engines",
+         "Engine": "engines", "OrtBackend": "ort"}
 
 
 def __getattr__(name: str) -> Any:

@@ -138,12 +138,19 @@ class TorchBackend:
 
 def as_backend(net: Any, *, device: str | torch.device | None = None, dtype: str | None = None,
                gan_net: Any = None) -> Backend:
-    """A `Backend` for `net`: a Backend as is, a reference network, or a checkpoint path (loaded)."""
+    """A `Backend` for `net`: a Backend as is (an `Engine` too), a reference network, a checkpoint path (loaded)
+    or an engine directory (`engine.load`)."""
     if isinstance(net, Backend):
         if device is not None or dtype is not None or gan_net is not None:
             raise ValueError("device, dtype and gan_net configure a network; a built backend already has them")
         return net
     if isinstance(net, (str, os.PathLike)):
+        if os.path.isdir(net):  # an engine directory of python -m engine.build
+            from .engines import load
+
+            if device is not None or dtype is not None or gan_net is not None:
+                raise ValueError("device, dtype and gan_net configure a network; an engine already has them")
+            return load(net)
         net, _ = models.load(net)
     if isinstance(gan_net, (str, os.PathLike)):
         gan_net, _ = models.load(gan_net)
@@ -282,18 +289,20 @@ def _resize(planes: np.ndarray, height: int, width: int, interpolation: int) -> 
 
 
 def infer(net: Any, image: np.ndarray | torch.Tensor, *, tile: int | None = None,
-          tile_overlap: int = DEFAULT_TILE_OVERLAP, batch: int = DEFAULT_BATCH, outscale: float | None = None,
+          tile_overlap: int = DEFAULT_TILE_OVERLAP, batch: int | None = None, outscale: float | None = None,
           alpha: float | None = None, alpha_upsampler: str = "model", threads: int = 0,
           progress: Callable[[int], None] | None = None) -> np.ndarray | torch.Tensor:
     """Upscale one image.
 
     Args:
-        net: a network of `engine.models`, a checkpoint path, or a `Backend` (e.g. `TorchBackend(net, ...)`).
+        net: a network of `engine.models`, a checkpoint path, an engine directory or `Engine` (`engine.load`), or
+            a `Backend` (e.g. `TorchBackend(net, ...)`).
         image: numpy (H, W) or (H, W, C) with C ∈ {1, 2, 3, 4} (gray, gray+alpha, RGB, RGBA), uint8, uint16 or
             float (nominally [0, 1]); or a float torch tensor (C, H, W) or (N, C, H, W) in [0, 1].
-        tile: tile side in input pixels; None chooses it from a memory budget, 0 disables tiling.
+        tile: tile side in input pixels; None: an engine's own tile (the size it was built for), else chosen
+            from a memory budget; 0 disables tiling.
         tile_overlap: overlap of neighbouring tiles in input pixels (≤ tile / 2).
-        batch: tiles per network call.
+        batch: tiles per network call (default: an engine's own batch, else 4).
         outscale: final scale relative to the input (resized with Lanczos after the network); default: the
             network's scale.
         alpha: network interpolation weight, for a backend made with both endpoints (`TorchBackend(gan_net=…)`).
@@ -303,6 +312,10 @@ def infer(net: Any, image: np.ndarray | torch.Tensor, *, tile: int | None = None
         The upscaled image with the input's dtype and channel layout (a tensor on the input's device for tensors).
     """
     backend = as_backend(net)
+    if tile is None:
+        tile = getattr(backend, "tile", None)
+    if batch is None:
+        batch = getattr(backend, "batch", None) or DEFAULT_BATCH
     if alpha is not None:
         set_alpha = getattr(backend, "set_alpha", None)
         if set_alpha is None:

@@ -18,8 +18,10 @@ import torch
 from tqdm import tqdm
 
 from . import models
+from .engines import load as load_engine
 from .imageio import DEFAULT_MAX_PIXELS, ImageError, list_inputs, output_extension, read_image, write_image
-from .inference import DEFAULT_BATCH, DEFAULT_TILE_OVERLAP, TorchBackend, infer
+from .inference import DEFAULT_BATCH, DEFAULT_TILE_OVERLAP, Backend, TorchBackend, infer
+from .ort import from_network as ort_backend
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT_MODEL = "tiny_x4"
@@ -30,15 +32,16 @@ def shipped_models() -> list[str]:
 
 
 def resolve_model(name_or_path: str | None) -> Path:
-    """A checkpoint path, or the name of a shipped model in weights/ (default: the shipped default model)."""
+    """A checkpoint path, an engine directory, or the name of a shipped model in weights/ (default: the shipped
+    default model)."""
     name = name_or_path or DEFAULT_MODEL
     path = Path(name)
-    if path.is_file():
+    if path.is_file() or (path / "manifest.json").is_file():
         return path
     shipped = WEIGHTS_DIR / f"{name}.safetensors"
     if shipped.is_file():
         return shipped
-    raise FileNotFoundError(f"-n {name}: neither a checkpoint file nor a shipped model (shipped: "
+    raise FileNotFoundError(f"-n {name}: neither a checkpoint file, an engine directory nor a shipped model (shipped: "
                             f"{', '.join(shipped_models()) or 'none found in ' + str(WEIGHTS_DIR)})")
 
 
@@ -48,14 +51,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--input", required=True, help="an image file or a folder of images")
     p.add_argument("-o", "--output", default="results", help="output folder (default: results)")
     p.add_argument("-n", "--model", "--model_path", "--model-path", dest="model",
-                   help=f"checkpoint file (any supported format) or shipped model name (default: {DEFAULT_MODEL})")
+                   help=f"checkpoint file (any supported format), engine directory (python -m engine.build) or "
+                   f"shipped model name (default: {DEFAULT_MODEL})")
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
+                   help="how a checkpoint runs: auto = PyTorch on CUDA, ONNX Runtime on the CPU (bf16: PyTorch) "
+                   "(default: auto)")
     p.add_argument("-s", "--outscale", type=float, help="final scale, resized after the network (default: the "
                    "model's scale)")
     p.add_argument("-t", "--tile", type=int, help="tile side in input pixels; 0 = no tiling (default: chosen "
                    "from the memory budget)")
     p.add_argument("--tile-overlap", "--tile_pad", dest="tile_overlap", type=int, default=DEFAULT_TILE_OVERLAP,
                    help=f"overlap of neighbouring tiles in input pixels (default: {DEFAULT_TILE_OVERLAP})")
-    p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help=f"tiles per network call (default: "
+    p.add_argument("--batch", type=int, help=f"tiles per network call (default: an engine's own, else "
                    f"{DEFAULT_BATCH})")
     precision = p.add_mutually_exclusive_group()
     for flag, help_text in (("--fp32", "float32 (default on the CPU)"), ("--fp16", "float16 (default on CUDA)"),
@@ -75,25 +82,45 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-existing", action="store_true", help="skip inputs whose output exists (resume a run)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse larger images (decompression bombs) (default: {DEFAULT_MAX_PIXELS})")
-    p.add_argument("--threads", type=int, default=0, help="host threads for conversion and blending (default: all)")
+    p.add_argument("--threads", type=int, default=0, help="host threads for conversion and blending, and ONNX "
+                   "Runtime's intra-op threads (default: 0 = all cores)")
     return p
 
 
-def _backend(args: argparse.Namespace) -> TorchBackend:
+def _backend(args: argparse.Namespace) -> Backend:
+    source = resolve_model(args.model)
+    if source.is_dir():  # a built engine: its precision, backend and endpoints are fixed by the build
+        if args.gan_weights or args.precision or args.backend != "auto":
+            raise ValueError(f"-n {source} is a built engine: --gan-weights, --fp32/--fp16/--bf16 and --backend "
+                             f"were chosen when it was built (python -m engine.build)")
+        eng = load_engine(source, threads=args.threads)
+        if args.alpha is not None:
+            seconds = eng.set_alpha(args.alpha)
+            print(f"alpha {args.alpha}: weights refitted in {seconds * 1e3:.0f} ms")
+        return eng
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     precision = args.precision or ("fp16" if device.startswith("cuda") else "fp32")
-    net, info = models.load(resolve_model(args.model))
+    net, info = models.load(source)
     gan = None
     if args.alpha is not None or args.gan_weights:
         if args.alpha is None or not args.gan_weights:
             raise ValueError("--alpha and --gan-weights go together: the blend of the model (alpha 0) and its GAN "
                              "fine-tune (alpha 1)")
         gan, _ = models.load(args.gan_weights)
-    backend = TorchBackend(net, device=device, dtype=precision, channels_last=args.channels_last, gan_net=gan)
+    kind = args.backend
+    if kind == "auto":
+        kind = "onnxruntime" if device == "cpu" and precision == "fp32" else "torch"
+    if kind == "onnxruntime":
+        if device != "cpu" or precision != "fp32":
+            raise ValueError("--backend onnxruntime runs fp32 on the CPU here; for GPUs or other precisions build "
+                             "an engine (python -m engine.build) or use --backend torch")
+        backend: Backend = ort_backend(net, threads=args.threads, gan_net=gan)
+    else:
+        backend = TorchBackend(net, device=device, dtype=precision, channels_last=args.channels_last, gan_net=gan)
     if args.alpha is not None:
-        backend.set_alpha(args.alpha)
+        backend.set_alpha(args.alpha)  # type: ignore[attr-defined]
     return backend
 
 

@@ -40,6 +40,7 @@ from engine.models.rrdbnet import RRDBNet
 from engine.models.srresnet import MSRResNet, SRResNet
 
 OPSET = 18
+NOT_WEIGHTS = ("const/", "qdq/")  # initializer name prefixes of graph constants and INT8 scales (export/quantize.py)
 PRECISIONS = ("fp32", "fp16")
 INPUT, OUTPUT = "input", "output"
 
@@ -287,7 +288,7 @@ def export_onnx(net: SRNet, *, precision: str = "fp32", io_dtype: str = "fp32", 
 
 def weight_names(model: onnx.ModelProto) -> list[str]:
     """The initializers that are network weights (named by state-dict keys), in graph order."""
-    return [t.name for t in model.graph.initializer if not t.name.startswith("const/")]
+    return [t.name for t in model.graph.initializer if not t.name.startswith(NOT_WEIGHTS)]
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
@@ -301,7 +302,7 @@ def initializer_arrays(model: onnx.ModelProto, state: dict[str, torch.Tensor]) -
     same name reshaped to the initializer's shape and cast to its type (what a refit or a rebinding writes)."""
     out: dict[str, np.ndarray] = {}
     for init in model.graph.initializer:
-        if init.name.startswith("const/"):
+        if init.name.startswith(NOT_WEIGHTS):
             continue
         if init.name not in state:
             raise ExportError(f"the graph's weight {init.name!r} is not in the state dict")
@@ -309,3 +310,16 @@ def initializer_arrays(model: onnx.ModelProto, state: dict[str, torch.Tensor]) -
         array = state[init.name].detach().cpu().double().numpy().astype(dtype)
         out[init.name] = np.ascontiguousarray(array.reshape(tuple(init.dims)))
     return out
+
+
+def set_initializers(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> None:
+    """Replace weight initializers of `model` in place by name; shapes and types must stay as they are."""
+    by_name = {t.name: t for t in model.graph.initializer}
+    for name, array in arrays.items():
+        if name not in by_name:
+            raise ExportError(f"the graph has no initializer {name!r}")
+        old = by_name[name]
+        if tuple(old.dims) != array.shape or helper.tensor_dtype_to_np_dtype(old.data_type) != array.dtype:
+            raise ExportError(f"{name}: the graph holds {tuple(old.dims)} "
+                              f"{helper.tensor_dtype_to_np_dtype(old.data_type)}, got {array.shape} {array.dtype}")
+        old.CopyFrom(numpy_helper.from_array(array, name))

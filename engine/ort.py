@@ -1,0 +1,155 @@
+"""ONNX Runtime backend: the default engine on machines without a GPU.
+
+    backend = OrtBackend(onnx_bytes_or_path, scale=4, in_channels=3, out_channels=3, threads=0)
+    out = engine.infer(backend, image)
+
+Session options are chosen by measurement (`bench/ort_cpu.py`, README "ONNX Runtime"): all graph optimizations
+(including the NCHWc layout transform of the CPU provider), sequential execution, the CPU memory arena, and
+`threads` intra-op threads (0: one per physical core, ONNX Runtime's default).
+
+Network interpolation without a rebuild: with both endpoint weight sets, `set_alpha(α)` blends them and rebinds
+the graph's weight initializers by name, in memory (no export, no file written), then restarts the session over
+that graph: ONNX Runtime pre-packs convolution weights when a session starts, so new weights need a new session.
+(`SessionOptions.add_initializer` would avoid touching the graph, but with all optimizations on, onnxruntime 1.31
+ignores the overrides: its constant folding reads the graph's own initializers; tests/test_engines.py checks that
+the result equals a fresh export of the interpolated network.) `set_alpha` returns the seconds it took.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger("engine")
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as e:  # pragma: no cover - a dependency of the package
+        raise RuntimeError("onnxruntime is not installed: pip install onnxruntime") from e
+    return onnxruntime
+
+
+def session_options(threads: int = 0, *, inter_threads: int = 1, optimization: str = "all",
+                    spinning: bool = True) -> Any:
+    """The tuned `SessionOptions` (see the module docstring); the keyword arguments are the measured choices."""
+    ort = _ort()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = inter_threads
+    so.enable_cpu_mem_arena = True
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    so.log_severity_level = 3
+    return so
+
+
+class OrtBackend:
+    """A `Backend` over an ONNX graph of `export.onnx` (fp32, fp16 or Q/DQ INT8) in ONNX Runtime on the CPU.
+
+    `model` is a path or the serialized bytes. `weights_psnr`/`weights_gan` (arrays keyed by initializer name, as
+    `export.onnx.initializer_arrays` gives them) enable `set_alpha`. `bytes_per_pixel` is the activation
+    memory per input pixel that the automatic tile size budgets for.
+    """
+
+    def __init__(self, model: str | os.PathLike[str] | bytes, *, scale: int, in_channels: int, out_channels: int,
+                 multiple: int = 1, threads: int = 0, bytes_per_pixel: float = 0.0,
+                 weights_psnr: Mapping[str, np.ndarray] | None = None,
+                 weights_gan: Mapping[str, np.ndarray] | None = None, alpha: float | None = None,
+                 **options: Any) -> None:
+        self._model = os.fspath(model) if not isinstance(model, bytes) else model
+        self.scale, self.in_channels, self.out_channels, self.multiple = scale, in_channels, out_channels, multiple
+        self.device = torch.device("cpu")
+        self.threads = threads
+        self._options = options
+        self._bpp = bytes_per_pixel
+        self._endpoints: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None
+        self._graph: Any = None  # the parsed ONNX model, once set_alpha rebinds its weights
+        if (weights_psnr is None) != (weights_gan is None):
+            raise ValueError("alpha needs both endpoint weight sets (weights_psnr and weights_gan)")
+        if weights_psnr is not None and weights_gan is not None:
+            if set(weights_psnr) != set(weights_gan):
+                raise ValueError(f"the endpoint weight sets name different tensors: "
+                                 f"{sorted(set(weights_psnr) ^ set(weights_gan))[:5]}")
+            self._endpoints = ({k: np.asarray(v) for k, v in weights_psnr.items()},
+                               {k: np.asarray(v) for k, v in weights_gan.items()})
+        self.alpha: float | None = alpha if self._endpoints is not None else None  # the graph's own weights' alpha
+        self.session = self._session()
+        self.input_type = self.session.get_inputs()[0].type
+
+    def _session(self) -> Any:
+        ort = _ort()
+        so = session_options(self.threads, **self._options)
+        model = self._model if self._graph is None else self._graph.SerializeToString()
+        return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
+
+    def set_alpha(self, alpha: float) -> float:
+        """Rebind the weights as (1 − alpha)·θ_psnr + alpha·θ_gan; returns the seconds it took."""
+        if self._endpoints is None:
+            raise ValueError("this engine has no GAN weights to blend: build it with --gan-weights to use alpha")
+        alpha = float(alpha)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        import onnx
+
+        from export.onnx import set_initializers
+
+        start = time.perf_counter()
+        if self._graph is None:
+            self._graph = onnx.load_from_string(self._model) if isinstance(self._model, bytes) else onnx.load(
+                self._model)
+        a, b = self._endpoints
+        blended = {name: ((1.0 - alpha) * a[name].astype(np.float64) + alpha * b[name].astype(np.float64))
+                   .astype(a[name].dtype) for name in a}
+        set_initializers(self._graph, blended)
+        self.alpha = alpha
+        self.session = self._session()
+        seconds = time.perf_counter() - start
+        self.last_refit_seconds = seconds
+        return seconds
+
+    def run(self, batch: torch.Tensor) -> torch.Tensor:
+        x = batch.detach().cpu().float().numpy()
+        if self.input_type == "tensor(float16)":
+            x = x.astype(np.float16)
+        out = self.session.run(None, {"input": np.ascontiguousarray(x)})[0]
+        return torch.from_numpy(out.astype(np.float32, copy=False))
+
+    def bytes_per_pixel(self) -> float:
+        if self._bpp <= 0:
+            raise ValueError("this ONNX Runtime backend was made without bytes_per_pixel: pass a tile size")
+        return self._bpp
+
+
+def from_network(net: Any, *, threads: int = 0, gan_net: Any = None, precision: str = "fp32") -> OrtBackend:
+    """An `OrtBackend` over the ONNX export of a reference network (and, with `gan_net`, both endpoints)."""
+    from export.onnx import export_onnx, initializer_arrays
+
+    from . import models
+    from .inference import TorchBackend
+
+    model = export_onnx(net.eval(), precision=precision)
+    endpoints: dict[str, Any] = {}
+    if gan_net is not None:
+        if not models.registry.same_network(net, gan_net):
+            raise ValueError(f"the GAN weights are a {gan_net.arch} {gan_net.hparams}, not the same network as "
+                             f"{net.arch} {net.hparams}: alpha blends two versions of one network")
+        endpoints = dict(weights_psnr=initializer_arrays(model, net.state_dict()),
+                         weights_gan=initializer_arrays(model, gan_net.state_dict()))
+    from export.onnx import input_multiple
+
+    return OrtBackend(model.SerializeToString(), scale=net.scale, in_channels=net.in_channels,
+                      out_channels=net.out_channels, multiple=input_multiple(net), threads=threads,
+                      bytes_per_pixel=TorchBackend(net).bytes_per_pixel(), **endpoints)

@@ -1,0 +1,609 @@
+"""TensorRT runtime: run a serialized plan as an `engine.infer` Backend, and refit its weights for alpha.
+
+    backend = TensorRTBackend("engines/rrdb23/model.plan", scale=4, in_channels=3, out_channels=3, multiple=1,
+                              weights_psnr=psnr_arrays, weights_gan=gan_arrays)
+    backend.set_alpha(0.8)                  # θ = 0.2·θ_psnr + 0.8·θ_gan, refitted on the device, no rebuild
+    out = engine.infer(backend, image, tile=256)
+
+This is the runtime half; `export/tensorrt.py` builds the plans. Nothing here touches the builder (only
+`trt.Runtime`, `trt.Refitter` and execution contexts), and TensorRT is imported lazily: `import engine.trt`
+works without it, and using it without TensorRT raises `TensorRTUnavailable`, which says what to install.
+
+Execution: every input shape (N, C, h, w) gets its own execution context with static input and output buffers
+(the contexts share one scratch allocation: they never run at once, everything goes through one CUDA stream).
+The first run of a shape executes plainly and is then captured as a CUDA graph; later runs of that shape copy
+the batch into the static input and replay the graph. If capture fails the backend says so once and runs
+without graphs.
+
+Alpha: both endpoint weight sets live on the device, packed per dtype into flat buffers, and the live weights
+θ(α) are rewritten in place by one `torch.lerp` per dtype on the engine's stream; the Refitter is given the
+live buffers' device addresses once (`set_named_weights(name, weights, TensorLocation.DEVICE)`), after which
+every `set_alpha` only blends and calls `refit_cuda_engine_async` again. Whether a CUDA graph captured before a
+refit sees the new weights is not documented by NVIDIA (FACTS.md: unverified), so every refit drops the
+captured graphs and the next run of each shape captures again (one plain run, one capture: milliseconds).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+log = logging.getLogger("engine.trt")
+
+INSTALL_HINT = ("TensorRT is not installed: `pip install tensorrt` (TensorRT 10 or 11, NVIDIA GPU and driver "
+                "needed), or build with --backend onnxruntime")
+MIN_MAJOR = 10  # TensorRT 10 and 11: strongly typed networks, tensor-name APIs, refit from device memory
+# Initializers equal at every alpha by construction: export.onnx constants, export.quantize scales and zero points
+FIXED_PREFIXES = ("const/", "qdq/")
+ALIGN_BYTES = 256  # each packed weight starts on this boundary (cudaMalloc's alignment; TensorRT asks 256)
+
+# TensorRT DataType names → torch / numpy dtypes (numpy has no bfloat16: such weights cannot be given as arrays)
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT8": torch.int8,
+    "INT32": torch.int32, "INT64": torch.int64, "BOOL": torch.bool, "UINT8": torch.uint8,
+}
+NUMPY_DTYPES: dict[str, np.dtype] = {
+    "FLOAT": np.dtype(np.float32), "HALF": np.dtype(np.float16), "INT8": np.dtype(np.int8),
+    "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64), "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8),
+}
+
+
+class TensorRTUnavailable(RuntimeError):
+    """TensorRT cannot be imported (not installed, only type stubs, too old); the message says what to install."""
+
+
+class RefitWeightsError(ValueError):
+    """The weight arrays given for a refit do not fit the engine's refittable weights; the message lists each."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Finding TensorRT
+
+
+def require_tensorrt(need: str = "Runtime") -> str:
+    """Import TensorRT or raise `TensorRTUnavailable`; returns its version string.
+
+    `need` is the attribute that must exist ("Runtime" to run plans, "Builder" to build them). The check is not
+    just "the import succeeds": with the `tensorrt-stubs` package in site-packages, `import tensorrt` succeeds
+    as an empty namespace package.
+    """
+    try:
+        import tensorrt
+    except Exception as e:  # ImportError; OSError or RuntimeError when libnvinfer or the driver is missing
+        raise TensorRTUnavailable(f"{INSTALL_HINT} (`import tensorrt` failed: {e})") from e
+    if not hasattr(tensorrt, need):
+        where = ", ".join(getattr(tensorrt, "__path__", [])) or getattr(tensorrt, "__file__", "?")
+        raise TensorRTUnavailable(f"{INSTALL_HINT} (`import tensorrt` found a package without TensorRT's "
+                                  f"{need} at {where}: type stubs only? `pip uninstall tensorrt-stubs`)")
+    version = str(getattr(tensorrt, "__version__", "0"))
+    major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else 0
+    if major < MIN_MAJOR:
+        raise TensorRTUnavailable(f"TensorRT {version} is too old: this project needs TensorRT 10 or 11 "
+                                  f"(`pip install -U tensorrt`), or build with --backend onnxruntime")
+    return version
+
+
+def tensorrt_available(need: str = "Runtime") -> bool:
+    """Whether `require_tensorrt(need)` would succeed."""
+    try:
+        require_tensorrt(need)
+    except TensorRTUnavailable:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Logging
+
+
+class TrtLog:
+    """Where TensorRT's log messages go: Python logging (`engine.trt`), and the last errors kept for exceptions."""
+
+    LEVELS = {"INTERNAL_ERROR": logging.CRITICAL, "ERROR": logging.ERROR, "WARNING": logging.WARNING,
+              "INFO": logging.DEBUG, "VERBOSE": logging.DEBUG}  # TensorRT's INFO is build chatter
+
+    def __init__(self, keep: int = 20) -> None:
+        self.errors: deque[str] = deque(maxlen=keep)
+
+    def record(self, severity: str, message: str) -> None:
+        level = self.LEVELS.get(severity, logging.WARNING)
+        if level >= logging.ERROR:
+            self.errors.append(message)
+        if log.isEnabledFor(level):
+            log.log(level, "TensorRT: %s", message)
+
+    def last_errors(self) -> str:
+        """The recent error messages joined, or a note that TensorRT logged none."""
+        return "; ".join(self.errors) if self.errors else "TensorRT logged no error"
+
+
+def trt_logger(sink: TrtLog) -> trt.ILogger:
+    """A `trt.ILogger` that forwards every message to `sink` (never raises into TensorRT)."""
+    import tensorrt as trt
+
+    class _Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
+            try:
+                sink.record(severity.name, msg)
+            except Exception:  # a callback from C++ must not raise
+                pass
+
+    return _Logger()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Refit weights: matching arrays to the engine's refittable weights (pure, testable without TensorRT)
+
+
+def numpy_dtype(trt_dtype_name: str) -> np.dtype:
+    """The numpy dtype of a TensorRT DataType name ("HALF" → float16)."""
+    if trt_dtype_name not in NUMPY_DTYPES:
+        raise RefitWeightsError(f"TensorRT weights of type {trt_dtype_name} cannot be given as numpy arrays; "
+                                f"export the ONNX graph with fp16 or fp32 weights")
+    return NUMPY_DTYPES[trt_dtype_name]
+
+
+def match_refit_weights(prototypes: Mapping[str, tuple[int, np.dtype | str]], arrays: Mapping[str, np.ndarray],
+                        *, what: str = "weights", fixed_prefixes: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """Map every refittable weight of an engine to its array, checking element count and dtype.
+
+    Args:
+        prototypes: refittable weight name → (element count, dtype) as the engine holds it (TensorRT's
+            `Refitter.get_weights_prototype`); names come from the ONNX initializers (state-dict keys, `const/…`).
+        arrays: name → array (any shape; only the element count must match), e.g. from
+            `export.tensorrt.refit_arrays(model, state_dict)`. Arrays for names that are not refittable are ignored.
+        what: how the error messages call `arrays` (e.g. "weights_gan").
+        fixed_prefixes: refittable names with these prefixes may lack an array (graph constants, equal at every
+            alpha, which the engine keeps unless a refit combines them with a weight that changes; TensorRT then
+            lists them in `get_missing_weights`).
+
+    Returns:
+        name → flat contiguous array (count,) of the prototype's dtype, for every refittable name that has one,
+        in the order of `prototypes`.
+
+    Raises:
+        RefitWeightsError naming every refittable weight without an array, with a wrong element count or dtype.
+    """
+    missing, wrong_count, wrong_dtype = [], [], []
+    out: dict[str, np.ndarray] = {}
+    for name, (count, dtype) in prototypes.items():
+        dtype = np.dtype(dtype)
+        if name not in arrays:
+            if not name.startswith(tuple(fixed_prefixes)):
+                missing.append(name)
+            continue
+        array = np.asarray(arrays[name])
+        if array.size != count:
+            wrong_count.append(f"{name} has {array.size} elements {tuple(array.shape)}, the engine {count}")
+        elif array.dtype != dtype:
+            wrong_dtype.append(f"{name} is {array.dtype}, the engine's weight is {dtype}")
+        else:
+            out[name] = np.ascontiguousarray(array.reshape(-1))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} refittable weights have no array: {_names(missing)}")
+    if wrong_count:
+        problems.append(f"wrong element count: {_names(wrong_count)}")
+    if wrong_dtype:
+        problems.append(f"wrong dtype: {_names(wrong_dtype)}")
+    if problems:
+        raise RefitWeightsError(f"{what} do not fit the engine ({'; '.join(problems)}). Pass the arrays of "
+                                f"export.tensorrt.refit_arrays(model, state_dict) for the ONNX graph the plan was "
+                                f"built from (same network, same precision)")
+    return out
+
+
+def _names(items: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", … ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def pack_offsets(counts: Sequence[int], itemsize: int, align_bytes: int = ALIGN_BYTES) -> tuple[list[int], int]:
+    """Element offsets that pack arrays of `counts` elements back to back, each start aligned to `align_bytes`;
+    and the total length in elements."""
+    if align_bytes % itemsize:
+        raise ValueError(f"alignment {align_bytes} is not a multiple of the item size {itemsize}")
+    step = align_bytes // itemsize
+    offsets, end = [], 0
+    for count in counts:
+        offsets.append(end)
+        end += -(-count // step) * step
+    return offsets, end
+
+
+@dataclass
+class _Pack:
+    """Weights of one dtype in flat device buffers: both endpoints and the live blend (views per name)."""
+
+    psnr: torch.Tensor  # (total,)
+    gan: torch.Tensor | None  # (total,); None when the dtype is not blended (integers: both endpoints equal)
+    live: torch.Tensor  # (total,) what the engine is refitted from
+    views: dict[str, tuple[int, int]]  # name → (offset, count) in elements
+
+
+class BlendedWeights:
+    """Both endpoint weight sets of one network on a device, and the live weights θ(α) = (1 − α)·θ_psnr + α·θ_gan.
+
+    Weights of one dtype are packed into flat buffers (each weight starting on a 256-byte boundary), so a blend
+    is one `torch.lerp` per dtype and a live weight's address never changes. Integer weights are not blended:
+    both endpoints must hold the same values.
+    """
+
+    def __init__(self, psnr: Mapping[str, np.ndarray], gan: Mapping[str, np.ndarray],
+                 device: str | torch.device) -> None:
+        if list(psnr) != list(gan):
+            extra = sorted(set(psnr) ^ set(gan))
+            raise RefitWeightsError(f"the two endpoint weight sets name different weights: {_names(extra)}"
+                                    if extra else "the two endpoint weight sets list their weights in different "
+                                    "orders")
+        self.device = torch.device(device)
+        self.alpha: float | None = None
+        groups: dict[np.dtype, list[str]] = {}
+        for name, a in psnr.items():
+            b = gan[name]
+            if a.dtype != b.dtype or a.size != b.size:
+                raise RefitWeightsError(f"{name}: {a.dtype} {a.size} elements in weights_psnr, {b.dtype} {b.size} "
+                                        f"in weights_gan: both must come from the same graph")
+            if a.dtype.kind in "fc" and not (np.isfinite(a).all() and np.isfinite(b).all()):
+                raise RefitWeightsError(f"{name} holds non-finite values (inf or NaN): check the checkpoint")
+            if a.dtype.kind not in "fc" and not np.array_equal(a, b):
+                raise RefitWeightsError(f"{name} is {a.dtype} (not blendable) and differs between the endpoints")
+            groups.setdefault(a.dtype, []).append(name)
+        self.packs = [self._pack(names, psnr, gan) for names in groups.values()]
+        self._where = {name: pack for pack in self.packs for name in pack.views}
+
+    def _pack(self, names: list[str], psnr: Mapping[str, np.ndarray], gan: Mapping[str, np.ndarray]) -> _Pack:
+        dtype = psnr[names[0]].dtype
+        offsets, total = pack_offsets([psnr[n].size for n in names], dtype.itemsize)
+        flat_a, flat_b = np.zeros(total, dtype), np.zeros(total, dtype)
+        for name, off in zip(names, offsets, strict=True):
+            flat_a[off:off + psnr[name].size] = psnr[name].reshape(-1)
+            flat_b[off:off + gan[name].size] = gan[name].reshape(-1)
+        a = torch.from_numpy(flat_a).to(self.device)
+        blend = dtype.kind in "fc"
+        views = {name: (off, int(psnr[name].size)) for name, off in zip(names, offsets, strict=True)}
+        return _Pack(psnr=a, gan=torch.from_numpy(flat_b).to(self.device) if blend else None, live=a.clone(),
+                     views=views)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._where)
+
+    def live(self, name: str) -> torch.Tensor:
+        """The live weight `name` as a flat view (count,) of its pack: a fixed address on the device."""
+        off, count = self._where[name].views[name]
+        return self._where[name].live[off:off + count]
+
+    def set_alpha(self, alpha: float) -> None:
+        """Rewrite every live weight in place with θ(α), on the current CUDA stream (one kernel per dtype)."""
+        alpha = float(alpha)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        for pack in self.packs:
+            if pack.gan is not None:
+                torch.lerp(pack.psnr, pack.gan, alpha, out=pack.live)
+        self.alpha = alpha
+
+    def nbytes(self) -> int:
+        """Device bytes held by the endpoints and the live buffers."""
+        return sum(t.numel() * t.element_size() for p in self.packs for t in (p.psnr, p.gan, p.live) if t is not None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The backend
+
+
+def _dims(dims: Any) -> tuple[int, ...]:
+    """A TensorRT Dims as a tuple of ints."""
+    return tuple(int(dims[i]) for i in range(len(dims)))
+
+
+def _device_memory_size(engine: trt.ICudaEngine) -> int:
+    """Scratch bytes an execution context needs at any shape of the profile (TensorRT ≥ 10.1's v2 API, which
+    includes weight-streaming scratch; 10.0 has only the v1 property)."""
+    size = getattr(engine, "device_memory_size_v2", None)
+    return int(size if size is not None else engine.device_memory_size)
+
+
+def _cuda_device(device: str | torch.device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        raise ValueError(f"TensorRT engines run on a CUDA device, got device={str(device)!r}")
+    if not torch.cuda.is_available():
+        raise RuntimeError("TensorRT needs an NVIDIA GPU and torch sees none (torch.cuda.is_available() is False; "
+                           "a CPU build of torch?): install a CUDA build of torch, or use --backend onnxruntime")
+    return dev if dev.index is not None else torch.device("cuda", torch.cuda.current_device())
+
+
+@dataclass
+class _ShapeState:
+    """One input shape: its execution context, static I/O buffers, and its CUDA graph once captured."""
+
+    context: trt.IExecutionContext
+    input: torch.Tensor  # (N, C, h, w) in the engine's input dtype
+    output: torch.Tensor  # (N, C_out, h·s, w·s) in the engine's output dtype
+    graph: torch.cuda.CUDAGraph | None = None
+
+
+class TensorRTBackend:
+    """A TensorRT plan run on a CUDA device: the `Backend` protocol of `engine.inference`, plus alpha refit.
+
+    Args:
+        plan_path: the serialized engine (`export.tensorrt.build_engine`); it runs only with the TensorRT version
+            and the GPU architecture it was built for.
+        scale, in_channels, out_channels, multiple: the network's (from the engine manifest); checked against
+            the plan's I/O shapes.
+        weights_psnr, weights_gan: both endpoint weight sets (`export.tensorrt.refit_arrays` for the plan's ONNX
+            graph and each checkpoint), to blend with `set_alpha`; the plan must be built with refit=True.
+        alpha: the α the plan's own weights were built with (from the manifest), or None if unknown (then the
+            first `set_alpha` always refits).
+        device: the CUDA device.
+        cuda_graph: capture a CUDA graph per input shape after its first run (falls back, with one warning, to
+            plain execution if capture fails).
+        max_shapes: input shapes kept (context, static buffers, graph); the least recently used one is dropped.
+
+    `run` takes float32 (N, in_channels, h, w) in [0, 1] (any device; moved to `device`) and returns float32
+    (N, out_channels, h·scale, w·scale) on `device`. Batches larger than the plan's maximum batch are split.
+    """
+
+    def __init__(self, plan_path: str | Path, *, scale: int, in_channels: int, out_channels: int, multiple: int,
+                 weights_psnr: Mapping[str, np.ndarray] | None = None,
+                 weights_gan: Mapping[str, np.ndarray] | None = None, alpha: float | None = None,
+                 device: str | torch.device = "cuda", cuda_graph: bool = True, max_shapes: int = 8) -> None:
+        require_tensorrt("Runtime")
+        import tensorrt as trt
+
+        if (weights_psnr is None) != (weights_gan is None):
+            raise ValueError("alpha needs both endpoint weight sets: give weights_psnr and weights_gan, or neither")
+        self.device = _cuda_device(device)
+        self.plan_path = Path(plan_path)
+        if not self.plan_path.is_file():
+            raise FileNotFoundError(f"no TensorRT plan at {self.plan_path}: build it first (export.tensorrt."
+                                    f"build_engine, or the engine build CLI with --backend tensorrt)")
+        self.scale, self.in_channels, self.out_channels, self.multiple = scale, in_channels, out_channels, multiple
+        self.cuda_graph, self.max_shapes = cuda_graph, max(1, max_shapes)
+        self.alpha: float | None = alpha if weights_psnr is not None else None
+        self.last_refit_seconds: float | None = None
+        self._trt_log = TrtLog()
+        self._logger = trt_logger(self._trt_log)
+        with torch.cuda.device(self.device):
+            self._runtime = trt.Runtime(self._logger)
+            engine = self._runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
+            if engine is None:
+                raise RuntimeError(f"TensorRT could not load {self.plan_path} ({self._trt_log.last_errors()}); a plan "
+                                   f"runs only with the TensorRT version and GPU it was built with: rebuild it here")
+            self._engine: trt.ICudaEngine = engine
+            self._input, self._output = self._io_names()
+            self._in_dtype = _torch_dtype(engine.get_tensor_dtype(self._input).name)
+            self._out_dtype = _torch_dtype(engine.get_tensor_dtype(self._output).name)
+            shapes = [_dims(d) for d in engine.get_tensor_profile_shape(self._input, 0)]
+            self.profile: tuple[tuple[int, ...], ...] = tuple(shapes)  # (min, opt, max) of (N, C, h, w)
+            self._check_channels()
+            self.stream = torch.cuda.Stream(self.device)
+            # one scratch allocation for every context: all work is ordered on self.stream
+            self._scratch = torch.empty(max(_device_memory_size(engine), ALIGN_BYTES), dtype=torch.uint8,
+                                        device=self.device)
+        self._shapes: OrderedDict[tuple[int, ...], _ShapeState] = OrderedDict()
+        self._graph_failed = False
+        self._weights: BlendedWeights | None = None
+        self._refitter: trt.Refitter | None = None
+        self._proto_dtypes: dict[str, trt.DataType] = {}
+        self._registered: list[trt.Weights] = []
+        if weights_psnr is not None and weights_gan is not None:
+            self._setup_refit(weights_psnr, weights_gan)
+
+    # --- construction helpers
+
+    def _io_names(self) -> tuple[str, str]:
+        import tensorrt as trt
+
+        engine = self._engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise RuntimeError(f"{self.plan_path} has inputs {inputs} and outputs {outputs}; a super-resolution plan "
+                               f"has one of each (export.onnx graphs: 'input' and 'output')")
+        return inputs[0], outputs[0]
+
+    def _check_channels(self) -> None:
+        lo, _, hi = self.profile
+        if len(hi) != 4 or hi[1] != self.in_channels or lo[1] != self.in_channels:
+            raise ValueError(f"{self.plan_path} takes input shapes {lo}…{hi}, not (N, {self.in_channels}, h, w): "
+                             f"the plan belongs to another network (in_channels={self.in_channels} was given)")
+
+    def _setup_refit(self, psnr: Mapping[str, np.ndarray], gan: Mapping[str, np.ndarray]) -> None:
+        import tensorrt as trt
+
+        if not self._engine.refittable:
+            raise ValueError(f"{self.plan_path} was built without REFIT, so alpha cannot be changed: rebuild it with "
+                             f"refit=True (export.tensorrt.build_engine)")
+        refitter = trt.Refitter(self._engine, self._logger)
+        prototypes: dict[str, tuple[int, np.dtype | str]] = {}
+        for name in refitter.get_all_weights():
+            if not name:  # unnamed weights cannot be matched by name; get_missing_weights() reports any needed
+                continue
+            proto = refitter.get_weights_prototype(name)
+            self._proto_dtypes[name] = proto.dtype
+            prototypes[name] = (proto.size, numpy_dtype(proto.dtype.name))
+        a = match_refit_weights(prototypes, psnr, what="weights_psnr", fixed_prefixes=FIXED_PREFIXES)
+        b = match_refit_weights(prototypes, gan, what="weights_gan", fixed_prefixes=FIXED_PREFIXES)
+        if list(a) != list(b):
+            raise RefitWeightsError(f"weights_psnr and weights_gan give different graph constants: "
+                                    f"{_names(sorted(set(a) ^ set(b)))}; give both from refit_arrays")
+        unused = sorted(set(psnr) - set(prototypes))
+        if unused:
+            log.debug("arrays for weights the plan cannot refit (folded or unused): %s", _names(unused))
+        self._weights = BlendedWeights(a, b, self.device)
+        self._refitter = refitter
+        log.info("TensorRT refit: %d weights, %.1f MB of endpoint and live buffers on %s", len(a),
+                 self._weights.nbytes() / 1e6, self.device)
+
+    # --- alpha
+
+    def set_alpha(self, alpha: float) -> float:
+        """Refit the engine with θ = (1 − alpha)·θ_psnr + alpha·θ_gan; returns the seconds taken (blend, refit and
+        the wait for both), also kept in `last_refit_seconds`. Captured CUDA graphs are dropped (re-captured on
+        the next run of each shape)."""
+        if self._weights is None or self._refitter is None:
+            raise ValueError("alpha needs both endpoint weight sets: TensorRTBackend(..., weights_psnr=..., "
+                             "weights_gan=...) with arrays from export.tensorrt.refit_arrays")
+        alpha = float(alpha)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        start = time.perf_counter()
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
+            self._weights.set_alpha(alpha)  # in place, on self.stream: ordered before the refit below
+            if not self._registered:
+                self._register_weights()
+            if not self._refitter.refit_cuda_engine_async(self.stream.cuda_stream):
+                raise RuntimeError(f"TensorRT refit of {self.plan_path} failed: {self._trt_log.last_errors()}")
+            # the buffers keep their addresses and were validated once; later refits skip TensorRT's check
+            self._refitter.weights_validation = False
+            self.stream.synchronize()
+        for state in self._shapes.values():
+            state.graph = None  # unverified whether a graph sees refitted weights: capture again
+        self.alpha = alpha
+        self.last_refit_seconds = time.perf_counter() - start
+        return self.last_refit_seconds
+
+    def _register_weights(self) -> None:
+        """Give the Refitter the live buffers' device addresses (once; later refits reuse them)."""
+        import tensorrt as trt
+
+        assert self._weights is not None and self._refitter is not None
+        registered = []
+        for name in self._weights.names:
+            live = self._weights.live(name)
+            weights = trt.Weights(self._proto_dtypes[name], live.data_ptr(), live.numel())
+            if not self._refitter.set_named_weights(name, weights, trt.TensorLocation.DEVICE):
+                raise RuntimeError(f"TensorRT rejected the weights {name!r} ({live.numel()} × {live.dtype}): "
+                                   f"{self._trt_log.last_errors()}")
+            registered.append(weights)  # keep the descriptors alive with the buffers
+        missing = [n or "<unnamed>" for n in self._refitter.get_missing_weights()]
+        if missing:
+            raise RuntimeError(f"the refit of {self.plan_path} still misses weights: {_names(missing)} (TensorRT "
+                               f"combined them with refitted ones); give arrays for them in weights_psnr and "
+                               f"weights_gan: export.tensorrt.refit_arrays(graph, state_dict) includes constants")
+        self._registered = registered
+
+    # --- running
+
+    def _state(self, shape: tuple[int, ...]) -> _ShapeState:
+        """The context and static buffers for input `shape`, made on first use (least recently used dropped)."""
+        import tensorrt as trt
+
+        state = self._shapes.get(shape)
+        if state is not None:
+            self._shapes.move_to_end(shape)
+            return state
+        context = self._engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        if context is None:
+            raise RuntimeError(f"TensorRT could not create an execution context: {self._trt_log.last_errors()}")
+        context.set_device_memory(self._scratch.data_ptr(), self._scratch.numel())
+        if not context.set_input_shape(self._input, list(shape)):
+            raise ValueError(f"input shape {shape} is outside the plan's profile {self.profile[0]}…{self.profile[2]}")
+        out_shape = _dims(context.get_tensor_shape(self._output))
+        n, _, h, w = shape
+        if out_shape != (n, self.out_channels, h * self.scale, w * self.scale):
+            raise ValueError(f"{self.plan_path} maps {shape} to {out_shape}, not to (N, {self.out_channels}, "
+                             f"h·{self.scale}, w·{self.scale}): the plan belongs to another network")
+        state = _ShapeState(context, torch.empty(shape, dtype=self._in_dtype, device=self.device),
+                            torch.empty(out_shape, dtype=self._out_dtype, device=self.device))
+        if not (context.set_tensor_address(self._input, state.input.data_ptr())
+                and context.set_tensor_address(self._output, state.output.data_ptr())):
+            raise RuntimeError(f"TensorRT refused the I/O buffers: {self._trt_log.last_errors()}")
+        self._shapes[shape] = state
+        if len(self._shapes) > self.max_shapes:
+            self._shapes.popitem(last=False)
+        return state
+
+    def _execute(self, state: _ShapeState) -> None:
+        """Run the engine on the static buffers, on self.stream: replay the graph, or run and then capture."""
+        if state.graph is not None:
+            state.graph.replay()
+            return
+        if not state.context.execute_async_v3(self.stream.cuda_stream):
+            raise RuntimeError(f"TensorRT execution failed: {self._trt_log.last_errors()}")
+        if self.cuda_graph and not self._graph_failed:
+            state.graph = self._capture(state)  # the run above was the warm-up TensorRT needs before a capture
+
+    def _capture(self, state: _ShapeState) -> torch.cuda.CUDAGraph | None:
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
+                ok = state.context.execute_async_v3(self.stream.cuda_stream)
+            if not ok:
+                raise RuntimeError(self._trt_log.last_errors())
+        except Exception as e:
+            self._graph_failed = True
+            log.warning("CUDA graph capture of the TensorRT engine failed (%s): running without CUDA graphs, which "
+                        "costs launch overhead on small tiles", e)
+            return None
+        return graph
+
+    def _check_batch(self, batch: torch.Tensor) -> None:
+        if batch.ndim != 4 or batch.shape[1] != self.in_channels:
+            raise ValueError(f"batch must have shape (N, {self.in_channels}, h, w), got {tuple(batch.shape)}")
+        h, w = batch.shape[2:]
+        if h % self.multiple or w % self.multiple:
+            raise ValueError(f"tile sides must be multiples of {self.multiple}, got {h}×{w}")
+        lo, _, hi = self.profile
+        if not (lo[2] <= h <= hi[2] and lo[3] <= w <= hi[3]):
+            raise ValueError(f"tile {h}×{w} is outside the plan's profile ({lo[2]}×{lo[3]} to {hi[2]}×{hi[3]}): "
+                             f"use a tile of at most {hi[2]} (--tile), or rebuild the plan for larger tiles")
+
+    @torch.inference_mode()
+    def run(self, batch: torch.Tensor) -> torch.Tensor:
+        """float32 (N, in_channels, h, w) in [0, 1] → float32 (N, out_channels, h·scale, w·scale) on `device`."""
+        self._check_batch(batch)
+        max_n = self.profile[2][0]
+        if batch.shape[0] > max_n:
+            return torch.cat([self.run(part) for part in batch.split(max_n)])
+        current = torch.cuda.current_stream(self.device)
+        batch = batch.to(self.device, non_blocking=True)
+        self.stream.wait_stream(current)  # the batch is ready on the caller's stream
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
+            state = self._state(tuple(batch.shape))
+            state.input.copy_(batch)  # casts to the engine's input dtype
+            self._execute(state)
+            out = state.output.to(torch.float32, copy=True)  # the static buffer is overwritten by the next run
+        batch.record_stream(self.stream)
+        current.wait_stream(self.stream)
+        out.record_stream(current)
+        return out
+
+    def bytes_per_pixel(self) -> float:
+        """Device bytes per input pixel at the plan's largest shape: TensorRT's activation memory plus the static
+        I/O buffers and the float32 result."""
+        n, c, h, w = self.profile[2]
+        pixels = n * h * w
+        s2 = self.scale * self.scale
+        io = c * self._in_dtype.itemsize + self.out_channels * s2 * (self._out_dtype.itemsize + 4)
+        return _device_memory_size(self._engine) / pixels + io
+
+    @property
+    def max_tile(self) -> tuple[int, int]:
+        """The largest (h, w) tile the plan's profile takes."""
+        return self.profile[2][2], self.profile[2][3]
+
+
+def _torch_dtype(trt_dtype_name: str) -> torch.dtype:
+    if trt_dtype_name not in TORCH_DTYPES:
+        raise ValueError(f"a plan with {trt_dtype_name} input or output is not supported: export the ONNX graph with "
+                         f"fp32 or fp16 I/O")
+    return TORCH_DTYPES[trt_dtype_name]
