@@ -169,8 +169,11 @@ def build(args: argparse.Namespace) -> Path:
         images = read_calibration_images(args.calib, limit=args.calib_images)
         print(f"calibrating INT8 ({method}) on {len(images)} images of {args.calib}"
               + (" at alpha 0, 0.5 and 1" if gan is not None else ""))
-        graph = quantize(net, images, gan_net=gan, method=method)
-        quant = {"method": method, "calibration_images": len(images), "alpha_safe": gan is not None}
+        # TensorRT networks are strongly typed: what is not INT8 runs in the graph's float type, so fp16 there
+        compute = "fp16" if backend == "tensorrt" else "fp32"
+        graph = quantize(net, images, gan_net=gan, method=method, precision=compute)
+        quant = {"method": method, "calibration_images": len(images), "alpha_safe": gan is not None,
+                 "float_compute": compute}
     else:
         graph = export_onnx(net, precision=precision)
     state = _blended(net, gan, alpha).state_dict()

@@ -23,7 +23,7 @@ batch, height and width are dynamic (height and width multiples of 4 or 2 for pi
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,7 +75,7 @@ class _Graph:
         self.initializers[key] = numpy_helper.from_array(array, key)
         return key
 
-    def const(self, value: Any, dtype: np.dtype | None = None) -> str:
+    def const(self, value: Any, dtype: Any = None) -> str:
         array = np.asarray(value, dtype=dtype or self.dtype)
         name = f"const/{self._count}"
         self._count += 1
@@ -297,7 +297,7 @@ def save(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
     atomic_write(path, lambda tmp: open(tmp, "wb").write(data))
 
 
-def initializer_arrays(model: onnx.ModelProto, state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+def initializer_arrays(model: onnx.ModelProto, state: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """The network weights of `model` taken from a state dict: for every weight initializer, the tensor of the
     same name reshaped to the initializer's shape and cast to its type (what a refit or a rebinding writes)."""
     out: dict[str, np.ndarray] = {}
