@@ -2,7 +2,8 @@
 
 For each network (the shipped default model, rrdb6 and rrdb23 with random weights) and one batch of tiles, it times
 PyTorch eager fp32 (`torch.inference_mode`) and ONNX Runtime sessions with each graph optimization level and with
-intra-op spinning on and off, and reports each as a ratio to PyTorch (>1: ONNX Runtime is faster). The times are
+intra-op spinning on and off, then, with the chosen options, the fp16 graph and the INT8 Q/DQ graph (mse, first and
+last conv in fp32), and reports each as a ratio to PyTorch (>1: ONNX Runtime is faster). The times are
 the best of `--repeat` runs after one warm-up. Outputs are checked against PyTorch (max abs difference).
 Writes bench/results/ort_cpu.json; `engine.ort.session_options` defaults are the best row here.
 """
@@ -28,6 +29,24 @@ from engine import models  # noqa: E402
 from engine.atomic import atomic_write  # noqa: E402
 from engine.ort import session_options  # noqa: E402
 from export.onnx import export_onnx  # noqa: E402
+from export.quantize import quantize  # noqa: E402
+
+
+def photo_tiles(batch: int, tile: int) -> np.ndarray:
+    """(batch, 3, tile, tile) float32: chelsea resized to the tile (INT8 ranges are calibrated on photos, so the
+    INT8 rows' difference from PyTorch is only meaningful on photo content; uniform noise lies outside them)."""
+    import cv2
+    import skimage.data
+
+    tile_rgb = cv2.resize(skimage.data.chelsea(), (tile, tile), interpolation=cv2.INTER_AREA)
+    return np.repeat((tile_rgb.transpose(2, 0, 1)[None] / 255).astype(np.float32), batch, axis=0)
+
+
+def calibration_photos() -> list[np.ndarray]:
+    """Two of the default model's training photos at ¼ size (INT8 speed does not depend on them)."""
+    import skimage.data
+
+    return [np.ascontiguousarray(getattr(skimage.data, n)()[::4, ::4, :3]) for n in ("astronaut", "retina")]
 
 
 def best_of(fn: Callable[[], object], repeat: int) -> float:
@@ -49,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     rows = []
-    x = np.random.default_rng(0).random((args.batch, 3, args.tile, args.tile), dtype=np.float32)
+    x = photo_tiles(args.batch, args.tile)
     for name in args.models.split(","):
         torch.manual_seed(0)
         net = (models.load(REPO / "weights" / f"{name}.safetensors")[0] if name == "tiny_x4"
@@ -71,6 +90,16 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"model": name, "runner": label, "ms": round(t * 1e3, 1),
                              "ratio": round(t_torch / t, 2), "max_abs_diff": err})
                 print(f"  {label}: {t * 1e3:.0f} ms, torch/ort {t_torch / t:.2f}×, max abs diff {err:.1e}")
+        for label, graph in (("onnxruntime fp16 graph", export_onnx(net, precision="fp16")),
+                             ("onnxruntime int8 Q/DQ", quantize(net, calibration_photos()))):
+            session = ort.InferenceSession(graph.SerializeToString(), sess_options=session_options(0),
+                                           providers=["CPUExecutionProvider"])
+            err = float(np.abs(session.run(None, {"input": x})[0] - ref).max())
+            t = best_of(lambda s=session: s.run(None, {"input": x}), args.repeat)
+            rows.append({"model": name, "runner": label, "ms": round(t * 1e3, 1), "ratio": round(t_torch / t, 2),
+                         "max_abs_diff": err})
+            print(f"  {label} (chosen options): {t * 1e3:.0f} ms, torch/ort {t_torch / t:.2f}×, max abs diff "
+                  f"{err:.1e}")
     result = {
         "rows": rows,
         "conditions": {"device": "cpu", "cpu": platform.processor() or platform.machine(),

@@ -148,6 +148,9 @@ def build(args: argparse.Namespace) -> Path:
                          "(activation ranges are calibrated on them)")
     if args.calib and precision != "int8":
         raise BuildError("--calib is for --int8 only")
+    if backend == "onnxruntime" and precision == "fp16":  # our ONNX Runtime backend runs the CPU provider
+        print("note: ONNX Runtime's CPU provider casts most fp16 ops to fp32 and back: on the CPU an fp16 engine is "
+              "slower than --fp32 and less exact (README \"Engines\", bench/ort_cpu.py)")
     if backend == "tensorrt":
         from export.tensorrt import require_tensorrt
 

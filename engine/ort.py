@@ -3,11 +3,11 @@
     backend = OrtBackend(onnx_bytes_or_path, scale=4, in_channels=3, out_channels=3, threads=0)
     out = engine.infer(backend, image)
 
-Session options are chosen by measurement (`bench/ort_cpu.py`, README "Engines"; 2 CPU cores, one 128² tile,
-onnxruntime 1.31): all graph optimizations (they include the NCHWc layout transform of the CPU provider: 1.2–1.6×
-over "extended"), intra-op spinning off (1.10× on the default model and 1.12× on rrdb23; a tie on rrdb6),
-sequential execution, the CPU memory arena without memory patterns (see `session_options`), and `threads` intra-op
-threads (0: one per physical core, ONNX Runtime's default).
+Session options are chosen by measurement (`bench/ort_cpu.py`, README "Engines"; 2 CPU cores, one 128² photo tile,
+onnxruntime 1.31): all graph optimizations (they include the NCHWc layout transform of the CPU provider: 1.3–1.5×
+over "extended"; 1.36–2.24× over PyTorch eager), intra-op spinning off (within 3% of on; it leaves idle cores
+free), sequential execution, the CPU memory arena without memory patterns (see `session_options`), and `threads`
+intra-op threads (0: one per physical core, ONNX Runtime's default).
 
 Network interpolation without a rebuild: with both endpoint weight sets, `set_alpha(α)` blends them and rebinds
 the graph's weight initializers by name, in memory (no export, no file written), then restarts the session over

@@ -294,3 +294,15 @@ def test_int8_build_end_to_end_is_alpha_safe_and_close_to_fp32(checkpoints: tupl
         ref = _onnx_run(_blend(alpha), x)
         psnr = 10 * np.log10(1.0 / np.mean((got - ref) ** 2))
         assert psnr > 60, f"INT8 at alpha {alpha}: {psnr:.1f} dB from fp32"  # measured: 73, 88, 78 dB
+
+
+def test_fp16_onnxruntime_build_runs_and_says_it_is_not_faster(checkpoints: tuple[Path, Path], tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    assert build_main(["--weights", str(checkpoints[0]), "--fp16", "--backend", "onnxruntime", "--tile", "16",
+                       "-o", str(tmp_path / "e")]) == 0
+    assert "casts most fp16 ops to fp32" in capsys.readouterr().out
+    graph = __import__("onnx").load(str(tmp_path / "e" / "model.onnx"))
+    assert graph.graph.initializer[0].data_type == 10  # FLOAT16
+    x = np.random.default_rng(7).random((1, 3, 16, 16), dtype=np.float32)
+    got = engine.load(tmp_path / "e").run(torch.from_numpy(x)).numpy()
+    assert np.abs(got - _onnx_run(_net(0), x)).max() < 8 * 2.0**-10
