@@ -1,0 +1,118 @@
+"""Compile every kernel variant the engine launches for Hopper (sm_90) without a GPU, and report its resources.
+
+    python -m kernels.compile            # a table: kernel, variant, registers, spill bytes, shared memory
+    python -m kernels.compile --json
+
+`triton.compile(..., target=GPUTarget("cuda", 90, 32))` runs the whole pipeline (TTIR → TTGIR → LLVM → PTX →
+cubin) on a machine without a GPU; registers, stack (spills) and shared memory are read from the cubin with the
+`cuobjdump` that Triton ships. Run it without TRITON_INTERPRET (interpreted kernels cannot be compiled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+SCALARS_FP32 = {"slope", "r1_scale", "r2_scale", "alpha"}
+
+
+def _signature(kernel: Any, dtype: str, constexprs: dict[str, Any]) -> dict[str, str]:
+    sig = {}
+    for name in kernel.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = f"*{dtype}"
+        elif name in SCALARS_FP32:
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+def sm90_usage(kernel: Any, constexprs: dict[str, Any], *, dtype: str = "fp16", num_warps: int = 4,
+               num_stages: int = 2) -> dict[str, int]:
+    """Compile `kernel` for sm_90 and return registers, spill (stack) bytes, local bytes and shared bytes."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    source = ASTSource(fn=kernel, signature=_signature(kernel, dtype, constexprs), constexprs=constexprs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": num_warps, "num_stages": num_stages})
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        report = subprocess.run([cuobjdump, "-res-usage", path], capture_output=True, text=True, check=True).stdout
+    found = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", report)
+    if found is None:
+        raise RuntimeError(f"no resource usage in cuobjdump's report: {report}")
+    regs, stack, _static_shared, local = (int(v) for v in found.groups())
+    return {"registers": regs, "spill_bytes": stack, "local_bytes": local,
+            "shared_bytes": int(compiled.metadata.shared), "wgmma": int("wgmma" in compiled.asm["ptx"])}
+
+
+def variants(dtype: str = "fp16") -> list[tuple[str, Any, dict[str, Any], dict[str, Any]]]:
+    """(name, kernel, constexprs, options) for every variant the engine launches with operands of `dtype`."""
+    import torch
+
+    from .conv import blocks_for, conv3x3_kernel
+    from .rrdbnet import lerp_kernel
+
+    blocks = blocks_for({"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype])
+    tiles = {"BLOCK_M": blocks["block_m"], "BLOCK_N": blocks["block_n"], "BLOCK_K": blocks["block_k"]}
+    options = {"num_warps": blocks["num_warps"], "num_stages": blocks["num_stages"]}
+    # fp32 operands are multiplied exactly (as conv3x3 launches them), not in TF32
+    base = dict(ACT=0, HAS_R1=False, HAS_R2=False, SHUFFLE=1, UPSAMPLE=False, TAPS=9, EVEN_K=True,
+                IEEE=dtype == "fp32", **tiles)
+    conv = {
+        "rdb conv1-4 (lrelu)": dict(base, ACT=1),
+        "rdb conv5 (x + 0.2·y)": dict(base, HAS_R1=True),
+        "rrdb last conv5 (two residuals)": dict(base, HAS_R1=True, HAS_R2=True),
+        "conv_first (cin 3)": dict(base, EVEN_K=False),
+        "upconv ×2 (4 phases, lrelu)": dict(base, ACT=1, UPSAMPLE=True, TAPS=4),
+        "conv + pixel shuffle ×2 (prelu)": dict(base, ACT=3, SHUFFLE=2),
+        "conv (relu)": dict(base, ACT=2),
+    }
+    out: list[tuple[str, Any, dict[str, Any], dict[str, Any]]] = [
+        (f"conv3x3_kernel: {name}", conv3x3_kernel, c, options) for name, c in conv.items()]
+    out.append(("lerp_kernel (set_alpha)", lerp_kernel, {"BLOCK": 1024}, {"num_warps": 4, "num_stages": 1}))
+    return out
+
+
+def report(dtype: str = "fp16") -> list[dict[str, Any]]:
+    rows = []
+    for name, kernel, constexprs, options in variants(dtype):
+        rows.append({"kernel": name, "dtype": dtype, **options, **sm90_usage(kernel, constexprs, dtype=dtype,
+                                                                             **options)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m kernels.compile", description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", action="store_true", help="print JSON rows (default: a table)")
+    p.add_argument("--dtype", default="fp16", help="fp16, bf16 or fp32 (default: fp16)")
+    args = p.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("error: unset TRITON_INTERPRET: interpreted kernels cannot be compiled", file=sys.stderr)
+        return 2
+    rows = report(args.dtype)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print("| kernel | registers | spill bytes | shared bytes | wgmma |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['kernel']} | {r['registers']} | {r['spill_bytes']} | {r['shared_bytes']} | {r['wgmma']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""Implicit-GEMM convolutions on NHWC buffers with the ESRGAN-family epilogues fused in.
+
+    conv3x3(x, w, bias, y, cin=nf + 2·gc, cout=gc, y_channel=nf + 2·gc, act="lrelu")        # an RDB conv
+    conv3x3(x, w, bias, y, cin=nf, cout=4·nf, shuffle=2, act="prelu", slope=s)              # SRGAN upsampler
+    upconv2x(x, w_phases, bias, y, cin=nf, cout=nf, act="lrelu")                             # nearest ×2 + conv
+
+The GEMM: M = N·H·W output pixels, N = output channels, K = taps × input channels. A program computes a
+BLOCK_M × BLOCK_N tile: for each tap it loads BLOCK_M shifted input pixels (masked to zero outside the image: the
+zero padding) times BLOCK_K channels, and accumulates `tl.dot` with the packed weights in fp32.
+
+Concat-free RDBs: `x` may be wider than the conv reads (it reads the channel prefix `[0, cin)` through explicit
+strides) and `y` wider than it writes (it writes the channel slice `[y_channel, y_channel + cout)`). Each RDB keeps
+one buffer of nf + 4·gc channels; conv_k reads its prefix and writes its own slice.
+
+Epilogue, in order: + bias; activation (`lrelu` with `slope`, `relu`, or `prelu` with one slope per output channel
+after the shuffle); `out = res1 + res1_scale·out` if `res1` (the RDB's `x + 0.2·conv5`, the trunk's long skip);
+`out = res2 + res2_scale·out` if `res2` (the RRDB's outer `x + 0.2·y`, on its third RDB). Residuals are read at the
+output's own pixels and channels, so `res1`/`res2` may alias `y` (each element is read by the program that writes
+it, before it writes it). With `shuffle = r`, output channel c·r² + i·r + j of pixel (h, w) is stored at pixel
+(h·r + i, w·r + j), channel c: PixelShuffle done by the store.
+
+`upconv2x`: nearest ×2 followed by a 3×3 conv equals, for each output phase (py, px) ∈ {0, 1}², a 2×2 conv on the
+low-resolution grid whose taps are sums of the 3×3 taps (`fold_upconv_weight`), stored at (2h + py, 2w + px). No
+upsampled tensor is ever made: 4/9 of the MACs of the naive form and a quarter of its input reads.
+
+Weights are packed once: `pack_conv_weight` (cout, cin, 3, 3) → (9·cin, cout), row (ky·3 + kx)·cin + ci;
+`fold_upconv_weight` (cout, cin, 3, 3) → (4 phases · 4·cin, cout).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+ACTS = {"none": 0, "lrelu": 1, "relu": 2, "prelu": 3}
+
+
+@triton.jit
+def _epilogue(acc, offs_m, offs_n, mask_m, mask_n, img, oh, ow,
+              b_ptr, s_ptr, y_ptr, r1_ptr, r2_ptr,
+              H, W, COUT,
+              stride_yn, stride_yh, stride_yw, stride_r1n, stride_r1h, stride_r1w, stride_r2n, stride_r2h, stride_r2w,
+              slope, r1_scale, r2_scale,
+              ACT: tl.constexpr, HAS_R1: tl.constexpr, HAS_R2: tl.constexpr, SHUFFLE: tl.constexpr,
+              PHASE_Y, PHASE_X, UPSAMPLE: tl.constexpr):
+    """bias, activation, residuals, then the store (shuffled, phase-interleaved or plain)."""
+    out = acc + tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    # where the tile goes: pixel (py, px) and channel c of the output buffer
+    if SHUFFLE > 1:
+        c = offs_n // (SHUFFLE * SHUFFLE)
+        sub = offs_n % (SHUFFLE * SHUFFLE)
+        py = oh[:, None] * SHUFFLE + (sub // SHUFFLE)[None, :]
+        px = ow[:, None] * SHUFFLE + (sub % SHUFFLE)[None, :]
+        c2 = c[None, :]
+    elif UPSAMPLE:
+        py = (oh * 2 + PHASE_Y)[:, None]
+        px = (ow * 2 + PHASE_X)[:, None]
+        c2 = offs_n[None, :]
+        c = offs_n
+    else:
+        py = oh[:, None]
+        px = ow[:, None]
+        c2 = offs_n[None, :]
+        c = offs_n
+    if ACT == 1:
+        out = tl.where(out >= 0, out, out * slope)
+    elif ACT == 2:
+        out = tl.maximum(out, 0.0)
+    elif ACT == 3:
+        a = tl.load(s_ptr + c, mask=mask_n, other=0.0).to(tl.float32)
+        out = tl.where(out >= 0, out, out * a[None, :])
+    mask = mask_m[:, None] & mask_n[None, :]
+    if HAS_R1:
+        r1 = tl.load(r1_ptr + (img[:, None] * stride_r1n + py * stride_r1h + px * stride_r1w + c2), mask=mask,
+                     other=0.0)
+        out = r1.to(tl.float32) + r1_scale * out
+    if HAS_R2:
+        r2 = tl.load(r2_ptr + (img[:, None] * stride_r2n + py * stride_r2h + px * stride_r2w + c2), mask=mask,
+                     other=0.0)
+        out = r2.to(tl.float32) + r2_scale * out
+    tl.store(y_ptr + (img[:, None] * stride_yn + py * stride_yh + px * stride_yw + c2),
+             out.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def conv3x3_kernel(
+    # pointers
+    x_ptr, w_ptr, b_ptr, s_ptr, y_ptr, r1_ptr, r2_ptr,
+    # sizes
+    H, W, M, CIN, COUT,
+    # strides (elements) of the NHWC buffers; the channel stride is 1
+    stride_xn, stride_xh, stride_xw,
+    stride_yn, stride_yh, stride_yw,
+    stride_r1n, stride_r1h, stride_r1w,
+    stride_r2n, stride_r2h, stride_r2w,
+    # epilogue scalars
+    slope, r1_scale, r2_scale,
+    # meta-parameters
+    ACT: tl.constexpr, HAS_R1: tl.constexpr, HAS_R2: tl.constexpr, SHUFFLE: tl.constexpr, UPSAMPLE: tl.constexpr,
+    TAPS: tl.constexpr, EVEN_K: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    phase = tl.program_id(2)  # UPSAMPLE: output phase py·2 + px; else 0
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # pixels of the input grid, flattened over (n, h, w)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # output channels (before the shuffle)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < M
+    mask_n = offs_n < COUT
+    img = offs_m // (H * W)
+    rem = offs_m % (H * W)
+    oh = rem // W
+    ow = rem % W
+    phase_y = phase // 2
+    phase_x = phase % 2
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for tap in range(TAPS):
+        if UPSAMPLE:  # phase py reads low-resolution rows h + py - 1 and h + py (likewise columns)
+            ih = oh + (tap // 2 + phase_y - 1)
+            iw = ow + (tap % 2 + phase_x - 1)
+            w_row0 = (phase * 4 + tap) * CIN
+        else:
+            ih = oh + (tap // 3 - 1)
+            iw = ow + (tap % 3 - 1)
+            w_row0 = tap * CIN
+        inside = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        x_off = img * stride_xn + ih * stride_xh + iw * stride_xw  # int32 offsets: fewer registers than pointers
+        if EVEN_K:  # channel strides are multiples of 8: 16-byte vector loads along the channels
+            x_off = tl.multiple_of(x_off, 8)
+        for k0 in range(0, CIN, BLOCK_K):
+            ks = k0 + offs_k
+            if EVEN_K:  # CIN is a multiple of BLOCK_K: no channel mask
+                a = tl.load(x_ptr + (x_off[:, None] + ks[None, :]), mask=inside[:, None], other=0.0)
+                b = tl.load(w_ptr + ((w_row0 + ks)[:, None] * COUT + offs_n[None, :]), mask=mask_n[None, :],
+                            other=0.0)
+            else:
+                a = tl.load(x_ptr + (x_off[:, None] + ks[None, :]), mask=inside[:, None] & (ks[None, :] < CIN),
+                            other=0.0)
+                b = tl.load(w_ptr + ((w_row0 + ks)[:, None] * COUT + offs_n[None, :]),
+                            mask=(ks[:, None] < CIN) & mask_n[None, :], other=0.0)
+            if IEEE:  # fp32 operands: exact products, not TF32
+                acc = tl.dot(a, b, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, b, acc)
+
+    _epilogue(acc, offs_m, offs_n, mask_m, mask_n, img, oh, ow, b_ptr, s_ptr, y_ptr, r1_ptr, r2_ptr, H, W, COUT,
+              stride_yn, stride_yh, stride_yw, stride_r1n, stride_r1h, stride_r1w, stride_r2n, stride_r2h, stride_r2w,
+              slope, r1_scale, r2_scale, ACT, HAS_R1, HAS_R2, SHUFFLE, phase_y, phase_x, UPSAMPLE)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# weight packing
+
+
+def pack_conv_weight(weight: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(cout, cin, 3, 3) → contiguous (9·cin, cout), row (ky·3 + kx)·cin + ci: the GEMM's K × N operand."""
+    if weight.ndim != 4 or tuple(weight.shape[2:]) != (3, 3):
+        raise ValueError(f"weight must have shape (cout, cin, 3, 3), got {tuple(weight.shape)}")
+    cout, cin = weight.shape[:2]
+    return weight.permute(2, 3, 1, 0).reshape(9 * cin, cout).to(dtype or weight.dtype).contiguous()
+
+
+# For output phase p ∈ {0, 1} along one axis, the 2 low-resolution taps t ∈ {0, 1} (offset t + p − 1) sum these
+# 3×3 taps: phase 0 reads row h − 1 with tap 0 and row h with taps 1 + 2; phase 1 reads row h with taps 0 + 1 and
+# row h + 1 with tap 2.
+_FOLD = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]],   # phase 0: (taps × 3×3-row)
+                      [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])  # phase 1
+
+
+def fold_upconv_weight(weight: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Nearest ×2 + 3×3 conv → four 2×2 phase convs: (cout, cin, 3, 3) → contiguous (4·4·cin, cout), row
+    ((py·2 + px)·4 + ty·2 + tx)·cin + ci. Summed in float64, then cast."""
+    if weight.ndim != 4 or tuple(weight.shape[2:]) != (3, 3):
+        raise ValueError(f"weight must have shape (cout, cin, 3, 3), got {tuple(weight.shape)}")
+    cout, cin = weight.shape[:2]
+    fold = _FOLD.to(weight.device, torch.float64)
+    # phases[py, px, ty, tx, co, ci] = Σ_ky Σ_kx fold[py, ty, ky] · fold[px, tx, kx] · weight[co, ci, ky, kx]
+    phases = torch.einsum("ayk,bxl,oikl->abyxio", fold, fold, weight.double())
+    return phases.reshape(16 * cin, cout).to(dtype or weight.dtype).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# host wrappers
+
+_RECORDERS: list[list[dict[str, Any]]] = []
+
+
+@contextmanager
+def record_launches() -> Iterator[list[dict[str, Any]]]:
+    """Record every conv launch made inside the block: sizes and compulsory bytes (each input channel and residual
+    read once per pixel, each output written once; halo re-reads and weights not counted)."""
+    launches: list[dict[str, Any]] = []
+    _RECORDERS.append(launches)
+    try:
+        yield launches
+    finally:
+        _RECORDERS.remove(launches)
+
+
+def _check_nhwc(name: str, t: torch.Tensor, batch: int, h: int, w: int, channels: int) -> None:
+    if t.ndim != 4 or tuple(t.shape[:3]) != (batch, h, w) or t.shape[3] < channels or t.stride(3) != 1:
+        raise ValueError(f"{name} must be an NHWC buffer of shape ({batch}, {h}, {w}, ≥{channels}) with unit channel "
+                         f"stride, got shape {tuple(t.shape)} strides {t.stride()}")
+
+
+def _launch(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torch.Tensor, *, cin: int, cout: int,
+            y_channel: int, act: str, slope: float | torch.Tensor, res1: torch.Tensor | None, res1_scale: float,
+            res2: torch.Tensor | None, res2_scale: float, shuffle: int, upsample: bool,
+            block_m: int, block_n: int, block_k: int, num_warps: int, num_stages: int) -> torch.Tensor:
+    n, h, w = x.shape[:3]
+    up = shuffle if shuffle > 1 else (2 if upsample else 1)
+    cout_stored = cout // (shuffle * shuffle) if shuffle > 1 else cout
+    taps = 16 if upsample else 9
+    # check inputs
+    _check_nhwc("x", x, n, h, w, cin)
+    _check_nhwc("y", y, n, h * up, w * up, y_channel + cout_stored)
+    if shuffle > 1 and cout % (shuffle * shuffle):
+        raise ValueError(f"cout {cout} must be a multiple of shuffle² = {shuffle * shuffle}")
+    if tuple(w_packed.shape) != (taps * cin, cout) or not w_packed.is_contiguous():
+        raise ValueError(f"w_packed must be contiguous ({taps}·cin, cout) = ({taps * cin}, {cout}), got "
+                         f"{tuple(w_packed.shape)}: pack it with "
+                         f"{'fold_upconv_weight' if upsample else 'pack_conv_weight'}")
+    if w_packed.dtype != x.dtype:
+        raise ValueError(f"w_packed is {w_packed.dtype} and x is {x.dtype}: pack the weights in the input's dtype")
+    if tuple(bias.shape) != (cout,):
+        raise ValueError(f"bias must have shape ({cout},), got {tuple(bias.shape)}")
+    if act not in ACTS:
+        raise ValueError(f"act must be one of {', '.join(ACTS)}, got {act!r}")
+    slopes = bias  # unused unless act == "prelu"
+    if act == "prelu":
+        if not isinstance(slope, torch.Tensor) or tuple(slope.shape) != (cout_stored,):
+            raise ValueError(f"prelu needs one slope per output channel: a tensor of shape ({cout_stored},)")
+        slopes = slope
+    for name, r in (("res1", res1), ("res2", res2)):
+        if r is not None:
+            _check_nhwc(name, r, n, h * up, w * up, cout_stored)
+    # allocate: the output is the caller's buffer, seen from its channel slice
+    out = y[..., y_channel:]
+    r1 = res1 if res1 is not None else out
+    r2 = res2 if res2 is not None else out
+    m = n * h * w
+    even_k = cin % block_k == 0 and all(s % 8 == 0 for s in x.stride()[:3])
+    # launch
+    grid = (triton.cdiv(m, block_m), triton.cdiv(cout, block_n), 4 if upsample else 1)
+    conv3x3_kernel[grid](
+        x, w_packed, bias, slopes, out, r1, r2,
+        h, w, m, cin, cout,
+        x.stride(0), x.stride(1), x.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        r1.stride(0), r1.stride(1), r1.stride(2),
+        r2.stride(0), r2.stride(1), r2.stride(2),
+        float(slope) if act == "lrelu" else 0.0, float(res1_scale), float(res2_scale),
+        ACT=ACTS[act], HAS_R1=res1 is not None, HAS_R2=res2 is not None, SHUFFLE=shuffle, UPSAMPLE=upsample,
+        TAPS=4 if upsample else 9, EVEN_K=even_k, IEEE=x.dtype == torch.float32,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages,
+    )
+    if _RECORDERS:
+        e, stored = x.element_size(), m * up * up * cout_stored
+        entry = {"cin": cin, "cout": cout, "pixels": m, "upsample": upsample, "shuffle": shuffle,
+                 "flops": 2 * m * (16 if upsample else 9) * cin * cout,
+                 "bytes_read": (m * cin + stored * ((res1 is not None) + (res2 is not None))) * e,
+                 "bytes_written": stored * e}
+        for launches in _RECORDERS:
+            launches.append(entry)
+    return y
+
+
+# Register use on sm_90 (triton 3.9, every epilogue on; `python -m kernels.compile`, checked by tests): fp16/bf16
+# BLOCK 64×32×32, 4 warps, 2 stages: 168 registers, no spills, wgmma; 128×32×32 and 64×64×32 spill. fp32 operands
+# multiply exactly (no TF32, no tensor cores): 64×32×32 spills 8–16 bytes, 64×32×16 uses 146 registers and none.
+# Speed tuning waits for a GPU.
+DEFAULT_BLOCKS = dict(block_m=64, block_n=32, block_k=32, num_warps=4, num_stages=2)
+FP32_BLOCKS = dict(DEFAULT_BLOCKS, block_k=16)
+
+
+def blocks_for(dtype: torch.dtype) -> dict[str, int]:
+    """The tile sizes and launch options for operands of `dtype`."""
+    return FP32_BLOCKS if dtype == torch.float32 else DEFAULT_BLOCKS
+
+
+def conv3x3(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torch.Tensor, *, cin: int, cout: int,
+            y_channel: int = 0, act: str = "none", slope: float | torch.Tensor = 0.2,
+            res1: torch.Tensor | None = None, res1_scale: float = 1.0, res2: torch.Tensor | None = None,
+            res2_scale: float = 1.0, shuffle: int = 1, **blocks: int) -> torch.Tensor:
+    """y[..., y_channel:y_channel + cout/shuffle²] = epilogue(conv3x3(x[..., :cin], w) + bias); returns `y`.
+
+    x: (N, H, W, ≥cin) NHWC, fp16/bf16/fp32; w_packed: (9·cin, cout) from `pack_conv_weight` in x's dtype;
+    bias: (cout,); y: (N, H·s, W·s, ≥y_channel + cout/s²) with s = `shuffle`; res1/res2: NHWC views read at
+    channels [0, cout/s²) (slice a wider buffer to offset them; they may alias y's slice). `slope`: the LeakyReLU
+    slope (float) or, for act="prelu", one slope per stored channel.
+    """
+    return _launch(x, w_packed, bias, y, cin=cin, cout=cout, y_channel=y_channel, act=act, slope=slope, res1=res1,
+                   res1_scale=res1_scale, res2=res2, res2_scale=res2_scale, shuffle=shuffle,
+                   upsample=False, **{**blocks_for(x.dtype), **blocks})
+
+
+def upconv2x(x: torch.Tensor, w_phases: torch.Tensor, bias: torch.Tensor, y: torch.Tensor, *, cin: int, cout: int,
+             y_channel: int = 0, act: str = "none", slope: float | torch.Tensor = 0.2, **blocks: int) -> torch.Tensor:
+    """y (N, 2H, 2W, ≥y_channel + cout) = epilogue(conv3x3(nearest×2(x[..., :cin]))) without the ×2 tensor;
+    `w_phases` from `fold_upconv_weight`."""
+    return _launch(x, w_phases, bias, y, cin=cin, cout=cout, y_channel=y_channel, act=act, slope=slope, res1=None,
+                   res1_scale=1.0, res2=None, res2_scale=1.0, shuffle=1, upsample=True,
+                   **{**blocks_for(x.dtype), **blocks})

@@ -1,0 +1,214 @@
+"""RRDBNet from the fused kernels: the whole forward as a fixed list of conv launches over preallocated buffers.
+
+    plan = FusedRRDBNet(net, dtype=torch.float16, device="cuda", gan_net=gan)
+    y = plan(x)               # (N, C, H, W) float → (N, C_out, H·s, W·s) float32
+    plan.set_alpha(0.8)       # one fused kernel rewrites the packed weights in place
+
+Buffers per input shape (N, H, W), NHWC in the plan's dtype:
+    ring[0..3]  (nf + 4·gc) channels each: an RDB's input x in channels [0, nf), conv_k's output in its gc slice
+    trunk       nf: conv_body(body) + feat
+    up[k]       nf at 2^k × the input size; hr: nf; out: out_ch
+Each RDB is 5 launches and copies nothing: conv1..4 read the prefix of the RDB's buffer and write their slice, conv5
+reads all nf + 4·gc channels and writes `x + 0.2·conv5` into the next RDB's prefix; the third RDB of an RRDB also
+applies the RRDB's `x + 0.2·y` (res2). conv_first writes ring[0][:nf], which is never overwritten (the first RRDB
+is the only one that reads ring[0]; later RRDBs cycle through ring[3], ring[1], ring[2], updating ring[3][:nf] in
+place), so it is also the long skip that conv_body's epilogue adds. Upsampling is `upconv2x` (four 2×2 phase convs,
+no ×2 tensor).
+
+All packed weights of an endpoint live in one flat buffer; `set_alpha` is one `lerp_kernel` launch over it, so the
+live weights keep their addresses (a captured CUDA graph stays valid).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from engine.models.rrdbnet import RRDBNet
+
+from .conv import conv3x3, fold_upconv_weight, pack_conv_weight, upconv2x
+
+
+@triton.jit
+def lerp_kernel(a_ptr, b_ptr, out_ptr, n, alpha, BLOCK: tl.constexpr):
+    """out = (1 − alpha)·a + alpha·b, computed in fp32 and stored in out's type."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    a = tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs, (a + alpha * (b - a)).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def lerp_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float, block: int = 1024) -> torch.Tensor:
+    """In place: out = (1 − alpha)·a + alpha·b over three flat contiguous buffers of one length."""
+    if not (out.is_contiguous() and a.is_contiguous() and b.is_contiguous()) or not out.numel() == a.numel() == \
+            b.numel():
+        raise ValueError("lerp_ needs three contiguous buffers of one length")
+    n = out.numel()
+    lerp_kernel[(triton.cdiv(n, block),)](a, b, out, n, float(alpha), BLOCK=block)
+    return out
+
+
+@dataclass
+class _Layer:
+    """One conv of the plan: its packed weight and bias are views into the flat weight buffer."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    cin: int
+    cout: int
+
+
+def _packed(net: RRDBNet, dtype: torch.dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """name → (packed weight, bias) for every conv of `net`, upconvs folded into phases; float64 → dtype."""
+    out = {}
+    for name, module in net.named_modules():
+        if isinstance(module, torch.nn.Conv2d):
+            w = module.weight.detach().double()
+            packed = fold_upconv_weight(w) if name.startswith("conv_up") else pack_conv_weight(w)
+            out[name] = (packed.to(dtype), module.bias.detach().to(dtype))
+    return out
+
+
+class FusedRRDBNet:
+    """An `RRDBNet` run by the Triton kernels of `kernels.conv`. See the module docstring."""
+
+    def __init__(self, net: RRDBNet, *, dtype: torch.dtype = torch.float16, device: str | torch.device = "cuda",
+                 gan_net: RRDBNet | None = None) -> None:
+        if not isinstance(net, RRDBNet):
+            raise TypeError(f"FusedRRDBNet runs an RRDBNet, got {type(net).__name__}")
+        self.device, self.dtype = torch.device(device), dtype
+        hp = net.hparams
+        self.nf, self.gc, self.num_block = hp["num_feat"], hp["num_grow_ch"], hp["num_block"]
+        self.scale, self.in_channels, self.out_channels = net.scale, net.in_channels, net.out_channels
+        self.unshuffle, self.num_upsample = net.unshuffle, net.num_upsample
+        self.multiple = self.unshuffle
+        psnr = _packed(net, dtype)
+        names = list(psnr)
+        self._flat = {"psnr": self._flatten(psnr, names)}
+        if gan_net is not None:
+            gan = _packed(gan_net, dtype)
+            if list(gan) != names or any(gan[k][0].shape != psnr[k][0].shape for k in names):
+                raise ValueError("the GAN network is not the same RRDBNet as the PSNR network")
+            self._flat["gan"] = self._flatten(gan, names)
+        self._live = self._flat["psnr"].clone()
+        self.layers = self._views(self._live, psnr)
+        self.alpha: float | None = 0.0 if gan_net is not None else None
+        self._buffers: dict[tuple[int, int, int], dict[str, list[torch.Tensor]]] = {}
+
+    def _flatten(self, packed: dict[str, tuple[torch.Tensor, torch.Tensor]], names: list[str]) -> torch.Tensor:
+        parts = [t.reshape(-1) for name in names for t in packed[name]]
+        return torch.cat(parts).to(self.device)
+
+    def _views(self, flat: torch.Tensor, packed: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, _Layer]:
+        layers, offset = {}, 0
+        for name, (w, b) in packed.items():
+            wv = flat[offset:offset + w.numel()].view(w.shape)
+            offset += w.numel()
+            bv = flat[offset:offset + b.numel()]
+            offset += b.numel()
+            taps = 16 if name.startswith("conv_up") else 9
+            layers[name] = _Layer(wv, bv, w.shape[0] // taps, w.shape[1])
+        return layers
+
+    def set_alpha(self, alpha: float) -> None:
+        """Live weights = (1 − alpha)·PSNR + alpha·GAN, in place, in one kernel launch."""
+        if "gan" not in self._flat:
+            raise ValueError("alpha needs the GAN weights: FusedRRDBNet(net, gan_net=...)")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        lerp_(self._live, self._flat["psnr"], self._flat["gan"], alpha)
+        self.alpha = float(alpha)
+
+    def buffers(self, n: int, h: int, w: int) -> dict[str, list[torch.Tensor]]:
+        """The preallocated NHWC buffers for input (n, h, w) after any pixel-unshuffle (made on first use)."""
+        key = (n, h, w)
+        if key not in self._buffers:
+            def empty(s: int, c: int) -> torch.Tensor:
+                return torch.empty((n, h * s, w * s, c), dtype=self.dtype, device=self.device)
+
+            ring_channels = self.nf + 4 * self.gc
+            ups = [empty(2 ** k, self.nf) for k in range(1, self.num_upsample + 1)]
+            top = 2 ** self.num_upsample
+            self._buffers[key] = {
+                "ring": [empty(1, ring_channels) for _ in range(4)], "trunk": [empty(1, self.nf)], "up": ups,
+                "hr": [empty(top, self.nf)], "out": [empty(top, self.out_channels)],
+            }
+        return self._buffers[key]
+
+    def launches(self) -> int:
+        """Kernel launches per forward: conv_first, 15 per RRDB, conv_body, the upconvs, conv_hr, conv_last."""
+        return 1 + 15 * self.num_block + 1 + self.num_upsample + 2
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, in_channels, H, W) float in [0, 1] → (N, out_channels, H·scale, W·scale) float32."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if self.unshuffle > 1:
+            x = F.pixel_unshuffle(x, self.unshuffle)
+        x = x.to(self.device, self.dtype).permute(0, 2, 3, 1).contiguous()  # NHWC
+        n, h, w, cin = x.shape
+        buf = self.buffers(n, h, w)
+        L, nf, gc = self.layers, self.nf, self.gc
+        ring, trunk = buf["ring"], buf["trunk"][0]
+        conv3x3(x, L["conv_first"].weight, L["conv_first"].bias, ring[0], cin=cin, cout=nf)
+        body = ring[0]
+        for i in range(self.num_block):
+            rrdb_in = body
+            slots = (ring[0] if i == 0 else ring[3], ring[1], ring[2])
+            nxt = ring[3]
+            for k in range(3):
+                rdb = slots[k]
+                p = f"body.{i}.rdb{k + 1}"
+                for j in range(4):
+                    layer = L[f"{p}.conv{j + 1}"]
+                    conv3x3(rdb, layer.weight, layer.bias, rdb, cin=nf + j * gc, cout=gc, y_channel=nf + j * gc,
+                            act="lrelu", slope=0.2)
+                layer = L[f"{p}.conv5"]
+                target = slots[k + 1] if k < 2 else nxt
+                if k < 2:  # x + 0.2·conv5 → the next RDB's prefix
+                    conv3x3(rdb, layer.weight, layer.bias, target, cin=nf + 4 * gc, cout=nf,
+                            res1=rdb[..., :nf], res1_scale=0.2)
+                else:  # and the RRDB's x + 0.2·(that): into the next RRDB's input (in place for i ≥ 1)
+                    conv3x3(rdb, layer.weight, layer.bias, target, cin=nf + 4 * gc, cout=nf,
+                            res1=rdb[..., :nf], res1_scale=0.2, res2=rrdb_in[..., :nf], res2_scale=0.2)
+            body = nxt
+        conv3x3(body, L["conv_body"].weight, L["conv_body"].bias, trunk, cin=nf, cout=nf, res1=ring[0][..., :nf])
+        feat = trunk
+        for k in range(self.num_upsample):
+            layer = L[f"conv_up{k + 1}"]
+            up = buf["up"][k]
+            upconv2x(feat, layer.weight, layer.bias, up, cin=nf, cout=nf, act="lrelu", slope=0.2)
+            feat = up
+        hr, out = buf["hr"][0], buf["out"][0]
+        conv3x3(feat, L["conv_hr"].weight, L["conv_hr"].bias, hr, cin=nf, cout=nf, act="lrelu", slope=0.2)
+        conv3x3(hr, L["conv_last"].weight, L["conv_last"].bias, out, cin=nf, cout=self.out_channels)
+        return out.permute(0, 3, 1, 2).float()
+
+    def rdb_traffic(self, n: int, h: int, w: int, *, rrdb_last: bool = False) -> dict[str, int]:
+        """Predicted for one RDB: launches and compulsory bytes (each input channel read once per pixel, each
+        output written once; halo re-reads and weights not counted), and FLOPs. conv_k reads nf + (k − 1)·gc
+        channels and writes gc; conv5 reads nf + 4·gc, the residual x (nf), and on an RRDB's third RDB also the
+        RRDB's input (nf), and writes nf."""
+        e = torch.finfo(self.dtype).bits // 8
+        px, nf, gc = n * h * w, self.nf, self.gc
+        reads = sum(nf + j * gc for j in range(5)) + nf * (2 if rrdb_last else 1)
+        return {"launches": 5, "bytes_read": reads * px * e, "bytes_written": (4 * gc + nf) * px * e,
+                "flops": 2 * px * 9 * sum((nf + j * gc) * (gc if j < 4 else nf) for j in range(5))}
+
+
+def fused_flops(plan: FusedRRDBNet, n: int, h: int, w: int) -> float:
+    """FLOPs of one forward as the kernels compute it (upconvs: 4 phases × 2×2 taps on the low-resolution grid)."""
+    nf, px = plan.nf, n * h * w
+    rdb = plan.rdb_traffic(n, h, w)["flops"]
+    cin0 = plan.in_channels * plan.unshuffle ** 2
+    total = 2 * px * 9 * cin0 * nf + 3 * plan.num_block * rdb + 2 * px * 9 * nf * nf
+    for k in range(plan.num_upsample):
+        total += 2 * px * 4 ** k * 16 * nf * nf
+    top = px * 4 ** plan.num_upsample
+    return float(total + 2 * top * 9 * nf * nf + 2 * top * 9 * nf * plan.out_channels)

@@ -1,0 +1,233 @@
+"""The fused Triton kernels against PyTorch float64 references (under TRITON_INTERPRET=1 on the CPU, for real on a
+GPU), the whole RRDBNet forward from them, set_alpha, the launch/traffic count per RDB, and compilation for sm_90.
+
+Tolerances: fp32 kernels accumulate in fp32 over K ≤ 9·(nf + 4·gc) products: 1e-5 absolute on outputs of order 1.
+fp16 kernels: the reference is computed in float64 from the same fp16-rounded inputs and weights, so what is left
+is the fp32 accumulation and the final rounding to fp16: 2 ulps of the output's largest magnitude (2·2⁻¹⁰·max|y|),
+plus, where a residual is added after rounding, its own ulp.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import engine.models as M
+from kernels.conv import conv3x3, fold_upconv_weight, pack_conv_weight, record_launches, upconv2x
+from kernels.rrdbnet import FusedRRDBNet, fused_flops, lerp_
+
+REPO = Path(__file__).resolve().parents[1]
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32, torch.float16]
+
+
+def _tol(ref: torch.Tensor, dtype: torch.dtype) -> float:
+    if dtype == torch.float32:
+        return 1e-5 * max(1.0, float(ref.abs().max()))
+    return 2 * 2.0**-10 * max(1.0, float(ref.abs().max()))
+
+
+def _nchw64(t: torch.Tensor) -> torch.Tensor:
+    return t.double().permute(0, 3, 1, 2).cpu()
+
+
+def _rand(*shape: int, dtype: torch.dtype, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g) * scale).to(dtype).to(DEVICE)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# conv3x3: prefix reads, slice writes, epilogues
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,h,w,cin,cout", [(1, 1, 1, 8, 16), (2, 5, 7, 24, 20), (3, 9, 4, 64, 32), (1, 6, 6, 3, 16)])
+def test_conv3x3_reads_a_prefix_and_writes_a_slice(dtype: torch.dtype, n: int, h: int, w: int, cin: int,
+                                                   cout: int) -> None:
+    x = _rand(n, h, w, cin + 5, dtype=dtype)  # wider than the conv reads
+    wt, b = _rand(cout, cin, 3, 3, dtype=dtype, seed=1, scale=0.1), _rand(cout, dtype=dtype, seed=2)
+    y = torch.full((n, h, w, cout + 7), 7.0, dtype=dtype, device=DEVICE)
+    conv3x3(x, pack_conv_weight(wt), b, y, cin=cin, cout=cout, y_channel=3, act="lrelu", slope=0.2)
+    ref = F.leaky_relu(F.conv2d(_nchw64(x[..., :cin]), wt.double().cpu(), b.double().cpu(), padding=1), 0.2)
+    got = _nchw64(y[..., 3:3 + cout])
+    assert (got - ref).abs().max() <= _tol(ref, dtype)
+    assert (y[..., :3] == 7).all() and (y[..., 3 + cout:] == 7).all()  # nothing outside the slice is touched
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv3x3_residual_epilogues_in_place(dtype: torch.dtype) -> None:
+    n, h, w, cin, cout = 2, 5, 6, 40, 16
+    x = _rand(n, h, w, cin, dtype=dtype)
+    wt, b = _rand(cout, cin, 3, 3, dtype=dtype, seed=1, scale=0.1), _rand(cout, dtype=dtype, seed=2)
+    y = _rand(n, h, w, cout + 4, dtype=dtype, seed=3)
+    before = y.clone()
+    r2 = _rand(n, h, w, cout, dtype=dtype, seed=4)
+    # y[..., 4:] = r2 + 0.2·(y[..., 4:] + 0.2·conv): res1 aliases the output slice
+    conv3x3(x, pack_conv_weight(wt), b, y, cin=cin, cout=cout, y_channel=4, res1=y[..., 4:], res1_scale=0.2,
+            res2=r2, res2_scale=0.2)
+    conv = F.conv2d(_nchw64(x), wt.double().cpu(), b.double().cpu(), padding=1)
+    ref = _nchw64(r2) + 0.2 * (_nchw64(before[..., 4:]) + 0.2 * conv)
+    assert (_nchw64(y[..., 4:]) - ref).abs().max() <= _tol(ref, dtype)
+    assert torch.equal(y[..., :4], before[..., :4])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act,factor", [("prelu", 2), ("lrelu", 2), ("relu", 3), ("none", 2)])
+def test_conv3x3_pixel_shuffle_in_the_store(dtype: torch.dtype, act: str, factor: int) -> None:
+    n, h, w, cin, c = 2, 4, 5, 16, 8
+    cout = c * factor * factor
+    x = _rand(n, h, w, cin, dtype=dtype)
+    wt, b = _rand(cout, cin, 3, 3, dtype=dtype, seed=1, scale=0.1), _rand(cout, dtype=dtype, seed=2)
+    slope = (torch.rand(c, generator=torch.Generator().manual_seed(5))).to(dtype).to(DEVICE)
+    y = torch.zeros(n, h * factor, w * factor, c, dtype=dtype, device=DEVICE)
+    conv3x3(x, pack_conv_weight(wt), b, y, cin=cin, cout=cout, shuffle=factor, act=act,
+            slope=slope if act == "prelu" else 0.1)
+    ref = F.pixel_shuffle(F.conv2d(_nchw64(x), wt.double().cpu(), b.double().cpu(), padding=1), factor)
+    ref = {"prelu": lambda t: F.prelu(t, slope.double().cpu()), "lrelu": lambda t: F.leaky_relu(t, 0.1),
+           "relu": F.relu, "none": lambda t: t}[act](ref)
+    assert (_nchw64(y) - ref).abs().max() <= _tol(ref, dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# upsampling without upsampled tensors
+
+
+def test_phase_folding_is_the_nearest_upsampling_identity_in_float64() -> None:
+    """The math, without any kernel: four 2×2 convs of the folded taps, interleaved, equal conv3×3(nearest ×2)."""
+    g = torch.Generator().manual_seed(0)
+    x, wt = torch.randn(2, 5, 6, 7, generator=g, dtype=torch.float64), torch.randn(4, 5, 3, 3, generator=g,
+                                                                                 dtype=torch.float64)
+    ref = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), wt, padding=1)
+    phases = fold_upconv_weight(wt).reshape(2, 2, 2, 2, 5, 4)  # (py, px, ty, tx, ci, co)
+    out = torch.zeros_like(ref)
+    for py in range(2):
+        for px in range(2):
+            k = phases[py, px].permute(3, 2, 0, 1)  # (co, ci, ty, tx)
+            padded = F.pad(x, (1 - px, px, 1 - py, py))  # taps at offsets (p − 1, p)
+            out[..., py::2, px::2] = F.conv2d(padded, k)
+    assert (out - ref).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,h,w", [(1, 1, 1), (2, 5, 7), (1, 4, 9)])
+def test_upconv2x_equals_nearest_then_conv(dtype: torch.dtype, n: int, h: int, w: int) -> None:
+    cin, cout = 32, 24
+    x = _rand(n, h, w, cin + 8, dtype=dtype)
+    wt, b = _rand(cout, cin, 3, 3, dtype=dtype, seed=1, scale=0.1), _rand(cout, dtype=dtype, seed=2)
+    y = torch.zeros(n, 2 * h, 2 * w, cout, dtype=dtype, device=DEVICE)
+    upconv2x(x, fold_upconv_weight(wt.double(), dtype), b, y, cin=cin, cout=cout, act="lrelu", slope=0.2)
+    up = F.interpolate(_nchw64(x[..., :cin]), scale_factor=2, mode="nearest")
+    ref = F.leaky_relu(F.conv2d(up, wt.double().cpu(), b.double().cpu(), padding=1), 0.2)
+    # fp16: the folded taps are sums of up to 4 taps rounded once to fp16, one more rounding than the reference's
+    tol = _tol(ref, dtype) * (1 if dtype == torch.float32 else 2)
+    assert (_nchw64(y) - ref).abs().max() <= tol
+
+
+def test_bad_arguments_name_the_fix() -> None:
+    x = torch.zeros(1, 4, 4, 8)
+    with pytest.raises(ValueError, match="pack_conv_weight"):
+        conv3x3(x, torch.zeros(8, 8), torch.zeros(8), torch.zeros(1, 4, 4, 8), cin=8, cout=8)
+    with pytest.raises(ValueError, match=r"y must be an NHWC buffer of shape \(1, 8, 8, ≥8\)"):
+        upconv2x(x, fold_upconv_weight(torch.zeros(8, 8, 3, 3)), torch.zeros(8), torch.zeros(1, 4, 4, 8), cin=8,
+                 cout=8)
+    with pytest.raises(ValueError, match="one slope per output channel"):
+        conv3x3(x, pack_conv_weight(torch.zeros(8, 8, 3, 3)), torch.zeros(8), torch.zeros(1, 4, 4, 8), cin=8,
+                cout=8, act="prelu", slope=0.2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the whole RRDBNet
+
+
+def _rrdb(seed: int, **kw: object) -> M.SRNet:
+    torch.manual_seed(seed)
+    return M.create("rrdb6", num_block=2, num_feat=16, num_grow_ch=8, **kw).eval()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kw", [dict(scale=4), dict(scale=2), dict(scale=2, pixel_unshuffle=False)],
+                         ids=["x4", "x2-unshuffle", "x2-upconv"])
+def test_fused_rrdbnet_matches_the_reference(dtype: torch.dtype, kw: dict) -> None:
+    net = _rrdb(0, **kw)
+    plan = FusedRRDBNet(net, dtype=dtype, device=DEVICE)
+    x = torch.rand(2, 3, 4, 6, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = net.double()(x.double())
+    got = plan(x.to(DEVICE)).double().cpu()
+    assert got.shape == ref.shape
+    # ~10 layers deep: each layer's rounding adds; a few fp16 ulps of the output, measured 1e-4 here
+    tol = 1e-5 if dtype == torch.float32 else 8 * 2.0**-10 * max(1.0, float(ref.abs().max()))
+    assert (got - ref).abs().max() <= tol
+
+
+def test_set_alpha_equals_the_interpolated_checkpoint() -> None:
+    net, gan = _rrdb(0), _rrdb(1)
+    plan = FusedRRDBNet(net, dtype=torch.float32, device=DEVICE, gan_net=gan)
+    live = plan._live.data_ptr()
+    x = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    for alpha in (0.3, 1.0, 0.0):
+        plan.set_alpha(alpha)
+        blended = _rrdb(0)
+        blended.load_state_dict(M.interpolate(net, gan, alpha))
+        with torch.no_grad():
+            ref = blended.double()(x.double())
+        assert (plan(x.to(DEVICE)).double().cpu() - ref).abs().max() < 1e-5
+    assert plan._live.data_ptr() == live  # rewritten in place: a captured graph keeps its addresses
+
+
+def test_lerp_kernel_blends_in_fp32() -> None:
+    a = torch.randn(3000, generator=torch.Generator().manual_seed(0)).half().to(DEVICE)
+    b = torch.randn(3000, generator=torch.Generator().manual_seed(1)).half().to(DEVICE)
+    out = torch.empty_like(a)
+    lerp_(out, a, b, 0.3)
+    ref = (0.7 * a.double() + 0.3 * b.double()).half()
+    assert (out.double() - ref.double()).abs().max() <= 2.0**-10 * 4  # one fp16 rounding of an fp32 blend
+
+
+def test_each_rdb_is_five_launches_moving_the_predicted_bytes() -> None:
+    plan = FusedRRDBNet(_rrdb(0), dtype=torch.float16, device=DEVICE)
+    x = torch.rand(1, 3, 5, 7, generator=torch.Generator().manual_seed(2))
+    with record_launches() as launches:
+        plan(x.to(DEVICE))
+    assert len(launches) == plan.launches() == 1 + 15 * 2 + 1 + 2 + 2
+    for r in range(6):  # 2 RRDBs × 3 RDBs, after conv_first
+        rdb = launches[1 + 5 * r: 1 + 5 * (r + 1)]
+        predicted = plan.rdb_traffic(1, 5, 7, rrdb_last=r % 3 == 2)
+        assert [(d["cin"], d["cout"]) for d in rdb] == [(16, 8), (24, 8), (32, 8), (40, 8), (48, 16)]
+        assert sum(d["bytes_read"] for d in rdb) == predicted["bytes_read"]
+        assert sum(d["bytes_written"] for d in rdb) == predicted["bytes_written"]
+    assert sum(d["flops"] for d in launches) == fused_flops(plan, 1, 5, 7)
+    # nf=16, gc=8, 35 pixels, fp16: (16+24+32+40+48 + 16) channels read, (4·8 + 16) written, ×35×2 bytes
+    assert plan.rdb_traffic(1, 5, 7)["bytes_read"] == 176 * 35 * 2
+    assert plan.rdb_traffic(1, 5, 7)["bytes_written"] == 48 * 35 * 2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# compiled for Hopper
+
+
+@pytest.mark.slow
+def test_every_kernel_compiles_for_sm90_without_spills() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    rows = []
+    for dtype in ("fp16", "bf16", "fp32"):
+        proc = subprocess.run([sys.executable, "-m", "kernels.compile", "--json", "--dtype", dtype], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows += json.loads(proc.stdout.strip().splitlines()[-1])
+    for r in rows:
+        print(f"{r['kernel']} [{r['dtype']}]: {r['registers']} registers, {r['spill_bytes']} spill bytes, "
+              f"{r['shared_bytes']} shared bytes")
+    assert len(rows) == 24
+    spilled = [f"{r['kernel']} [{r['dtype']}]: {r['spill_bytes']} bytes" for r in rows if r["spill_bytes"]]
+    assert not spilled, f"register spills: {spilled}"
+    tensor_core = [r for r in rows if r["kernel"].startswith("conv3x3") and r["dtype"] != "fp32"]
+    assert all(r["wgmma"] for r in tensor_core), "fp16/bf16 convs should use wgmma on sm_90"
