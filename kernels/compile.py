@@ -19,7 +19,7 @@ import sys
 import tempfile
 from typing import Any
 
-SCALARS_FP32 = {"slope", "r1_scale", "r2_scale", "alpha"}
+SCALARS_FP32 = {"slope", "r1_scale", "r2_scale", "bn_eps", "alpha"}
 
 
 def _signature(kernel: Any, dtype: str, constexprs: dict[str, Any]) -> dict[str, str]:
@@ -64,14 +64,15 @@ def variants(dtype: str = "fp16") -> list[tuple[str, Any, dict[str, Any], dict[s
     """(name, kernel, constexprs, options) for every variant the engine launches with operands of `dtype`."""
     import torch
 
-    from .conv import blocks_for, conv3x3_kernel
+    from .conv import blocks_for, conv_kernel
     from .rrdbnet import lerp_kernel
 
     blocks = blocks_for({"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype])
     tiles = {"BLOCK_M": blocks["block_m"], "BLOCK_N": blocks["block_n"], "BLOCK_K": blocks["block_k"]}
     options = {"num_warps": blocks["num_warps"], "num_stages": blocks["num_stages"]}
     # fp32 operands are multiplied exactly (as conv3x3 launches them), not in TF32
-    base = dict(ACT=0, HAS_R1=False, HAS_R2=False, SHUFFLE=1, UPSAMPLE=False, TAPS=9, EVEN_K=True,
+    base = dict(ACT=0, HAS_R1=False, HAS_R2=False, HAS_BN=False, SHUFFLE=1, UPSAMPLE=False, KSIZE=3, TAPS=9,
+                EVEN_K=True,
                 IEEE=dtype == "fp32", **tiles)
     conv = {
         "rdb conv1-4 (lrelu)": dict(base, ACT=1),
@@ -81,9 +82,12 @@ def variants(dtype: str = "fp16") -> list[tuple[str, Any, dict[str, Any], dict[s
         "upconv ×2 (4 phases, lrelu)": dict(base, ACT=1, UPSAMPLE=True, TAPS=4),
         "conv + pixel shuffle ×2 (prelu)": dict(base, ACT=3, SHUFFLE=2),
         "conv (relu)": dict(base, ACT=2),
+        "srgan block conv1 (batch norm, prelu)": dict(base, HAS_BN=True, ACT=3),
+        "srgan block conv2 (batch norm, + x)": dict(base, HAS_BN=True, HAS_R1=True),
+        "srgan conv_first 9×9 (cin 3, prelu)": dict(base, KSIZE=9, TAPS=81, EVEN_K=False, ACT=3),
     }
     out: list[tuple[str, Any, dict[str, Any], dict[str, Any]]] = [
-        (f"conv3x3_kernel: {name}", conv3x3_kernel, c, options) for name, c in conv.items()]
+        (f"conv_kernel: {name}", conv_kernel, c, options) for name, c in conv.items()]
     out.append(("lerp_kernel (set_alpha)", lerp_kernel, {"BLOCK": 1024}, {"num_warps": 4, "num_stages": 1}))
     return out
 

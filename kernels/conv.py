@@ -42,14 +42,21 @@ ACTS = {"none": 0, "lrelu": 1, "relu": 2, "prelu": 3}
 
 @triton.jit
 def _epilogue(acc, offs_m, offs_n, mask_m, mask_n, img, oh, ow,
-              b_ptr, s_ptr, y_ptr, r1_ptr, r2_ptr,
+              b_ptr, s_ptr, bn_ptr, y_ptr, r1_ptr, r2_ptr,
               H, W, COUT,
               stride_yn, stride_yh, stride_yw, stride_r1n, stride_r1h, stride_r1w, stride_r2n, stride_r2h, stride_r2w,
-              slope, r1_scale, r2_scale,
-              ACT: tl.constexpr, HAS_R1: tl.constexpr, HAS_R2: tl.constexpr, SHUFFLE: tl.constexpr,
-              PHASE_Y, PHASE_X, UPSAMPLE: tl.constexpr):
-    """bias, activation, residuals, then the store (shuffled, phase-interleaved or plain)."""
+              slope, r1_scale, r2_scale, bn_eps,
+              ACT: tl.constexpr, HAS_R1: tl.constexpr, HAS_R2: tl.constexpr, HAS_BN: tl.constexpr,
+              SHUFFLE: tl.constexpr, PHASE_Y, PHASE_X, UPSAMPLE: tl.constexpr):
+    """bias, batch norm, activation, residuals, then the store (shuffled, phase-interleaved or plain)."""
     out = acc + tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    if HAS_BN:  # inference batch norm from its raw parameters (gamma, beta, mean, var), so alpha blends them
+        gamma = tl.load(bn_ptr + offs_n, mask=mask_n, other=1.0).to(tl.float32)
+        beta = tl.load(bn_ptr + COUT + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        mean = tl.load(bn_ptr + 2 * COUT + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        var = tl.load(bn_ptr + 3 * COUT + offs_n, mask=mask_n, other=1.0).to(tl.float32)
+        scale = gamma / tl.sqrt(var + bn_eps)
+        out = (out - mean[None, :]) * scale[None, :] + beta[None, :]
     # where the tile goes: pixel (py, px) and channel c of the output buffer
     if SHUFFLE > 1:
         c = offs_n // (SHUFFLE * SHUFFLE)
@@ -88,9 +95,9 @@ def _epilogue(acc, offs_m, offs_n, mask_m, mask_n, img, oh, ow,
 
 
 @triton.jit
-def conv3x3_kernel(
+def conv_kernel(
     # pointers
-    x_ptr, w_ptr, b_ptr, s_ptr, y_ptr, r1_ptr, r2_ptr,
+    x_ptr, w_ptr, b_ptr, s_ptr, bn_ptr, y_ptr, r1_ptr, r2_ptr,
     # sizes
     H, W, M, CIN, COUT,
     # strides (elements) of the NHWC buffers; the channel stride is 1
@@ -99,10 +106,10 @@ def conv3x3_kernel(
     stride_r1n, stride_r1h, stride_r1w,
     stride_r2n, stride_r2h, stride_r2w,
     # epilogue scalars
-    slope, r1_scale, r2_scale,
+    slope, r1_scale, r2_scale, bn_eps,
     # meta-parameters
-    ACT: tl.constexpr, HAS_R1: tl.constexpr, HAS_R2: tl.constexpr, SHUFFLE: tl.constexpr, UPSAMPLE: tl.constexpr,
-    TAPS: tl.constexpr, EVEN_K: tl.constexpr, IEEE: tl.constexpr,
+    ACT: tl.constexpr, HAS_R1: tl.constexpr, HAS_R2: tl.constexpr, HAS_BN: tl.constexpr, SHUFFLE: tl.constexpr,
+    UPSAMPLE: tl.constexpr, KSIZE: tl.constexpr, TAPS: tl.constexpr, EVEN_K: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -127,8 +134,8 @@ def conv3x3_kernel(
             iw = ow + (tap % 2 + phase_x - 1)
             w_row0 = (phase * 4 + tap) * CIN
         else:
-            ih = oh + (tap // 3 - 1)
-            iw = ow + (tap % 3 - 1)
+            ih = oh + (tap // KSIZE - KSIZE // 2)
+            iw = ow + (tap % KSIZE - KSIZE // 2)
             w_row0 = tap * CIN
         inside = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         x_off = img * stride_xn + ih * stride_xh + iw * stride_xw  # int32 offsets: fewer registers than pointers
@@ -150,9 +157,10 @@ def conv3x3_kernel(
             else:
                 acc = tl.dot(a, b, acc)
 
-    _epilogue(acc, offs_m, offs_n, mask_m, mask_n, img, oh, ow, b_ptr, s_ptr, y_ptr, r1_ptr, r2_ptr, H, W, COUT,
-              stride_yn, stride_yh, stride_yw, stride_r1n, stride_r1h, stride_r1w, stride_r2n, stride_r2h, stride_r2w,
-              slope, r1_scale, r2_scale, ACT, HAS_R1, HAS_R2, SHUFFLE, phase_y, phase_x, UPSAMPLE)
+    _epilogue(acc, offs_m, offs_n, mask_m, mask_n, img, oh, ow, b_ptr, s_ptr, bn_ptr, y_ptr, r1_ptr, r2_ptr, H, W,
+              COUT, stride_yn, stride_yh, stride_yw, stride_r1n, stride_r1h, stride_r1w, stride_r2n, stride_r2h,
+              stride_r2w, slope, r1_scale, r2_scale, bn_eps, ACT, HAS_R1, HAS_R2, HAS_BN, SHUFFLE, phase_y, phase_x,
+              UPSAMPLE)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -160,11 +168,11 @@ def conv3x3_kernel(
 
 
 def pack_conv_weight(weight: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """(cout, cin, 3, 3) → contiguous (9·cin, cout), row (ky·3 + kx)·cin + ci: the GEMM's K × N operand."""
-    if weight.ndim != 4 or tuple(weight.shape[2:]) != (3, 3):
-        raise ValueError(f"weight must have shape (cout, cin, 3, 3), got {tuple(weight.shape)}")
-    cout, cin = weight.shape[:2]
-    return weight.permute(2, 3, 1, 0).reshape(9 * cin, cout).to(dtype or weight.dtype).contiguous()
+    """(cout, cin, k, k) → contiguous (k²·cin, cout), row (ky·k + kx)·cin + ci: the GEMM's K × N operand."""
+    if weight.ndim != 4 or weight.shape[2] != weight.shape[3] or weight.shape[2] % 2 == 0:
+        raise ValueError(f"weight must have shape (cout, cin, k, k) with odd k, got {tuple(weight.shape)}")
+    cout, cin, k = weight.shape[:3]
+    return weight.permute(2, 3, 1, 0).reshape(k * k * cin, cout).to(dtype or weight.dtype).contiguous()
 
 
 # For output phase p ∈ {0, 1} along one axis, the 2 low-resolution taps t ∈ {0, 1} (offset t + p − 1) sum these
@@ -212,12 +220,13 @@ def _check_nhwc(name: str, t: torch.Tensor, batch: int, h: int, w: int, channels
 
 def _launch(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torch.Tensor, *, cin: int, cout: int,
             y_channel: int, act: str, slope: float | torch.Tensor, res1: torch.Tensor | None, res1_scale: float,
-            res2: torch.Tensor | None, res2_scale: float, shuffle: int, upsample: bool,
-            block_m: int, block_n: int, block_k: int, num_warps: int, num_stages: int) -> torch.Tensor:
+            res2: torch.Tensor | None, res2_scale: float, bn: torch.Tensor | None, bn_eps: float, ksize: int,
+            shuffle: int, upsample: bool, block_m: int, block_n: int, block_k: int, num_warps: int,
+            num_stages: int) -> torch.Tensor:
     n, h, w = x.shape[:3]
     up = shuffle if shuffle > 1 else (2 if upsample else 1)
     cout_stored = cout // (shuffle * shuffle) if shuffle > 1 else cout
-    taps = 16 if upsample else 9
+    taps = 16 if upsample else ksize * ksize
     # check inputs
     _check_nhwc("x", x, n, h, w, cin)
     _check_nhwc("y", y, n, h * up, w * up, y_channel + cout_stored)
@@ -231,6 +240,8 @@ def _launch(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torc
         raise ValueError(f"w_packed is {w_packed.dtype} and x is {x.dtype}: pack the weights in the input's dtype")
     if tuple(bias.shape) != (cout,):
         raise ValueError(f"bias must have shape ({cout},), got {tuple(bias.shape)}")
+    if bn is not None and (tuple(bn.shape) != (4, cout) or not bn.is_contiguous()):
+        raise ValueError(f"bn must be contiguous (4, {cout}): gamma, beta, running mean, running var")
     if act not in ACTS:
         raise ValueError(f"act must be one of {', '.join(ACTS)}, got {act!r}")
     slopes = bias  # unused unless act == "prelu"
@@ -249,22 +260,23 @@ def _launch(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torc
     even_k = cin % block_k == 0 and all(s % 8 == 0 for s in x.stride()[:3])
     # launch
     grid = (triton.cdiv(m, block_m), triton.cdiv(cout, block_n), 4 if upsample else 1)
-    conv3x3_kernel[grid](
-        x, w_packed, bias, slopes, out, r1, r2,
+    conv_kernel[grid](
+        x, w_packed, bias, slopes, bn if bn is not None else bias, out, r1, r2,
         h, w, m, cin, cout,
         x.stride(0), x.stride(1), x.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         r1.stride(0), r1.stride(1), r1.stride(2),
         r2.stride(0), r2.stride(1), r2.stride(2),
-        float(slope) if act == "lrelu" else 0.0, float(res1_scale), float(res2_scale),
-        ACT=ACTS[act], HAS_R1=res1 is not None, HAS_R2=res2 is not None, SHUFFLE=shuffle, UPSAMPLE=upsample,
-        TAPS=4 if upsample else 9, EVEN_K=even_k, IEEE=x.dtype == torch.float32,
+        float(slope) if act == "lrelu" else 0.0, float(res1_scale), float(res2_scale), float(bn_eps),
+        ACT=ACTS[act], HAS_R1=res1 is not None, HAS_R2=res2 is not None, HAS_BN=bn is not None, SHUFFLE=shuffle,
+        UPSAMPLE=upsample, KSIZE=ksize, TAPS=4 if upsample else taps, EVEN_K=even_k,
+        IEEE=x.dtype == torch.float32,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages,
     )
     if _RECORDERS:
         e, stored = x.element_size(), m * up * up * cout_stored
         entry = {"cin": cin, "cout": cout, "pixels": m, "upsample": upsample, "shuffle": shuffle,
-                 "flops": 2 * m * (16 if upsample else 9) * cin * cout,
+                 "flops": 2 * m * taps * cin * cout,
                  "bytes_read": (m * cin + stored * ((res1 is not None) + (res2 is not None))) * e,
                  "bytes_written": stored * e}
         for launches in _RECORDERS:
@@ -285,20 +297,31 @@ def blocks_for(dtype: torch.dtype) -> dict[str, int]:
     return FP32_BLOCKS if dtype == torch.float32 else DEFAULT_BLOCKS
 
 
-def conv3x3(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torch.Tensor, *, cin: int, cout: int,
-            y_channel: int = 0, act: str = "none", slope: float | torch.Tensor = 0.2,
-            res1: torch.Tensor | None = None, res1_scale: float = 1.0, res2: torch.Tensor | None = None,
-            res2_scale: float = 1.0, shuffle: int = 1, **blocks: int) -> torch.Tensor:
-    """y[..., y_channel:y_channel + cout/shuffle²] = epilogue(conv3x3(x[..., :cin], w) + bias); returns `y`.
+def conv2d(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torch.Tensor, *, cin: int, cout: int,
+           ksize: int = 3, y_channel: int = 0, act: str = "none", slope: float | torch.Tensor = 0.2,
+           res1: torch.Tensor | None = None, res1_scale: float = 1.0, res2: torch.Tensor | None = None,
+           res2_scale: float = 1.0, bn: torch.Tensor | None = None, bn_eps: float = 1e-5, shuffle: int = 1,
+           **blocks: int) -> torch.Tensor:
+    """y[..., y_channel:y_channel + cout/shuffle²] = epilogue(conv_k×k(x[..., :cin], w) + bias), "same" zero
+    padding, stride 1; returns `y`.
 
-    x: (N, H, W, ≥cin) NHWC, fp16/bf16/fp32; w_packed: (9·cin, cout) from `pack_conv_weight` in x's dtype;
+    x: (N, H, W, ≥cin) NHWC, fp16/bf16/fp32; w_packed: (k²·cin, cout) from `pack_conv_weight` in x's dtype;
     bias: (cout,); y: (N, H·s, W·s, ≥y_channel + cout/s²) with s = `shuffle`; res1/res2: NHWC views read at
     channels [0, cout/s²) (slice a wider buffer to offset them; they may alias y's slice). `slope`: the LeakyReLU
-    slope (float) or, for act="prelu", one slope per stored channel.
+    slope (float) or, for act="prelu", one slope per stored channel. `bn`: (4, cout) gamma, beta, running mean,
+    running var of an inference batch norm applied before the activation.
     """
+    if ksize % 2 == 0:
+        raise ValueError(f"ksize must be odd ('same' padding), got {ksize}")
     return _launch(x, w_packed, bias, y, cin=cin, cout=cout, y_channel=y_channel, act=act, slope=slope, res1=res1,
-                   res1_scale=res1_scale, res2=res2, res2_scale=res2_scale, shuffle=shuffle,
-                   upsample=False, **{**blocks_for(x.dtype), **blocks})
+                   res1_scale=res1_scale, res2=res2, res2_scale=res2_scale, bn=bn, bn_eps=bn_eps, ksize=ksize,
+                   shuffle=shuffle, upsample=False, **{**blocks_for(x.dtype), **blocks})
+
+
+def conv3x3(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torch.Tensor, **kwargs: Any
+            ) -> torch.Tensor:
+    """`conv2d` with a 3×3 kernel (see there)."""
+    return conv2d(x, w_packed, bias, y, ksize=3, **kwargs)
 
 
 def upconv2x(x: torch.Tensor, w_phases: torch.Tensor, bias: torch.Tensor, y: torch.Tensor, *, cin: int, cout: int,
@@ -306,5 +329,5 @@ def upconv2x(x: torch.Tensor, w_phases: torch.Tensor, bias: torch.Tensor, y: tor
     """y (N, 2H, 2W, ≥y_channel + cout) = epilogue(conv3x3(nearest×2(x[..., :cin]))) without the ×2 tensor;
     `w_phases` from `fold_upconv_weight`."""
     return _launch(x, w_phases, bias, y, cin=cin, cout=cout, y_channel=y_channel, act=act, slope=slope, res1=None,
-                   res1_scale=1.0, res2=None, res2_scale=1.0, shuffle=1, upsample=True,
-                   **{**blocks_for(x.dtype), **blocks})
+                   res1_scale=1.0, res2=None, res2_scale=1.0, bn=None, bn_eps=0.0, ksize=3, shuffle=1,
+                   upsample=True, **{**blocks_for(x.dtype), **blocks})

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 
 import engine.models as M
-from kernels.conv import conv3x3, fold_upconv_weight, pack_conv_weight, record_launches, upconv2x
+from kernels.conv import conv2d, conv3x3, fold_upconv_weight, pack_conv_weight, record_launches, upconv2x
 from kernels.rrdbnet import FusedRRDBNet, fused_flops, lerp_
+from kernels.srresnet import FusedSRResNet
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -92,6 +93,25 @@ def test_conv3x3_pixel_shuffle_in_the_store(dtype: torch.dtype, act: str, factor
     ref = F.pixel_shuffle(F.conv2d(_nchw64(x), wt.double().cpu(), b.double().cpu(), padding=1), factor)
     ref = {"prelu": lambda t: F.prelu(t, slope.double().cpu()), "lrelu": lambda t: F.leaky_relu(t, 0.1),
            "relu": F.relu, "none": lambda t: t}[act](ref)
+    assert (_nchw64(y) - ref).abs().max() <= _tol(ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv9x9_with_batch_norm_and_prelu(dtype: torch.dtype) -> None:
+    """SRGAN's first conv (9×9, 3 input channels) and its blocks' conv → batch norm → PReLU, in one epilogue."""
+    n, h, w, cin, cout = 2, 6, 5, 3, 16
+    x = _rand(n, h, w, cin, dtype=dtype)
+    wt, b = _rand(cout, cin, 9, 9, dtype=dtype, seed=1, scale=0.1), _rand(cout, dtype=dtype, seed=2)
+    g = torch.Generator().manual_seed(3)
+    bn = torch.stack([torch.rand(cout, generator=g) + 0.5, torch.randn(cout, generator=g) * 0.1,
+                      torch.randn(cout, generator=g) * 0.1, torch.rand(cout, generator=g) + 0.5]).to(dtype)
+    slope = torch.rand(cout, generator=g).to(dtype)
+    y = torch.zeros(n, h, w, cout, dtype=dtype, device=DEVICE)
+    conv2d(x, pack_conv_weight(wt), b, y, cin=cin, cout=cout, ksize=9, bn=bn.to(DEVICE).contiguous(), bn_eps=1e-5,
+           act="prelu", slope=slope.to(DEVICE))
+    conv = F.conv2d(_nchw64(x), wt.double().cpu(), b.double().cpu(), padding=4)
+    gamma, beta, mean, var = bn.double()
+    ref = F.prelu(F.batch_norm(conv, mean, var, gamma, beta, eps=1e-5), slope.double())
     assert (_nchw64(y) - ref).abs().max() <= _tol(ref, dtype)
 
 
@@ -182,6 +202,39 @@ def test_set_alpha_equals_the_interpolated_checkpoint() -> None:
     assert plan._live.data_ptr() == live  # rewritten in place: a captured graph keeps its addresses
 
 
+def _srgan(seed: int, **kw: object) -> M.SRNet:
+    torch.manual_seed(seed)
+    net = M.create("srgan", num_block=2, num_feat=16, **kw).eval()
+    g = torch.Generator().manual_seed(seed + 10)
+    for m in net.modules():  # batch norm and PReLU as a trained network has them, not the identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
+        if isinstance(m, torch.nn.PReLU):
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) * 0.5)
+    return net
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kw", [dict(), dict(scale=3, prelu_per_channel=True)], ids=["x4", "x3-prelu-per-channel"])
+def test_fused_srresnet_matches_the_reference_and_blends(dtype: torch.dtype, kw: dict) -> None:
+    net, gan = _srgan(0, **kw), _srgan(1, **kw)
+    plan = FusedSRResNet(net, dtype=dtype, device=DEVICE, gan_net=gan)
+    x = torch.rand(2, 3, 3, 4, generator=torch.Generator().manual_seed(0))
+    tol = 1e-5 if dtype == torch.float32 else 8 * 2.0**-10
+    with torch.no_grad():
+        assert (plan(x.to(DEVICE)).double().cpu() - net.double()(x.double())).abs().max() <= tol
+        plan.set_alpha(0.4)
+        blended = _srgan(0, **kw)
+        blended.load_state_dict(M.interpolate(net, gan, 0.4))
+        assert (plan(x.to(DEVICE)).double().cpu() - blended.double()(x.double())).abs().max() <= tol
+    with record_launches() as launches:
+        plan(x.to(DEVICE))
+    assert len(launches) == plan.launches() == 1 + 2 * 2 + 1 + len(plan.factors) + 1
+
+
 def test_lerp_kernel_blends_in_fp32() -> None:
     a = torch.randn(3000, generator=torch.Generator().manual_seed(0)).half().to(DEVICE)
     b = torch.randn(3000, generator=torch.Generator().manual_seed(1)).half().to(DEVICE)
@@ -226,7 +279,7 @@ def test_every_kernel_compiles_for_sm90_without_spills() -> None:
     for r in rows:
         print(f"{r['kernel']} [{r['dtype']}]: {r['registers']} registers, {r['spill_bytes']} spill bytes, "
               f"{r['shared_bytes']} shared bytes")
-    assert len(rows) == 24
+    assert len(rows) == 33
     spilled = [f"{r['kernel']} [{r['dtype']}]: {r['spill_bytes']} bytes" for r in rows if r["spill_bytes"]]
     assert not spilled, f"register spills: {spilled}"
     tensor_core = [r for r in rows if r["kernel"].startswith("conv3x3") and r["dtype"] != "fp32"]

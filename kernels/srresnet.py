@@ -1,0 +1,137 @@
+"""SRResNet (SRGAN's generator) from the fused kernels: batch norm, PReLU and the pixel shuffle in the epilogues.
+
+    plan = FusedSRResNet(net, dtype=torch.float16, device="cuda", gan_net=gan)
+    y = plan(x)            # (N, C, H, W) float → (N, C_out, H·s, W·s) float32
+    plan.set_alpha(0.8)    # one lerp kernel over the flat parameter buffer
+
+Batch norm stays as its four raw parameters (gamma, beta, running mean, running var) applied in the conv epilogue,
+not folded into the weights: folding is not linear in the parameters, so a folded engine could not blend α by a
+plain lerp. PReLU's single slope is stored once per channel. Buffers per input shape (NHWC, the plan's dtype):
+feat (conv_first, kept for the long skip), body and tmp (the residual blocks: conv1 → tmp, conv2 + x → body in place),
+one buffer per upsampling stage, and out. conv_body's epilogue adds feat; each upsampling conv stores shuffled.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engine.models.srresnet import SRResNet
+
+from .conv import conv2d, pack_conv_weight
+from .rrdbnet import lerp_
+
+
+def _params(net: SRResNet, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """name → packed tensor: conv weights (k²·cin, cout), biases, batch norms (4, C), PReLU slopes (C,)."""
+    nf = net.hparams["num_feat"]
+    out: dict[str, torch.Tensor] = {}
+    for name, m in net.named_modules():
+        if isinstance(m, torch.nn.Conv2d):
+            out[f"{name}.weight"] = pack_conv_weight(m.weight.detach().double(), dtype)
+            out[f"{name}.bias"] = m.bias.detach().to(dtype)
+        elif isinstance(m, torch.nn.BatchNorm2d):
+            assert m.running_mean is not None and m.running_var is not None
+            out[name] = torch.stack([m.weight.detach(), m.bias.detach(), m.running_mean, m.running_var]).to(dtype)
+        elif isinstance(m, torch.nn.PReLU):
+            out[name] = m.weight.detach().expand(nf).to(dtype)
+    return out
+
+
+class FusedSRResNet:
+    """An `SRResNet` run by the Triton kernels of `kernels.conv`. See the module docstring."""
+
+    def __init__(self, net: SRResNet, *, dtype: torch.dtype = torch.float16, device: str | torch.device = "cuda",
+                 gan_net: SRResNet | None = None) -> None:
+        if not isinstance(net, SRResNet):
+            raise TypeError(f"FusedSRResNet runs an SRResNet, got {type(net).__name__}")
+        if net.training:
+            raise ValueError("the network is in training mode (batch norm would use batch statistics): call .eval()")
+        self.net_hparams = dict(net.hparams)
+        self.device, self.dtype = torch.device(device), dtype
+        self.nf, self.num_block = net.hparams["num_feat"], net.hparams["num_block"]
+        self.scale, self.in_channels, self.out_channels = net.scale, net.in_channels, net.out_channels
+        self.multiple = 1
+        self.factors = [stage.shuffle.upscale_factor for stage in net.upsample]
+        self.eps = {name: m.eps for name, m in net.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+        psnr = _params(net, dtype)
+        self._names = list(psnr)
+        self._shapes = {k: v.shape for k, v in psnr.items()}
+        self._flat = {"psnr": self._flatten(psnr)}
+        if gan_net is not None:
+            gan = _params(gan_net.eval(), dtype)
+            if list(gan) != self._names or any(gan[k].shape != psnr[k].shape for k in self._names):
+                raise ValueError("the GAN network is not the same SRResNet as the PSNR network")
+            self._flat["gan"] = self._flatten(gan)
+        self._live = self._flat["psnr"].clone()
+        self.p = self._views(self._live)
+        self.alpha: float | None = 0.0 if gan_net is not None else None
+        self._buffers: dict[tuple[int, int, int], dict[str, list[torch.Tensor]]] = {}
+
+    def _flatten(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([params[k].reshape(-1) for k in self._names]).to(self.device)
+
+    def _views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        views, offset = {}, 0
+        for name in self._names:
+            shape = self._shapes[name]
+            count = shape.numel()
+            views[name] = flat[offset:offset + count].view(shape)
+            offset += count
+        return views
+
+    def set_alpha(self, alpha: float) -> None:
+        """Live parameters = (1 − alpha)·PSNR + alpha·GAN, in place, in one kernel launch."""
+        if "gan" not in self._flat:
+            raise ValueError("alpha needs the GAN weights: FusedSRResNet(net, gan_net=...)")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        lerp_(self._live, self._flat["psnr"], self._flat["gan"], alpha)
+        self.alpha = float(alpha)
+
+    def buffers(self, n: int, h: int, w: int) -> dict[str, list[torch.Tensor]]:
+        key = (n, h, w)
+        if key not in self._buffers:
+            def empty(s: int, c: int) -> torch.Tensor:
+                return torch.empty((n, h * s, w * s, c), dtype=self.dtype, device=self.device)
+
+            ups, s = [], 1
+            for f in self.factors:
+                s *= f
+                ups.append(empty(s, self.nf))
+            self._buffers[key] = {"feat": [empty(1, self.nf)], "body": [empty(1, self.nf)],
+                                  "tmp": [empty(1, self.nf)], "up": ups, "out": [empty(s, self.out_channels)]}
+        return self._buffers[key]
+
+    def launches(self) -> int:
+        return 1 + 2 * self.num_block + 1 + len(self.factors) + 1
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, in_channels, H, W) float → (N, out_channels, H·scale, W·scale) float32."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        x = x.to(self.device, self.dtype).permute(0, 2, 3, 1).contiguous()
+        n, h, w, cin = x.shape
+        buf, p, nf = self.buffers(n, h, w), self.p, self.nf
+        feat, body, tmp = buf["feat"][0], buf["body"][0], buf["tmp"][0]
+        conv2d(x, p["conv_first.weight"], p["conv_first.bias"], feat, cin=cin, cout=nf, ksize=9, act="prelu",
+               slope=p["prelu_first"])
+        src = feat
+        for i in range(self.num_block):
+            q = f"body.{i}"
+            conv2d(src, p[f"{q}.conv1.weight"], p[f"{q}.conv1.bias"], tmp, cin=nf, cout=nf, bn=p[f"{q}.bn1"],
+                   bn_eps=self.eps[f"{q}.bn1"], act="prelu", slope=p[f"{q}.prelu"])
+            conv2d(tmp, p[f"{q}.conv2.weight"], p[f"{q}.conv2.bias"], body, cin=nf, cout=nf, bn=p[f"{q}.bn2"],
+                   bn_eps=self.eps[f"{q}.bn2"], res1=src)  # body = src + bn2(conv2(tmp)); src is body after block 0
+            src = body
+        conv2d(src, p["conv_body.weight"], p["conv_body.bias"], tmp, cin=nf, cout=nf, bn=p["bn_body"],
+               bn_eps=self.eps["bn_body"], res1=feat)
+        cur = tmp
+        for k, f in enumerate(self.factors):
+            q = f"upsample.{k}"
+            conv2d(cur, p[f"{q}.conv.weight"], p[f"{q}.conv.bias"], buf["up"][k], cin=nf, cout=nf * f * f,
+                   shuffle=f, act="prelu", slope=p[f"{q}.prelu"])
+            cur = buf["up"][k]
+        out = buf["out"][0]
+        conv2d(cur, p["conv_last.weight"], p["conv_last.bias"], out, cin=nf, cout=self.out_channels, ksize=9)
+        return out.permute(0, 3, 1, 2).float()
