@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,10 +49,12 @@ def parser() -> argparse.ArgumentParser:
                    "(default: 0 with --gan-weights)")
     precision = p.add_mutually_exclusive_group()
     for flag, text in (("--fp32", "float32 (default with onnxruntime)"), ("--fp16", "float16 (default with "
-                       "tensorrt)"), ("--int8", "INT8 by explicit Q/DQ quantization; needs --calib")):
+                       "tensorrt and triton)"), ("--bf16", "bfloat16 (triton only)"),
+                       ("--int8", "INT8 by explicit Q/DQ quantization; needs --calib")):
         precision.add_argument(flag, dest="precision", action="store_const", const=flag[2:], help=text)
-    p.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime"], default="auto",
-                   help="engine backend (default: auto: tensorrt with a GPU and TensorRT, else onnxruntime)")
+    p.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime", "triton"], default="auto",
+                   help="engine backend: triton runs our fused kernels (RRDBNet, SRResNet; a GPU) (default: auto: "
+                   "tensorrt with a GPU and TensorRT, else onnxruntime)")
     p.add_argument("--tile", type=int, default=DEFAULT_TILE,
                    help=f"tile side in input pixels the engine is built for (TensorRT profile max) "
                    f"(default: {DEFAULT_TILE})")
@@ -76,8 +79,8 @@ def choose_backend(requested: str) -> tuple[str, str]:
     has_trt, has_gpu = tensorrt_available(), torch.cuda.is_available()
     if requested == "onnxruntime":
         return "onnxruntime", "asked for with --backend onnxruntime"
-    if requested == "tensorrt":
-        return "tensorrt", "asked for with --backend tensorrt"
+    if requested in ("tensorrt", "triton"):
+        return requested, f"asked for with --backend {requested}"
     if has_trt and has_gpu:
         return "tensorrt", f"TensorRT is installed and a GPU is present ({torch.cuda.get_device_name()})"
     reasons = [r for r, missing in (("TensorRT is not installed", not has_trt), ("no CUDA GPU", not has_gpu))
@@ -140,7 +143,11 @@ def build(args: argparse.Namespace) -> Path:
 
     backend, why = choose_backend(args.backend)
     print(f"backend: {backend} ({why})")
-    precision = args.precision or ("fp16" if backend == "tensorrt" else "fp32")
+    precision = args.precision or ("fp16" if backend in ("tensorrt", "triton") else "fp32")
+    if backend == "triton":
+        return build_triton(args, precision)
+    if precision == "bf16":
+        raise BuildError("--bf16 is for --backend triton; ONNX Runtime and TensorRT engines take --fp16 or --fp32")
     if args.tile <= 0 or args.batch <= 0:
         raise BuildError(f"--tile and --batch must be positive, got {args.tile} and {args.batch}")
     if precision == "int8" and not args.calib:
@@ -222,6 +229,36 @@ def build(args: argparse.Namespace) -> Path:
     print(f"wrote {written} ({precision}, {backend}) in {time.perf_counter() - start:.1f} s")
     if not args.no_verify:
         verify(written, _blended(net, gan, alpha))
+    return written
+
+
+def build_triton(args: argparse.Namespace, precision: str) -> Path:
+    """A Triton engine: the checkpoints themselves (packed for the kernels when loaded) and the manifest."""
+    if precision == "int8":
+        raise BuildError("INT8 Triton kernels are not written yet: use --fp16/--bf16/--fp32, or --int8 with "
+                         "--backend onnxruntime or tensorrt")
+    if args.calib:
+        raise BuildError("--calib is for --int8 only")
+    net, gan, entries = _networks(args)
+    if not isinstance(net, (models.RRDBNet, models.SRResNet)):
+        raise BuildError(f"--backend triton runs RRDBNet and SRResNet, not {net.arch}: use onnxruntime or tensorrt")
+    name = entries["model"]["name"] or net.arch
+    out = Path(args.output or Path("engines") / f"{name}-{precision}-triton")
+    start = time.perf_counter()
+    write: dict[str, Any] = {"model.safetensors": lambda path: models.save(net, path)}
+    if gan is not None:
+        write["gan.safetensors"] = lambda path: models.save(gan, path)
+    manifest = {**entries, "scale": net.scale, "in_channels": net.in_channels, "out_channels": net.out_channels,
+                "multiple": int(getattr(net, "unshuffle", 1)), "precision": precision, "backend": "triton",
+                "io_dtype": "fp32", "tile": args.tile, "batch": args.batch, "versions": library_versions()}
+    written = write_engine(out, manifest, write)
+    print(f"wrote {written} ({precision}, triton) in {time.perf_counter() - start:.1f} s")
+    if args.no_verify:
+        return written
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        print("not verified: the Triton kernels need a CUDA GPU to run, and this machine has none")
+        return written
+    verify(written, _blended(net, gan, entries["alpha"]["value"]))
     return written
 
 

@@ -5,6 +5,9 @@
                                 endpoint checksums, library versions, GPU arch (plans), sha256 of every file
         model.onnx              the graph (fp32, fp16 or Q/DQ INT8) with the weights at the build's alpha
         model.plan              TensorRT only: the serialized engine
+        model.safetensors, gan.safetensors
+                                Triton only (instead of the ONNX graph): the network and its GAN endpoint, packed
+                                for the fused kernels when the engine is loaded
         weights_psnr.safetensors, weights_gan.safetensors
                                 with --gan-weights: both endpoints, per graph initializer (its shape and type),
                                 what `Engine.set_alpha` blends
@@ -31,7 +34,7 @@ from .atomic import _UMASK
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-BACKENDS = ("onnxruntime", "tensorrt")
+BACKENDS = ("onnxruntime", "tensorrt", "triton")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -207,10 +210,19 @@ def load(directory: str | os.PathLike[str], *, threads: int = 0, device: str = "
     alpha = manifest.get("alpha", {}).get("value")
     common = dict(scale=manifest["scale"], in_channels=manifest["in_channels"],
                   out_channels=manifest["out_channels"], multiple=manifest["multiple"])
-    if manifest["backend"] == "onnxruntime":
+    if manifest["backend"] == "triton":
+        from . import models
+        from .fused import TritonBackend
+
+        net, _ = models.load(d / "model.safetensors")
+        gan = models.load(d / "gan.safetensors")[0] if "gan.safetensors" in files else None
+        backend: Any = TritonBackend(net, dtype=manifest["precision"], gan_net=gan)
+        if gan is not None and alpha:
+            backend.set_alpha(alpha)
+    elif manifest["backend"] == "onnxruntime":
         from .ort import OrtBackend
 
-        backend: Any = OrtBackend(d / "model.onnx", threads=threads,
+        backend = OrtBackend(d / "model.onnx", threads=threads,
                                   bytes_per_pixel=float(manifest.get("bytes_per_pixel", 0.0)),
                                   alpha=alpha, **common, **endpoints)
     else:

@@ -53,9 +53,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--model", "--model_path", "--model-path", dest="model",
                    help=f"checkpoint file (any supported format), engine directory (python -m engine.build) or "
                    f"shipped model name (default: {DEFAULT_MODEL})")
-    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
-                   help="how a checkpoint runs: auto = PyTorch on CUDA, ONNX Runtime on the CPU (bf16: PyTorch) "
-                   "(default: auto)")
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "triton"], default="auto",
+                   help="how a checkpoint runs: auto = PyTorch on CUDA, ONNX Runtime on the CPU (bf16: PyTorch); "
+                   "triton = our fused kernels on a GPU (RRDBNet, SRResNet) (default: auto)")
     p.add_argument("-s", "--outscale", type=float, help="final scale, resized after the network (default: the "
                    "model's scale)")
     p.add_argument("-t", "--tile", type=int, help="tile side in input pixels; 0 = no tiling (default: chosen "
@@ -112,11 +112,15 @@ def _backend(args: argparse.Namespace) -> Backend:
     kind = args.backend
     if kind == "auto":
         kind = "onnxruntime" if device == "cpu" and precision == "fp32" else "torch"
-    if kind == "onnxruntime":
+    if kind == "triton":
+        from .fused import TritonBackend
+
+        backend: Backend = TritonBackend(net, device=device, dtype=precision, gan_net=gan)
+    elif kind == "onnxruntime":
         if device != "cpu" or precision != "fp32":
             raise ValueError("--backend onnxruntime runs fp32 on the CPU here; for GPUs or other precisions build "
                              "an engine (python -m engine.build) or use --backend torch")
-        backend: Backend = ort_backend(net, threads=args.threads, gan_net=gan)
+        backend = ort_backend(net, threads=args.threads, gan_net=gan)
     else:
         backend = TorchBackend(net, device=device, dtype=precision, channels_last=args.channels_last, gan_net=gan)
     if args.alpha is not None:

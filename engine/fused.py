@@ -1,0 +1,110 @@
+"""The Triton backend: RRDBNet and SRResNet run by the fused kernels of `kernels/`.
+
+    backend = TritonBackend(net, dtype="fp16", gan_net=gan)     # packs the weights once
+    out = engine.infer(backend, image, alpha=0.8)                # set_alpha: one lerp kernel, in place
+
+On a GPU the forward of each tile shape is captured in a CUDA graph after one warm-up run and replayed; `set_alpha`
+rewrites the packed weights at their addresses, so the captured graphs stay valid and are not captured again. On a
+machine without a GPU the kernels run only under the Triton interpreter (TRITON_INTERPRET=1, for tests: slow).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import torch
+
+from . import models
+
+log = logging.getLogger("engine")
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+class TritonBackend:
+    """A `Backend` over `kernels.rrdbnet.FusedRRDBNet` or `kernels.srresnet.FusedSRResNet`."""
+
+    def __init__(self, net: models.SRNet, *, device: str | torch.device | None = None, dtype: str = "fp16",
+                 gan_net: models.SRNet | None = None, cuda_graph: bool = True) -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if self.device.type != "cuda" and not _interpreting():
+            raise RuntimeError("the triton backend runs its kernels on a CUDA GPU; this machine has none (set "
+                               "TRITON_INTERPRET=1 before anything imports triton to run them, slowly, on the CPU)")
+        try:
+            from kernels.rrdbnet import FusedRRDBNet
+            from kernels.srresnet import FusedSRResNet
+        except ImportError as e:
+            raise RuntimeError(f"the triton backend needs Triton: pip install 'esrgan-engine[triton]' ({e})") from e
+        plans: dict[type, Any] = {models.RRDBNet: FusedRRDBNet, models.SRResNet: FusedSRResNet}
+        plan_type = plans.get(type(net))
+        if plan_type is None:
+            raise ValueError(f"the triton backend runs RRDBNet and SRResNet, not {type(net).__name__}: use "
+                             f"--backend torch or onnxruntime for it")
+        if gan_net is not None and not models.registry.same_network(net, gan_net):
+            raise ValueError(f"the GAN weights are a {gan_net.arch} {gan_net.hparams}, not the same network as "
+                             f"{net.arch} {net.hparams}: alpha blends two versions of one network")
+        self.dtype = dtype
+        self.plan = plan_type(net.eval(), dtype=DTYPES[dtype], device=self.device,
+                              gan_net=gan_net.eval() if gan_net is not None else None)
+        self.scale, self.in_channels, self.out_channels = net.scale, net.in_channels, net.out_channels
+        self.multiple = self.plan.multiple
+        self.cuda_graph = cuda_graph and self.device.type == "cuda"
+        self._graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self.last_refit_seconds: float | None = None
+
+    @property
+    def alpha(self) -> float | None:
+        return self.plan.alpha
+
+    def set_alpha(self, alpha: float) -> float:
+        """Blend the packed weights in place (one kernel); captured graphs keep working. Returns seconds."""
+        start = time.perf_counter()
+        self.plan.set_alpha(alpha)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.last_refit_seconds = time.perf_counter() - start
+        return self.last_refit_seconds
+
+    @torch.inference_mode()
+    def run(self, batch: torch.Tensor) -> torch.Tensor:
+        """float32 (N, in_channels, h, w) → float32 (N, out_channels, h·scale, w·scale) on `device`."""
+        batch = batch.to(self.device)
+        if not self.cuda_graph:
+            return self.plan(batch)
+        key = tuple(batch.shape)
+        entry = self._graphs.get(key)
+        if entry is None:
+            static_in = batch.clone()
+            self.plan(static_in)  # warm-up: compiles the kernels and allocates this shape's buffers
+            torch.cuda.synchronize(self.device)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self.plan(static_in)
+            entry = self._graphs[key] = (graph, static_in, static_out)
+        graph, static_in, static_out = entry
+        static_in.copy_(batch)
+        graph.replay()
+        return static_out.clone()
+
+    def bytes_per_pixel(self) -> float:
+        """Device bytes per input pixel: the plan's preallocated buffers for a probe shape, plus the float32 output
+        and the graph's static copies."""
+        side = 8 * self.multiple
+        n = 1
+        h = w = side // self.multiple
+        buffers = self.plan.buffers(n, h, w)
+        total = sum(t.numel() * t.element_size() for ts in buffers.values() for t in ts)
+        pixels = n * side * side
+        io = 4 * (self.in_channels + 2 * self.out_channels * self.scale**2)  # fp32 input, output and its copy
+        return total / pixels + io
