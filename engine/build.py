@@ -234,14 +234,26 @@ def build(args: argparse.Namespace) -> Path:
 
 def build_triton(args: argparse.Namespace, precision: str) -> Path:
     """A Triton engine: the checkpoints themselves (packed for the kernels when loaded) and the manifest."""
-    if precision == "int8":
-        raise BuildError("INT8 Triton kernels are not written yet: use --fp16/--bf16/--fp32, or --int8 with "
-                         "--backend onnxruntime or tensorrt")
-    if args.calib:
+    if precision == "int8" and not args.calib:
+        raise BuildError("--int8 needs --calib DIR: a folder of images like the ones the engine will upscale "
+                         "(activation ranges are calibrated on them)")
+    if args.calib and precision != "int8":
         raise BuildError("--calib is for --int8 only")
     net, gan, entries = _networks(args)
     if not isinstance(net, (models.RRDBNet, models.SRResNet)):
         raise BuildError(f"--backend triton runs RRDBNet and SRResNet, not {net.arch}: use onnxruntime or tensorrt")
+    quant: dict[str, Any] = {}
+    if precision == "int8":
+        if not isinstance(net, models.RRDBNet):
+            raise BuildError("INT8 Triton kernels run RRDBNet; build SRResNet with --fp16/--bf16/--fp32")
+        from export.quantize import DEFAULT_METHOD, rdb_slice_ranges, read_calibration_images
+
+        method = args.calib_method or DEFAULT_METHOD
+        images = read_calibration_images(args.calib, limit=args.calib_images)
+        print(f"calibrating the INT8 trunk ({method}, one range per RDB slice) on {len(images)} images of "
+              f"{args.calib}" + (" at alpha 0, 0.5 and 1" if gan is not None else ""))
+        quant = {"method": method, "calibration_images": len(images), "alpha_safe": gan is not None,
+                 "slice_ranges": rdb_slice_ranges(net, images, gan_net=gan, method=method)}
     name = entries["model"]["name"] or net.arch
     out = Path(args.output or Path("engines") / f"{name}-{precision}-triton")
     start = time.perf_counter()
@@ -251,6 +263,8 @@ def build_triton(args: argparse.Namespace, precision: str) -> Path:
     manifest = {**entries, "scale": net.scale, "in_channels": net.in_channels, "out_channels": net.out_channels,
                 "multiple": int(getattr(net, "unshuffle", 1)), "precision": precision, "backend": "triton",
                 "io_dtype": "fp32", "tile": args.tile, "batch": args.batch, "versions": library_versions()}
+    if quant:
+        manifest["int8"] = quant
     written = write_engine(out, manifest, write)
     print(f"wrote {written} ({precision}, triton) in {time.perf_counter() - start:.1f} s")
     if args.no_verify:

@@ -216,7 +216,8 @@ def load(directory: str | os.PathLike[str], *, threads: int = 0, device: str = "
 
         net, _ = models.load(d / "model.safetensors")
         gan = models.load(d / "gan.safetensors")[0] if "gan.safetensors" in files else None
-        backend: Any = TritonBackend(net, dtype=manifest["precision"], gan_net=gan)
+        backend: Any = TritonBackend(net, dtype=manifest["precision"], gan_net=gan,
+                                     int8_ranges=manifest.get("int8", {}).get("slice_ranges"))
         if gan is not None and alpha:
             backend.set_alpha(alpha)
     elif manifest["backend"] == "onnxruntime":

@@ -1,4 +1,4 @@
-"""The Triton backend: RRDBNet and SRResNet run by the fused kernels of `kernels/`.
+"""The Triton backend: RRDBNet and SRResNet run by the fused kernels of `kernels/` (RRDBNet also with an INT8 trunk).
 
     backend = TritonBackend(net, dtype="fp16", gan_net=gan)     # packs the weights once
     out = engine.infer(backend, image, alpha=0.8)                # set_alpha: one lerp kernel, in place
@@ -32,9 +32,13 @@ class TritonBackend:
     """A `Backend` over `kernels.rrdbnet.FusedRRDBNet` or `kernels.srresnet.FusedSRResNet`."""
 
     def __init__(self, net: models.SRNet, *, device: str | torch.device | None = None, dtype: str = "fp16",
-                 gan_net: models.SRNet | None = None, cuda_graph: bool = True) -> None:
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+                 gan_net: models.SRNet | None = None, cuda_graph: bool = True,
+                 int8_ranges: dict[str, float] | None = None) -> None:
+        if dtype not in (*DTYPES, "int8"):
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)} or int8, got {dtype!r}")
+        if dtype == "int8" and (int8_ranges is None or not isinstance(net, models.RRDBNet)):
+            raise ValueError("int8 runs an RRDBNet with its calibrated slice ranges "
+                             "(export.quantize.rdb_slice_ranges): pass int8_ranges=")
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -43,6 +47,7 @@ class TritonBackend:
                                "TRITON_INTERPRET=1 before anything imports triton to run them, slowly, on the CPU)")
         try:
             from kernels.rrdbnet import FusedRRDBNet
+            from kernels.rrdbnet_int8 import FusedRRDBNetInt8
             from kernels.srresnet import FusedSRResNet
         except ImportError as e:
             raise RuntimeError(f"the triton backend needs Triton: pip install 'esrgan-engine[triton]' ({e})") from e
@@ -55,8 +60,12 @@ class TritonBackend:
             raise ValueError(f"the GAN weights are a {gan_net.arch} {gan_net.hparams}, not the same network as "
                              f"{net.arch} {net.hparams}: alpha blends two versions of one network")
         self.dtype = dtype
-        self.plan = plan_type(net.eval(), dtype=DTYPES[dtype], device=self.device,
-                              gan_net=gan_net.eval() if gan_net is not None else None)
+        gan = gan_net.eval() if gan_net is not None else None
+        if dtype == "int8":
+            assert int8_ranges is not None
+            self.plan: Any = FusedRRDBNetInt8(net.eval(), int8_ranges, gan_net=gan, device=self.device)
+        else:
+            self.plan = plan_type(net.eval(), dtype=DTYPES[dtype], device=self.device, gan_net=gan)
         self.scale, self.in_channels, self.out_channels = net.scale, net.in_channels, net.out_channels
         self.multiple = self.plan.multiple
         self.cuda_graph = cuda_graph and self.device.type == "cuda"

@@ -249,14 +249,23 @@ def _run(net: nn.Module, crops: Sequence[torch.Tensor], convs: Mapping[str, nn.C
             net(x.to(p.device, p.dtype))
 
 
+Split = Callable[[str, torch.Tensor], Iterable[tuple[str, torch.Tensor]]]
+
+
+def _whole(name: str, x: torch.Tensor) -> Iterable[tuple[str, torch.Tensor]]:
+    return ((name, x),)
+
+
 def _ranges_of(net: nn.Module, crops: Sequence[torch.Tensor], method: str, percentile: float,
-               bins: int) -> dict[str, float]:
-    """Activation amax of every conv's input for one network: absmax (pass 1), then a histogram (pass 2)."""
-    convs = conv_modules(net)
-    absmax = dict.fromkeys(convs, 0.0)
+               bins: int, split: Split = _whole, convs: Mapping[str, nn.Conv2d] | None = None) -> dict[str, float]:
+    """Activation amax of every conv's input for one network: absmax (pass 1), then a histogram (pass 2). `split`
+    names the parts of a conv's input that get their own range (default: the whole tensor, named by the conv)."""
+    convs = conv_modules(net) if convs is None else convs
+    absmax: dict[str, float] = {}
 
     def see_max(name: str, x: torch.Tensor) -> None:
-        absmax[name] = max(absmax[name], float(x.abs().amax()))
+        for key, part in split(name, x):
+            absmax[key] = max(absmax.get(key, 0.0), float(part.abs().amax()))
 
     _run(net, crops, convs, see_max)
     bad = [name for name, v in absmax.items() if not np.isfinite(v)]
@@ -265,16 +274,17 @@ def _ranges_of(net: nn.Module, crops: Sequence[torch.Tensor], method: str, perce
                             f"weights or the images are broken ({len(bad)} convs affected)")
     if method == "max":
         return absmax
-    hists = {name: torch.zeros(bins, dtype=torch.float64) for name in convs}
+    hists = {key: torch.zeros(bins, dtype=torch.float64) for key in absmax}
 
     def see_hist(name: str, x: torch.Tensor) -> None:
-        top = absmax[name]
-        if top > 0:  # clamp: a second pass on a GPU may differ from the first in the last bit
-            hists[name] += torch.histc(x.abs().float().clamp_(max=top), bins, 0, top).double().cpu()
+        for key, part in split(name, x):
+            top = absmax[key]
+            if top > 0:  # clamp: a second pass on a GPU may differ from the first in the last bit
+                hists[key] += torch.histc(part.abs().float().clamp_(max=top), bins, 0, top).double().cpu()
 
     _run(net, crops, convs, see_hist)
-    return {name: amax_from_histogram(hists[name].numpy(), absmax[name], method, percentile=percentile)
-            for name in convs}
+    return {key: amax_from_histogram(hists[key].numpy(), absmax[key], method, percentile=percentile)
+            for key in absmax}
 
 
 def _blended(net: SRNet, gan_net: SRNet, alpha: float) -> SRNet:
@@ -317,6 +327,41 @@ def collect_ranges(net: SRNet, images: Iterable[np.ndarray], *, gan_net: SRNet |
         return ranges
     finally:
         net.train(was_training)
+
+
+def rdb_slice_ranges(net: SRNet, images: Iterable[np.ndarray], *, gan_net: SRNet | None = None,
+                     alphas: Sequence[float] = DEFAULT_ALPHAS, method: str = DEFAULT_METHOD,
+                     percentile: float = DEFAULT_PERCENTILE, bins: int = DEFAULT_BINS, crop: int = 128,
+                     crops_per_image: int = 4, seed: int = 0) -> dict[str, float]:
+    """Per-slice activation ranges of an RRDBNet's dense blocks, for INT8 kernels that keep one int8 buffer per RDB
+    with one scale per slice (kernels/rrdbnet_int8.py): `body.{i}.rdb{k}.x` (the RDB's input) and
+    `body.{i}.rdb{k}.y{j}` (conv_j's activated output), read as channel ranges of conv5's input, and `conv_body` (the
+    trunk's output, conv_body's input). Alpha-safe like `collect_ranges`: the max over the blends at `alphas`."""
+    from engine.models.rrdbnet import RRDBNet
+
+    if not isinstance(net, RRDBNet):
+        raise QuantizeError(f"slice ranges are for RRDBNet, got {type(net).__name__}")
+    if method not in METHODS:
+        raise QuantizeError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    nf, gc = net.hparams["num_feat"], net.hparams["num_grow_ch"]
+    bounds = [("x", 0, nf)] + [(f"y{j}", nf + (j - 1) * gc, nf + j * gc) for j in range(1, 5)]
+
+    def split(name: str, x: torch.Tensor) -> Iterable[tuple[str, torch.Tensor]]:
+        if name == "conv_body":
+            return ((name, x),)
+        rdb = name.rsplit(".", 1)[0]
+        return tuple((f"{rdb}.{key}", x[:, a:b]) for key, a, b in bounds)
+
+    crops = calibration_crops(images, channels=net.in_channels, multiple=input_multiple(net), size=crop,
+                              per_image=crops_per_image, seed=seed)
+    nets = [net.eval()] if gan_net is None else [_blended(net.eval(), gan_net, a) for a in alphas]
+    ranges: dict[str, float] = {}
+    for candidate in nets:
+        convs = {name: m for name, m in conv_modules(candidate).items()
+                 if name == "conv_body" or name.endswith(".conv5")}
+        for key, amax in _ranges_of(candidate, crops, method, percentile, bins, split, convs).items():
+            ranges[key] = max(ranges.get(key, 0.0), amax)
+    return ranges
 
 
 def weight_ranges(net: SRNet, gan_net: SRNet | None = None) -> dict[str, np.ndarray]:

@@ -19,16 +19,16 @@ import sys
 import tempfile
 from typing import Any
 
-SCALARS_FP32 = {"slope", "r1_scale", "r2_scale", "bn_eps", "alpha"}
+SCALARS_FP32 = {"slope", "r1_scale", "r2_scale", "bn_eps", "r1_dq", "r2_dq", "out_inv", "alpha"}
 
 
-def _signature(kernel: Any, dtype: str, constexprs: dict[str, Any]) -> dict[str, str]:
+def _signature(kernel: Any, dtype: str, constexprs: dict[str, Any], pointers: dict[str, str]) -> dict[str, str]:
     sig = {}
     for name in kernel.arg_names:
         if name in constexprs:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
-            sig[name] = f"*{dtype}"
+            sig[name] = f"*{pointers.get(name, dtype)}"
         elif name in SCALARS_FP32:
             sig[name] = "fp32"
         else:
@@ -37,13 +37,15 @@ def _signature(kernel: Any, dtype: str, constexprs: dict[str, Any]) -> dict[str,
 
 
 def sm90_usage(kernel: Any, constexprs: dict[str, Any], *, dtype: str = "fp16", num_warps: int = 4,
-               num_stages: int = 2) -> dict[str, int]:
-    """Compile `kernel` for sm_90 and return registers, spill (stack) bytes, local bytes and shared bytes."""
+               num_stages: int = 2, pointers: dict[str, str] | None = None) -> dict[str, int]:
+    """Compile `kernel` for sm_90 and return registers, spill (stack) bytes, local bytes and shared bytes.
+    Pointer arguments point to `dtype` unless `pointers` names another element type for them."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    source = ASTSource(fn=kernel, signature=_signature(kernel, dtype, constexprs), constexprs=constexprs)
+    source = ASTSource(fn=kernel, signature=_signature(kernel, dtype, constexprs, pointers or {}),
+                       constexprs=constexprs)
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
                               options={"num_warps": num_warps, "num_stages": num_stages})
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
@@ -73,7 +75,7 @@ def variants(dtype: str = "fp16") -> list[tuple[str, Any, dict[str, Any], dict[s
     # fp32 operands are multiplied exactly (as conv3x3 launches them), not in TF32
     base = dict(ACT=0, HAS_R1=False, HAS_R2=False, HAS_BN=False, SHUFFLE=1, UPSAMPLE=False, KSIZE=3, TAPS=9,
                 EVEN_K=True,
-                IEEE=dtype == "fp32", **tiles)
+                IEEE=dtype == "fp32", X_INT8=False, OUT_INT8=False, **tiles)
     conv = {
         "rdb conv1-4 (lrelu)": dict(base, ACT=1),
         "rdb conv5 (x + 0.2·y)": dict(base, HAS_R1=True),
@@ -88,15 +90,30 @@ def variants(dtype: str = "fp16") -> list[tuple[str, Any, dict[str, Any], dict[s
     }
     out: list[tuple[str, Any, dict[str, Any], dict[str, Any]]] = [
         (f"conv_kernel: {name}", conv_kernel, c, options) for name, c in conv.items()]
-    out.append(("lerp_kernel (set_alpha)", lerp_kernel, {"BLOCK": 1024}, {"num_warps": 4, "num_stages": 1}))
+    if dtype != "fp32":  # the INT8 trunk (kernels/rrdbnet_int8.py): int8 activations and weights, fp32 scales
+        i8 = {n: "i8" for n in ("x_ptr", "w_ptr", "y_ptr", "r1_ptr", "r2_ptr")} | {"q_ptr": "fp32"}
+        int8 = dict(base, IEEE=False, X_INT8=True, OUT_INT8=True, EVEN_K=True)
+        out += [
+            ("conv_kernel: int8 rdb conv1-4 (lrelu, requantize)", conv_kernel, dict(int8, ACT=1),
+             {**options, "pointers": i8}),
+            ("conv_kernel: int8 rrdb last conv5 (two int8 residuals)", conv_kernel,
+             dict(int8, HAS_R1=True, HAS_R2=True), {**options, "pointers": i8}),
+            ("conv_kernel: int8 conv_body (fp16 out)", conv_kernel, dict(int8, HAS_R1=True, OUT_INT8=False),
+             {**options, "pointers": {**i8, "y_ptr": dtype}}),
+        ]
+    out.append(("lerp_kernel (set_alpha)", lerp_kernel, {"QUANTIZE": False, "BLOCK": 1024},
+                {"num_warps": 4, "num_stages": 1}))
+    out.append(("lerp_kernel (set_alpha, int8)", lerp_kernel, {"QUANTIZE": True, "BLOCK": 1024},
+                {"num_warps": 4, "num_stages": 1, "pointers": {"a_ptr": "fp32", "b_ptr": "fp32", "out_ptr": "i8"}}))
     return out
 
 
 def report(dtype: str = "fp16") -> list[dict[str, Any]]:
     rows = []
     for name, kernel, constexprs, options in variants(dtype):
-        rows.append({"kernel": name, "dtype": dtype, **options, **sm90_usage(kernel, constexprs, dtype=dtype,
-                                                                             **options)})
+        shown = {k: v for k, v in options.items() if k != "pointers"}
+        rows.append({"kernel": name, "dtype": dtype, **shown, **sm90_usage(kernel, constexprs, dtype=dtype,
+                                                                           **options)})
     return rows
 
 

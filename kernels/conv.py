@@ -42,13 +42,18 @@ ACTS = {"none": 0, "lrelu": 1, "relu": 2, "prelu": 3}
 
 @triton.jit
 def _epilogue(acc, offs_m, offs_n, mask_m, mask_n, img, oh, ow,
-              b_ptr, s_ptr, bn_ptr, y_ptr, r1_ptr, r2_ptr,
+              b_ptr, s_ptr, bn_ptr, q_ptr, y_ptr, r1_ptr, r2_ptr,
               H, W, COUT,
               stride_yn, stride_yh, stride_yw, stride_r1n, stride_r1h, stride_r1w, stride_r2n, stride_r2h, stride_r2w,
-              slope, r1_scale, r2_scale, bn_eps,
+              slope, r1_scale, r2_scale, bn_eps, r1_dq, r2_dq, out_inv,
               ACT: tl.constexpr, HAS_R1: tl.constexpr, HAS_R2: tl.constexpr, HAS_BN: tl.constexpr,
-              SHUFFLE: tl.constexpr, PHASE_Y, PHASE_X, UPSAMPLE: tl.constexpr):
-    """bias, batch norm, activation, residuals, then the store (shuffled, phase-interleaved or plain)."""
+              SHUFFLE: tl.constexpr, PHASE_Y, PHASE_X, UPSAMPLE: tl.constexpr, X_INT8: tl.constexpr,
+              OUT_INT8: tl.constexpr):
+    """dequantization (INT8), bias, batch norm, activation, residuals, requantization (INT8 output), then the store
+    (shuffled, phase-interleaved or plain)."""
+    if X_INT8:  # int32 sums of int8 products: one scale per output channel (weight scale · input slice scales)
+        wscale = tl.load(q_ptr + offs_n, mask=mask_n, other=0.0)
+        acc = acc.to(tl.float32) * wscale[None, :]
     out = acc + tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     if HAS_BN:  # inference batch norm from its raw parameters (gamma, beta, mean, var), so alpha blends them
         gamma = tl.load(bn_ptr + offs_n, mask=mask_n, other=1.0).to(tl.float32)
@@ -85,11 +90,15 @@ def _epilogue(acc, offs_m, offs_n, mask_m, mask_n, img, oh, ow,
     if HAS_R1:
         r1 = tl.load(r1_ptr + (img[:, None] * stride_r1n + py * stride_r1h + px * stride_r1w + c2), mask=mask,
                      other=0.0)
-        out = r1.to(tl.float32) + r1_scale * out
+        out = r1.to(tl.float32) * r1_dq + r1_scale * out
     if HAS_R2:
         r2 = tl.load(r2_ptr + (img[:, None] * stride_r2n + py * stride_r2h + px * stride_r2w + c2), mask=mask,
                      other=0.0)
-        out = r2.to(tl.float32) + r2_scale * out
+        out = r2.to(tl.float32) * r2_dq + r2_scale * out
+    if OUT_INT8:  # symmetric requantization: round half away from zero, clamp to ±127
+        q = out * out_inv
+        q = tl.where(q >= 0, tl.floor(q + 0.5), -tl.floor(-q + 0.5))
+        out = tl.minimum(tl.maximum(q, -127.0), 127.0)
     tl.store(y_ptr + (img[:, None] * stride_yn + py * stride_yh + px * stride_yw + c2),
              out.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -97,7 +106,7 @@ def _epilogue(acc, offs_m, offs_n, mask_m, mask_n, img, oh, ow,
 @triton.jit
 def conv_kernel(
     # pointers
-    x_ptr, w_ptr, b_ptr, s_ptr, bn_ptr, y_ptr, r1_ptr, r2_ptr,
+    x_ptr, w_ptr, b_ptr, s_ptr, bn_ptr, q_ptr, y_ptr, r1_ptr, r2_ptr,
     # sizes
     H, W, M, CIN, COUT,
     # strides (elements) of the NHWC buffers; the channel stride is 1
@@ -106,10 +115,11 @@ def conv_kernel(
     stride_r1n, stride_r1h, stride_r1w,
     stride_r2n, stride_r2h, stride_r2w,
     # epilogue scalars
-    slope, r1_scale, r2_scale, bn_eps,
+    slope, r1_scale, r2_scale, bn_eps, r1_dq, r2_dq, out_inv,
     # meta-parameters
     ACT: tl.constexpr, HAS_R1: tl.constexpr, HAS_R2: tl.constexpr, HAS_BN: tl.constexpr, SHUFFLE: tl.constexpr,
     UPSAMPLE: tl.constexpr, KSIZE: tl.constexpr, TAPS: tl.constexpr, EVEN_K: tl.constexpr, IEEE: tl.constexpr,
+    X_INT8: tl.constexpr, OUT_INT8: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -127,7 +137,10 @@ def conv_kernel(
     phase_y = phase // 2
     phase_x = phase % 2
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if X_INT8:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for tap in range(TAPS):
         if UPSAMPLE:  # phase py reads low-resolution rows h + py - 1 and h + py (likewise columns)
             ih = oh + (tap // 2 + phase_y - 1)
@@ -157,10 +170,10 @@ def conv_kernel(
             else:
                 acc = tl.dot(a, b, acc)
 
-    _epilogue(acc, offs_m, offs_n, mask_m, mask_n, img, oh, ow, b_ptr, s_ptr, bn_ptr, y_ptr, r1_ptr, r2_ptr, H, W,
-              COUT, stride_yn, stride_yh, stride_yw, stride_r1n, stride_r1h, stride_r1w, stride_r2n, stride_r2h,
-              stride_r2w, slope, r1_scale, r2_scale, bn_eps, ACT, HAS_R1, HAS_R2, HAS_BN, SHUFFLE, phase_y, phase_x,
-              UPSAMPLE)
+    _epilogue(acc, offs_m, offs_n, mask_m, mask_n, img, oh, ow, b_ptr, s_ptr, bn_ptr, q_ptr, y_ptr, r1_ptr, r2_ptr,
+              H, W, COUT, stride_yn, stride_yh, stride_yw, stride_r1n, stride_r1h, stride_r1w, stride_r2n,
+              stride_r2h, stride_r2w, slope, r1_scale, r2_scale, bn_eps, r1_dq, r2_dq, out_inv, ACT, HAS_R1, HAS_R2,
+              HAS_BN, SHUFFLE, phase_y, phase_x, UPSAMPLE, X_INT8, OUT_INT8)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -222,7 +235,8 @@ def _launch(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torc
             y_channel: int, act: str, slope: float | torch.Tensor, res1: torch.Tensor | None, res1_scale: float,
             res2: torch.Tensor | None, res2_scale: float, bn: torch.Tensor | None, bn_eps: float, ksize: int,
             shuffle: int, upsample: bool, block_m: int, block_n: int, block_k: int, num_warps: int,
-            num_stages: int) -> torch.Tensor:
+            num_stages: int, wscale: torch.Tensor | None = None, res1_dq: float = 1.0, res2_dq: float = 1.0,
+            out_scale: float | None = None) -> torch.Tensor:
     n, h, w = x.shape[:3]
     up = shuffle if shuffle > 1 else (2 if upsample else 1)
     cout_stored = cout // (shuffle * shuffle) if shuffle > 1 else cout
@@ -244,6 +258,12 @@ def _launch(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torc
         raise ValueError(f"bn must be contiguous (4, {cout}): gamma, beta, running mean, running var")
     if act not in ACTS:
         raise ValueError(f"act must be one of {', '.join(ACTS)}, got {act!r}")
+    x_int8, out_int8 = x.dtype == torch.int8, y.dtype == torch.int8
+    if x_int8 and (wscale is None or tuple(wscale.shape) != (cout,) or wscale.dtype != torch.float32):
+        raise ValueError(f"an int8 input needs wscale: float32 ({cout},), the per-output-channel scale of the int8 "
+                         f"weights (with the input slices' scales folded in)")
+    if out_int8 and not (out_scale and out_scale > 0):
+        raise ValueError("an int8 output buffer needs out_scale > 0, the scale its values are stored with")
     slopes = bias  # unused unless act == "prelu"
     if act == "prelu":
         if not isinstance(slope, torch.Tensor) or tuple(slope.shape) != (cout_stored,):
@@ -261,16 +281,17 @@ def _launch(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torc
     # launch
     grid = (triton.cdiv(m, block_m), triton.cdiv(cout, block_n), 4 if upsample else 1)
     conv_kernel[grid](
-        x, w_packed, bias, slopes, bn if bn is not None else bias, out, r1, r2,
+        x, w_packed, bias, slopes, bn if bn is not None else bias, wscale if wscale is not None else bias, out, r1, r2,
         h, w, m, cin, cout,
         x.stride(0), x.stride(1), x.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         r1.stride(0), r1.stride(1), r1.stride(2),
         r2.stride(0), r2.stride(1), r2.stride(2),
         float(slope) if act == "lrelu" else 0.0, float(res1_scale), float(res2_scale), float(bn_eps),
+        float(res1_dq), float(res2_dq), 1.0 / out_scale if out_int8 and out_scale else 1.0,
         ACT=ACTS[act], HAS_R1=res1 is not None, HAS_R2=res2 is not None, HAS_BN=bn is not None, SHUFFLE=shuffle,
         UPSAMPLE=upsample, KSIZE=ksize, TAPS=4 if upsample else taps, EVEN_K=even_k,
-        IEEE=x.dtype == torch.float32,
+        IEEE=x.dtype == torch.float32, X_INT8=x_int8, OUT_INT8=out_int8,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages,
     )
     if _RECORDERS:
@@ -301,7 +322,8 @@ def conv2d(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torch
            ksize: int = 3, y_channel: int = 0, act: str = "none", slope: float | torch.Tensor = 0.2,
            res1: torch.Tensor | None = None, res1_scale: float = 1.0, res2: torch.Tensor | None = None,
            res2_scale: float = 1.0, bn: torch.Tensor | None = None, bn_eps: float = 1e-5, shuffle: int = 1,
-           **blocks: int) -> torch.Tensor:
+           wscale: torch.Tensor | None = None, res1_dq: float = 1.0, res2_dq: float = 1.0,
+           out_scale: float | None = None, **blocks: int) -> torch.Tensor:
     """y[..., y_channel:y_channel + cout/shuffle²] = epilogue(conv_k×k(x[..., :cin], w) + bias), "same" zero
     padding, stride 1; returns `y`.
 
@@ -310,12 +332,16 @@ def conv2d(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torch
     channels [0, cout/s²) (slice a wider buffer to offset them; they may alias y's slice). `slope`: the LeakyReLU
     slope (float) or, for act="prelu", one slope per stored channel. `bn`: (4, cout) gamma, beta, running mean,
     running var of an inference batch norm applied before the activation.
+
+    INT8: with int8 `x` and `w_packed`, the int32 sums are scaled by `wscale` (float32, one per output channel);
+    int8 residuals are dequantized by `res1_dq`/`res2_dq`; an int8 `y` stores round(out / out_scale) clamped to ±127.
     """
     if ksize % 2 == 0:
         raise ValueError(f"ksize must be odd ('same' padding), got {ksize}")
     return _launch(x, w_packed, bias, y, cin=cin, cout=cout, y_channel=y_channel, act=act, slope=slope, res1=res1,
                    res1_scale=res1_scale, res2=res2, res2_scale=res2_scale, bn=bn, bn_eps=bn_eps, ksize=ksize,
-                   shuffle=shuffle, upsample=False, **{**blocks_for(x.dtype), **blocks})
+                   shuffle=shuffle, upsample=False, wscale=wscale, res1_dq=res1_dq, res2_dq=res2_dq,
+                   out_scale=out_scale, **{**blocks_for(x.dtype), **blocks})
 
 
 def conv3x3(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torch.Tensor, **kwargs: Any

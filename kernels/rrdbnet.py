@@ -34,22 +34,28 @@ from .conv import conv3x3, fold_upconv_weight, pack_conv_weight, upconv2x
 
 
 @triton.jit
-def lerp_kernel(a_ptr, b_ptr, out_ptr, n, alpha, BLOCK: tl.constexpr):
-    """out = (1 − alpha)·a + alpha·b, computed in fp32 and stored in out's type."""
+def lerp_kernel(a_ptr, b_ptr, out_ptr, n, alpha, QUANTIZE: tl.constexpr, BLOCK: tl.constexpr):
+    """out = (1 − alpha)·a + alpha·b, computed in fp32 and stored in out's type; with QUANTIZE (int8 weights whose
+    endpoints are stored already divided by their fixed scale), rounded half away from zero and clamped to ±127."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     a = tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offs, (a + alpha * (b - a)).to(out_ptr.dtype.element_ty), mask=mask)
+    out = a + alpha * (b - a)
+    if QUANTIZE:
+        out = tl.where(out >= 0, tl.floor(out + 0.5), -tl.floor(-out + 0.5))
+        out = tl.minimum(tl.maximum(out, -127.0), 127.0)
+    tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def lerp_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float, block: int = 1024) -> torch.Tensor:
-    """In place: out = (1 − alpha)·a + alpha·b over three flat contiguous buffers of one length."""
+    """In place: out = (1 − alpha)·a + alpha·b over three flat contiguous buffers of one length (int8 `out`:
+    rounded and clamped to ±127)."""
     if not (out.is_contiguous() and a.is_contiguous() and b.is_contiguous()) or not out.numel() == a.numel() == \
             b.numel():
         raise ValueError("lerp_ needs three contiguous buffers of one length")
     n = out.numel()
-    lerp_kernel[(triton.cdiv(n, block),)](a, b, out, n, float(alpha), BLOCK=block)
+    lerp_kernel[(triton.cdiv(n, block),)](a, b, out, n, float(alpha), QUANTIZE=out.dtype == torch.int8, BLOCK=block)
     return out
 
 

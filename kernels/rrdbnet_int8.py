@@ -1,0 +1,205 @@
+"""RRDBNet with an INT8 trunk: int8 × int8 → int32 convs for every RDB and conv_body, fp16 elsewhere.
+
+    ranges = export.quantize.rdb_slice_ranges(net, images, gan_net=gan)        # alpha-safe activation ranges
+    plan = FusedRRDBNetInt8(net, ranges, gan_net=gan, device="cuda")
+    y = plan(x); plan.set_alpha(0.8)
+
+Each RDB keeps one int8 NHWC buffer of nf + 4·gc channels, and each slice (x, y1 … y4) has its own activation
+scale s = amax / 127 from `rdb_slice_ranges`. A conv reads a prefix made of several slices; their scales are folded
+into its weights once (w · s_slice of each input channel), and the folded weights get one symmetric int8 scale per
+output channel, from max(|θ_psnr|, |θ_gan|) so no blend clips (the INT8 issue's rule). The epilogue multiplies the
+int32 sums by that per-channel scale, adds the bias, applies LeakyReLU and the residuals (int8, dequantized by
+their slice scale), and requantizes into the next slice with its scale.
+
+conv_first (3 input channels) runs in fp16 and requantizes its output into the first RDB's x slice; conv_body
+reads the last RDB output in int8 and writes fp16; the upsampling, conv_hr and conv_last stay fp16 (the first and
+last convs are kept in higher precision, as the INT8 measurement of the ONNX path chose).
+
+Alpha: the int8 weights are stored as both endpoints divided by their fixed scales (float32), so `set_alpha` is the
+lerp kernel with rounding and clamping over one flat int8 buffer, plus the plain lerp over the fp16 buffer (biases
+and the fp16 convs): two launches, everything rewritten in place.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from engine.models.rrdbnet import RRDBNet
+
+from .conv import conv3x3, fold_upconv_weight, pack_conv_weight, upconv2x
+from .rrdbnet import lerp_
+
+QMAX = 127
+
+
+def _scale(amax: float) -> float:
+    return max(float(amax), 1e-8) / QMAX
+
+
+class FusedRRDBNetInt8:
+    """See the module docstring. `ranges`: from `export.quantize.rdb_slice_ranges` (alpha-safe with `gan_net`)."""
+
+    def __init__(self, net: RRDBNet, ranges: dict[str, float], *, gan_net: RRDBNet | None = None,
+                 dtype: torch.dtype = torch.float16, device: str | torch.device = "cuda") -> None:
+        if not isinstance(net, RRDBNet):
+            raise TypeError(f"FusedRRDBNetInt8 runs an RRDBNet, got {type(net).__name__}")
+        hp = net.hparams
+        self.nf, self.gc, self.num_block = hp["num_feat"], hp["num_grow_ch"], hp["num_block"]
+        if self.num_block < 1:
+            raise ValueError("an INT8 trunk needs at least one RRDB")
+        self.device, self.dtype = torch.device(device), dtype
+        self.scale, self.in_channels, self.out_channels = net.scale, net.in_channels, net.out_channels
+        self.unshuffle, self.num_upsample, self.multiple = net.unshuffle, net.num_upsample, net.unshuffle
+        missing = [k for k in self._range_keys() if k not in ranges]
+        if missing:
+            raise ValueError(f"ranges lack {missing[:3]}…: compute them with export.quantize.rdb_slice_ranges")
+        self.s = {k: _scale(ranges[k]) for k in self._range_keys()}
+        nets = [net.eval()] + ([gan_net.eval()] if gan_net is not None else [])
+        states = [{k: v.detach().double().cpu() for k, v in n.state_dict().items()} for n in nets]
+        self._build(states)
+        self.alpha: float | None = 0.0 if gan_net is not None else None
+        self._buffers: dict[tuple[int, int, int], dict[str, list[torch.Tensor]]] = {}
+
+    # ------------------------------------------------------------------------------------------------- packing
+
+    def _range_keys(self) -> list[str]:
+        keys = [f"body.{i}.rdb{k}.{s}" for i in range(self.num_block) for k in (1, 2, 3)
+                for s in ("x", "y1", "y2", "y3", "y4")]
+        return keys + ["conv_body"]
+
+    def x_scale(self, i: int, k: int) -> float:
+        """The scale of RDB (i, k)'s input slice; (num_block, 1) is conv_body's input."""
+        return self.s["conv_body"] if i == self.num_block else self.s[f"body.{i}.rdb{k}.x"]
+
+    def _input_scales(self, name: str) -> torch.Tensor:
+        """Per input channel of an int8 conv: the scale of the slice it comes from."""
+        if name == "conv_body":
+            return torch.full((self.nf,), self.s["conv_body"], dtype=torch.float64)
+        rdb, conv = name.rsplit(".", 1)
+        j = int(conv[-1])
+        parts = [torch.full((self.nf,), self.s[f"{rdb}.x"], dtype=torch.float64)]
+        parts += [torch.full((self.gc,), self.s[f"{rdb}.y{t}"], dtype=torch.float64) for t in range(1, j)]
+        return torch.cat(parts)
+
+    def _build(self, states: list[dict[str, torch.Tensor]]) -> None:
+        convs = [k[: -len(".weight")] for k in states[0] if k.endswith(".weight")]
+        int8 = [c for c in convs if c.startswith("body.") or c == "conv_body"]
+        # int8 convs: endpoints divided by the fixed per-channel scale (float32), one flat buffer
+        ends_q: list[list[torch.Tensor]] = [[] for _ in states]
+        self.wscale: dict[str, torch.Tensor] = {}
+        shapes_q: list[tuple[str, torch.Size]] = []
+        for c in int8:
+            folded = [st[f"{c}.weight"] * self._input_scales(c)[None, :, None, None] for st in states]
+            amax = torch.stack([f.abs().flatten(1).amax(1) for f in folded]).amax(0).clamp_min(1e-12)
+            wscale = amax / QMAX
+            self.wscale[c] = wscale.float().to(self.device)
+            for e, f in enumerate(folded):
+                ends_q[e].append(pack_conv_weight(f / wscale[:, None, None, None]).reshape(-1))
+            shapes_q.append((c, pack_conv_weight(folded[0]).shape))
+        # float tensors: every bias, and the weights of the fp16 convs (upconvs folded into phases)
+        ends_f: list[list[torch.Tensor]] = [[] for _ in states]
+        shapes_f: list[tuple[str, torch.Size]] = []
+        for c in convs:
+            for e, st in enumerate(states):
+                ends_f[e].append(st[f"{c}.bias"])
+                if c not in int8:
+                    w = st[f"{c}.weight"]
+                    ends_f[e].append((fold_upconv_weight(w) if c.startswith("conv_up") else pack_conv_weight(w))
+                                     .reshape(-1))
+            shapes_f.append((f"{c}.bias", states[0][f"{c}.bias"].shape))
+            if c not in int8:
+                w = states[0][f"{c}.weight"]
+                shape = (fold_upconv_weight(w) if c.startswith("conv_up") else pack_conv_weight(w)).shape
+                shapes_f.append((f"{c}.weight", shape))
+        self._ends_q = [torch.cat(p).float().to(self.device) for p in ends_q]
+        self._ends_f = [torch.cat(p).to(self.dtype).to(self.device) for p in ends_f]
+        self._live_q = torch.empty(self._ends_q[0].numel(), dtype=torch.int8, device=self.device)
+        lerp_(self._live_q, self._ends_q[0], self._ends_q[0], 0.0)
+        self._live_f = self._ends_f[0].clone()
+        self.q = self._views(self._live_q, [(f"{c}.weight", s) for c, s in shapes_q])
+        self.f = self._views(self._live_f, shapes_f)
+
+    @staticmethod
+    def _views(flat: torch.Tensor, shapes: list[tuple[str, torch.Size]]) -> dict[str, torch.Tensor]:
+        views, offset = {}, 0
+        for name, shape in shapes:
+            count = int(torch.Size(shape).numel())
+            views[name] = flat[offset:offset + count].view(shape)
+            offset += count
+        return views
+
+    def set_alpha(self, alpha: float) -> None:
+        """Live weights = θ(alpha) with the fixed scales: int8 rounded from the blended endpoints, in place."""
+        if len(self._ends_q) < 2:
+            raise ValueError("alpha needs the GAN weights: FusedRRDBNetInt8(net, ranges, gan_net=...)")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        lerp_(self._live_q, self._ends_q[0], self._ends_q[1], alpha)
+        lerp_(self._live_f, self._ends_f[0], self._ends_f[1], alpha)
+        self.alpha = float(alpha)
+
+    # ------------------------------------------------------------------------------------------------- running
+
+    def buffers(self, n: int, h: int, w: int) -> dict[str, list[torch.Tensor]]:
+        key = (n, h, w)
+        if key not in self._buffers:
+            def empty(s: int, c: int, dtype: torch.dtype) -> torch.Tensor:
+                return torch.empty((n, h * s, w * s, c), dtype=dtype, device=self.device)
+
+            top = 2 ** self.num_upsample
+            self._buffers[key] = {
+                "ring": [empty(1, self.nf + 4 * self.gc, torch.int8) for _ in range(4)],
+                "trunk": [empty(1, self.nf, self.dtype)],
+                "up": [empty(2 ** k, self.nf, self.dtype) for k in range(1, self.num_upsample + 1)],
+                "hr": [empty(top, self.nf, self.dtype)], "out": [empty(top, self.out_channels, self.dtype)],
+            }
+        return self._buffers[key]
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, in_channels, H, W) float in [0, 1] → (N, out_channels, H·scale, W·scale) float32."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if self.unshuffle > 1:
+            x = F.pixel_unshuffle(x, self.unshuffle)
+        x = x.to(self.device, self.dtype).permute(0, 2, 3, 1).contiguous()
+        n, h, w, cin = x.shape
+        buf = self.buffers(n, h, w)
+        f, q, nf, gc = self.f, self.q, self.nf, self.gc
+        ring, trunk = buf["ring"], buf["trunk"][0]
+        conv3x3(x, f["conv_first.weight"], f["conv_first.bias"], ring[0], cin=cin, cout=nf,
+                out_scale=self.x_scale(0, 1))
+        body = ring[0]
+        for i in range(self.num_block):
+            rrdb_in = body
+            slots = (ring[0] if i == 0 else ring[3], ring[1], ring[2])
+            for k in range(3):
+                rdb, p = slots[k], f"body.{i}.rdb{k + 1}"
+                for j in range(4):
+                    c = f"{p}.conv{j + 1}"
+                    conv3x3(rdb, q[f"{c}.weight"], f[f"{c}.bias"], rdb, cin=nf + j * gc, cout=gc,
+                            y_channel=nf + j * gc, act="lrelu", slope=0.2, wscale=self.wscale[c],
+                            out_scale=self.s[f"{p}.y{j + 1}"])
+                c = f"{p}.conv5"
+                if k < 2:  # x + 0.2·conv5 → the next RDB's x slice
+                    conv3x3(rdb, q[f"{c}.weight"], f[f"{c}.bias"], slots[k + 1], cin=nf + 4 * gc, cout=nf,
+                            wscale=self.wscale[c], res1=rdb[..., :nf], res1_scale=0.2, res1_dq=self.x_scale(i, k + 1),
+                            out_scale=self.x_scale(i, k + 2))
+                else:  # and the RRDB's x + 0.2·(that) → the next RRDB's input (conv_body's after the last)
+                    conv3x3(rdb, q[f"{c}.weight"], f[f"{c}.bias"], ring[3], cin=nf + 4 * gc, cout=nf,
+                            wscale=self.wscale[c], res1=rdb[..., :nf], res1_scale=0.2, res1_dq=self.x_scale(i, 3),
+                            res2=rrdb_in[..., :nf], res2_scale=0.2, res2_dq=self.x_scale(i, 1),
+                            out_scale=self.x_scale(i + 1, 1))
+            body = ring[3]
+        conv3x3(body, q["conv_body.weight"], f["conv_body.bias"], trunk, cin=nf, cout=nf,
+                wscale=self.wscale["conv_body"], res1=ring[0][..., :nf], res1_dq=self.x_scale(0, 1))
+        feat = trunk
+        for k in range(self.num_upsample):
+            up = buf["up"][k]
+            upconv2x(feat, f[f"conv_up{k + 1}.weight"], f[f"conv_up{k + 1}.bias"], up, cin=nf, cout=nf, act="lrelu")
+            feat = up
+        hr, out = buf["hr"][0], buf["out"][0]
+        conv3x3(feat, f["conv_hr.weight"], f["conv_hr.bias"], hr, cin=nf, cout=nf, act="lrelu", slope=0.2)
+        conv3x3(hr, f["conv_last.weight"], f["conv_last.bias"], out, cin=nf, cout=self.out_channels)
+        return out.permute(0, 3, 1, 2).float()
