@@ -103,8 +103,12 @@ def variants(dtype: str = "fp16") -> list[tuple[str, Any, dict[str, Any], dict[s
         ]
     out.append(("lerp_kernel (set_alpha)", lerp_kernel, {"QUANTIZE": False, "BLOCK": 1024},
                 {"num_warps": 4, "num_stages": 1}))
-    out.append(("lerp_kernel (set_alpha, int8)", lerp_kernel, {"QUANTIZE": True, "BLOCK": 1024},
-                {"num_warps": 4, "num_stages": 1, "pointers": {"a_ptr": "fp32", "b_ptr": "fp32", "out_ptr": "i8"}}))
+    if dtype != "fp32":
+        from .rrdbnet_int8 import lerp_pair_kernel
+
+        pointers = {"aq_ptr": "fp32", "bq_ptr": "fp32", "q_ptr": "i8"}
+        out.append(("lerp_pair_kernel (set_alpha, int8 plan)", lerp_pair_kernel, {"BLOCK": 1024},
+                    {"num_warps": 4, "num_stages": 1, "pointers": pointers}))
     return out
 
 

@@ -165,7 +165,9 @@ def conv_kernel(
                             other=0.0)
                 b = tl.load(w_ptr + ((w_row0 + ks)[:, None] * COUT + offs_n[None, :]),
                             mask=(ks[:, None] < CIN) & mask_n[None, :], other=0.0)
-            if IEEE:  # fp32 operands: exact products, not TF32
+            if X_INT8:  # int8 × int8 → int32 (triton 3.6 needs out_dtype spelled out)
+                acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+            elif IEEE:  # fp32 operands: exact products, not TF32
                 acc = tl.dot(a, b, acc, input_precision="ieee")
             else:
                 acc = tl.dot(a, b, acc)

@@ -15,15 +15,17 @@ conv_first (3 input channels) runs in fp16 and requantizes its output into the f
 reads the last RDB output in int8 and writes fp16; the upsampling, conv_hr and conv_last stay fp16 (the first and
 last convs are kept in higher precision, as the INT8 measurement of the ONNX path chose).
 
-Alpha: the int8 weights are stored as both endpoints divided by their fixed scales (float32), so `set_alpha` is the
-lerp kernel with rounding and clamping over one flat int8 buffer, plus the plain lerp over the fp16 buffer (biases
-and the fp16 convs): two launches, everything rewritten in place.
+Alpha: the int8 weights are stored as both endpoints divided by their fixed scales (float32), so `set_alpha` is one
+launch of `lerp_pair_kernel`: a lerp with rounding and clamping over the flat int8 buffer and a plain lerp over the
+fp16 buffer (biases and the fp16 convs), everything rewritten in place.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 from engine.models.rrdbnet import RRDBNet
 
@@ -31,6 +33,29 @@ from .conv import conv3x3, fold_upconv_weight, pack_conv_weight, upconv2x
 from .rrdbnet import lerp_
 
 QMAX = 127
+
+
+@triton.jit
+def lerp_pair_kernel(aq_ptr, bq_ptr, q_ptr, NQ, af_ptr, bf_ptr, f_ptr, NF, alpha, BLOCK: tl.constexpr):
+    """One launch for both weight buffers of the INT8 plan: the first cdiv(NQ, BLOCK) programs write the int8
+    weights (blend of the scaled endpoints, rounded half away from zero, clamped to ±127), the rest the float ones."""
+    pid = tl.program_id(0)
+    q_blocks = tl.cdiv(NQ, BLOCK)
+    if pid < q_blocks:
+        offs = pid * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < NQ
+        a = tl.load(aq_ptr + offs, mask=mask, other=0.0)
+        b = tl.load(bq_ptr + offs, mask=mask, other=0.0)
+        v = a + alpha * (b - a)
+        v = tl.where(v >= 0, tl.floor(v + 0.5), -tl.floor(-v + 0.5))
+        v = tl.minimum(tl.maximum(v, -127.0), 127.0)
+        tl.store(q_ptr + offs, v.to(tl.int8), mask=mask)
+    else:
+        offs = (pid - q_blocks) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < NF
+        a = tl.load(af_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        b = tl.load(bf_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(f_ptr + offs, (a + alpha * (b - a)).to(f_ptr.dtype.element_ty), mask=mask)
 
 
 def _scale(amax: float) -> float:
@@ -135,8 +160,10 @@ class FusedRRDBNetInt8:
             raise ValueError("alpha needs the GAN weights: FusedRRDBNetInt8(net, ranges, gan_net=...)")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        lerp_(self._live_q, self._ends_q[0], self._ends_q[1], alpha)
-        lerp_(self._live_f, self._ends_f[0], self._ends_f[1], alpha)
+        nq, nf, block = self._live_q.numel(), self._live_f.numel(), 1024
+        grid = (triton.cdiv(nq, block) + triton.cdiv(nf, block),)
+        lerp_pair_kernel[grid](self._ends_q[0], self._ends_q[1], self._live_q, nq, self._ends_f[0], self._ends_f[1],
+                               self._live_f, nf, float(alpha), BLOCK=block)
         self.alpha = float(alpha)
 
     # ------------------------------------------------------------------------------------------------- running
