@@ -2,28 +2,31 @@
 
     conv3x3(x, w, bias, y, cin=nf + 2·gc, cout=gc, y_channel=nf + 2·gc, act="lrelu")        # an RDB conv
     conv3x3(x, w, bias, y, cin=nf, cout=4·nf, shuffle=2, act="prelu", slope=s)              # SRGAN upsampler
+    conv2d(x, w, bias, y, cin=3, cout=nf, ksize=9, act="prelu", slope=s)                     # SRGAN conv_first
     upconv2x(x, w_phases, bias, y, cin=nf, cout=nf, act="lrelu")                             # nearest ×2 + conv
 
 The GEMM: M = N·H·W output pixels, N = output channels, K = taps × input channels. A program computes a
 BLOCK_M × BLOCK_N tile: for each tap it loads BLOCK_M shifted input pixels (masked to zero outside the image: the
-zero padding) times BLOCK_K channels, and accumulates `tl.dot` with the packed weights in fp32.
+zero padding) times BLOCK_K channels, and accumulates `tl.dot` with the packed weights in fp32 (int32 for int8).
 
 Concat-free RDBs: `x` may be wider than the conv reads (it reads the channel prefix `[0, cin)` through explicit
 strides) and `y` wider than it writes (it writes the channel slice `[y_channel, y_channel + cout)`). Each RDB keeps
 one buffer of nf + 4·gc channels; conv_k reads its prefix and writes its own slice.
 
-Epilogue, in order: + bias; activation (`lrelu` with `slope`, `relu`, or `prelu` with one slope per output channel
+Epilogue, in order: int8 dequantization (the int32 sums × one scale per output channel); + bias; batch norm from
+its raw parameters (`bn`); activation (`lrelu` with `slope`, `relu`, or `prelu` with one slope per output channel
 after the shuffle); `out = res1 + res1_scale·out` if `res1` (the RDB's `x + 0.2·conv5`, the trunk's long skip);
-`out = res2 + res2_scale·out` if `res2` (the RRDB's outer `x + 0.2·y`, on its third RDB). Residuals are read at the
-output's own pixels and channels, so `res1`/`res2` may alias `y` (each element is read by the program that writes
-it, before it writes it). With `shuffle = r`, output channel c·r² + i·r + j of pixel (h, w) is stored at pixel
-(h·r + i, w·r + j), channel c: PixelShuffle done by the store.
+`out = res2 + res2_scale·out` if `res2` (the RRDB's outer `x + 0.2·y`, on its third RDB), int8 residuals
+dequantized by their scale; requantization if `y` is int8. Residuals are read at the output's own pixels and
+channels, so `res1`/`res2` may alias `y` (each element is read by the program that writes it, before it writes
+it). With `shuffle = r`, output channel c·r² + i·r + j of pixel (h, w) is stored at pixel (h·r + i, w·r + j),
+channel c: PixelShuffle done by the store.
 
 `upconv2x`: nearest ×2 followed by a 3×3 conv equals, for each output phase (py, px) ∈ {0, 1}², a 2×2 conv on the
 low-resolution grid whose taps are sums of the 3×3 taps (`fold_upconv_weight`), stored at (2h + py, 2w + px). No
 upsampled tensor is ever made: 4/9 of the MACs of the naive form and a quarter of its input reads.
 
-Weights are packed once: `pack_conv_weight` (cout, cin, 3, 3) → (9·cin, cout), row (ky·3 + kx)·cin + ci;
+Weights are packed once: `pack_conv_weight` (cout, cin, k, k) → (k²·cin, cout), row (ky·k + kx)·cin + ci;
 `fold_upconv_weight` (cout, cin, 3, 3) → (4 phases · 4·cin, cout).
 """
 
