@@ -1,10 +1,11 @@
 """`python -m engine.build --model rrdb23 --fp16|--int8|--fp32 [--weights A] [--gan-weights B --alpha 0.8]
-[--backend auto|tensorrt|onnxruntime] [--tile 256] [--calib DIR] [-o engines/NAME]`
+[--backend auto|tensorrt|onnxruntime|triton] [--tile 256] [--calib DIR] [-o engines/NAME]`
 
 Builds an engine directory (see `engine.engines`): the ONNX graph of the network at `--alpha`, a TensorRT plan
 where TensorRT is used, both endpoint weight sets when --gan-weights is given (so `Engine.set_alpha` refits
 without a rebuild), and `manifest.json`. `--backend auto` picks TensorRT where it is installed and a GPU is
-present, else ONNX Runtime, and says which and why. INT8 is explicit quantization (Q/DQ) calibrated on the
+present, else ONNX Runtime, and says which and why; `--backend triton` runs our fused kernels (the engine holds the
+checkpoints, packed when loaded). INT8 is explicit quantization (Q/DQ; for triton an INT8 trunk) calibrated on the
 images of --calib, with weight scales and activation ranges that hold for every alpha.
 """
 

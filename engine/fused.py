@@ -62,7 +62,8 @@ class TritonBackend:
         self.dtype = dtype
         gan = gan_net.eval() if gan_net is not None else None
         if dtype == "int8":
-            assert int8_ranges is not None
+            assert int8_ranges is not None and isinstance(net, models.RRDBNet)
+            assert gan is None or isinstance(gan, models.RRDBNet)
             self.plan: Any = FusedRRDBNetInt8(net.eval(), int8_ranges, gan_net=gan, device=self.device)
         else:
             self.plan = plan_type(net.eval(), dtype=DTYPES[dtype], device=self.device, gan_net=gan)
