@@ -132,11 +132,8 @@ def _networks(args: argparse.Namespace) -> tuple[models.SRNet, models.SRNet | No
 
 
 def _blended(net: models.SRNet, gan: models.SRNet | None, alpha: float) -> models.SRNet:
-    if gan is None or alpha == 0.0:
-        return net
-    blended = models.registry.build(net.arch, net.hparams).eval()
-    blended.load_state_dict(models.interpolate(net, gan, alpha))
-    return blended
+    """The network the engine starts as: `net` itself without GAN weights or at alpha 0, else the blend."""
+    return net if gan is None or alpha == 0.0 else models.interpolated(net, gan, alpha)
 
 
 def build(args: argparse.Namespace) -> Path:
@@ -187,8 +184,8 @@ def build(args: argparse.Namespace) -> Path:
                  "float_compute": compute}
     else:
         graph = export_onnx(net, precision=precision)
-    state = _blended(net, gan, alpha).state_dict()
-    set_initializers(graph, initializer_arrays(graph, state))
+    start_net = _blended(net, gan, alpha)
+    set_initializers(graph, initializer_arrays(graph, start_net.state_dict()))
 
     from safetensors.numpy import save_file
 
@@ -229,7 +226,7 @@ def build(args: argparse.Namespace) -> Path:
     written = write_engine(out, manifest, write)
     print(f"wrote {written} ({precision}, {backend}) in {time.perf_counter() - start:.1f} s")
     if not args.no_verify:
-        verify(written, _blended(net, gan, alpha))
+        verify(written, start_net)
     return written
 
 

@@ -56,9 +56,8 @@ class TritonBackend:
         if plan_type is None:
             raise ValueError(f"the triton backend runs RRDBNet and SRResNet, not {type(net).__name__}: use "
                              f"--backend torch or onnxruntime for it")
-        if gan_net is not None and not models.registry.same_network(net, gan_net):
-            raise ValueError(f"the GAN weights are a {gan_net.arch} {gan_net.hparams}, not the same network as "
-                             f"{net.arch} {net.hparams}: alpha blends two versions of one network")
+        if gan_net is not None:
+            models.registry.require_same_network(net, gan_net)
         self.dtype = dtype
         gan = gan_net.eval() if gan_net is not None else None
         if dtype == "int8":

@@ -70,9 +70,8 @@ class TorchBackend:
             raise ValueError(f"dtype must be fp32, fp16 or bf16, got {dtype!r}")
         if dtype == "fp16" and self.device.type != "cuda":
             raise ValueError("fp16 inference needs a CUDA device; use bf16 or fp32 on the CPU")
-        if gan_net is not None and not models.registry.same_network(net, gan_net):
-            raise ValueError(f"the GAN weights are a {gan_net.arch} {gan_net.hparams}, not the same network as "
-                             f"{net.arch} {net.hparams}: alpha blends two versions of one network")
+        if gan_net is not None:
+            models.registry.require_same_network(net, gan_net)
         self.net = net.eval().to(self.device)
         self.dtype = dtype
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format

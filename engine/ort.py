@@ -81,7 +81,7 @@ class OrtBackend:
         self.threads = threads
         self._options = options
         self._bpp = bytes_per_pixel
-        self._endpoints: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None
+        self._endpoints: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
         self._graph: Any = None  # the parsed ONNX model, once set_alpha rebinds its weights
         if (weights_psnr is None) != (weights_gan is None):
             raise ValueError("alpha needs both endpoint weight sets (weights_psnr and weights_gan)")
@@ -89,8 +89,8 @@ class OrtBackend:
             if set(weights_psnr) != set(weights_gan):
                 raise ValueError(f"the endpoint weight sets name different tensors: "
                                  f"{sorted(set(weights_psnr) ^ set(weights_gan))[:5]}")
-            self._endpoints = ({k: np.asarray(v) for k, v in weights_psnr.items()},
-                               {k: np.asarray(v) for k, v in weights_gan.items()})
+            self._endpoints = ({k: torch.from_numpy(np.asarray(v)) for k, v in weights_psnr.items()},
+                               {k: torch.from_numpy(np.asarray(v)) for k, v in weights_gan.items()})
         self.alpha: float | None = alpha if self._endpoints is not None else None  # the graph's own weights' alpha
         self.session = self._session()
         self.input_type = self.session.get_inputs()[0].type
@@ -112,14 +112,14 @@ class OrtBackend:
 
         from export.onnx import set_initializers
 
+        from .models import interpolate
+
         start = time.perf_counter()
         if self._graph is None:
             self._graph = onnx.load_from_string(self._model) if isinstance(self._model, bytes) else onnx.load(
                 self._model)
-        a, b = self._endpoints
-        blended = {name: ((1.0 - alpha) * a[name].astype(np.float64) + alpha * b[name].astype(np.float64))
-                   .astype(a[name].dtype) for name in a}
-        set_initializers(self._graph, blended)
+        blended = interpolate(*self._endpoints, alpha)  # in float64, cast back to each initializer's type
+        set_initializers(self._graph, {name: t.numpy() for name, t in blended.items()})
         self.alpha = alpha
         self.session = self._session()
         seconds = time.perf_counter() - start
@@ -141,7 +141,7 @@ class OrtBackend:
 
 def from_network(net: Any, *, threads: int = 0, gan_net: Any = None, precision: str = "fp32") -> OrtBackend:
     """An `OrtBackend` over the ONNX export of a reference network (and, with `gan_net`, both endpoints)."""
-    from export.onnx import export_onnx, initializer_arrays
+    from export.onnx import export_onnx, initializer_arrays, input_multiple
 
     from . import models
     from .inference import TorchBackend
@@ -149,13 +149,9 @@ def from_network(net: Any, *, threads: int = 0, gan_net: Any = None, precision: 
     model = export_onnx(net.eval(), precision=precision)
     endpoints: dict[str, Any] = {}
     if gan_net is not None:
-        if not models.registry.same_network(net, gan_net):
-            raise ValueError(f"the GAN weights are a {gan_net.arch} {gan_net.hparams}, not the same network as "
-                             f"{net.arch} {net.hparams}: alpha blends two versions of one network")
+        models.registry.require_same_network(net, gan_net)
         endpoints = dict(weights_psnr=initializer_arrays(model, net.state_dict()),
                          weights_gan=initializer_arrays(model, gan_net.state_dict()))
-    from export.onnx import input_multiple
-
     return OrtBackend(model.SerializeToString(), scale=net.scale, in_channels=net.in_channels,
                       out_channels=net.out_channels, multiple=input_multiple(net), threads=threads,
                       bytes_per_pixel=TorchBackend(net).bytes_per_pixel(), **endpoints)

@@ -25,7 +25,6 @@ With a GAN network, the blended network is calibrated at every α in `alphas` an
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -39,7 +38,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from engine.models import SRNet, interpolate
+from engine.models import SRNet, interpolated
 
 from .onnx import export_onnx, input_multiple
 
@@ -287,12 +286,6 @@ def _ranges_of(net: nn.Module, crops: Sequence[torch.Tensor], method: str, perce
             for key in absmax}
 
 
-def _blended(net: SRNet, gan_net: SRNet, alpha: float) -> SRNet:
-    out = copy.deepcopy(net)
-    out.load_state_dict(interpolate(net, gan_net, alpha))
-    return out
-
-
 def collect_ranges(net: SRNet, images: Iterable[np.ndarray], *, gan_net: SRNet | None = None,
                    alphas: Sequence[float] = DEFAULT_ALPHAS, method: str = DEFAULT_METHOD,
                    percentile: float = DEFAULT_PERCENTILE, bins: int = DEFAULT_BINS, crop: int = 128,
@@ -322,7 +315,7 @@ def collect_ranges(net: SRNet, images: Iterable[np.ndarray], *, gan_net: SRNet |
             raise QuantizeError("alphas is empty; give the α values the engine will run at, e.g. (0.0, 0.5, 1.0)")
         ranges: dict[str, float] = {}
         for alpha in alphas:
-            for name, amax in _ranges_of(_blended(net, gan_net, alpha), crops, method, percentile, bins).items():
+            for name, amax in _ranges_of(interpolated(net, gan_net, alpha), crops, method, percentile, bins).items():
                 ranges[name] = max(ranges.get(name, 0.0), amax)
         return ranges
     finally:
@@ -354,7 +347,7 @@ def rdb_slice_ranges(net: SRNet, images: Iterable[np.ndarray], *, gan_net: SRNet
 
     crops = calibration_crops(images, channels=net.in_channels, multiple=input_multiple(net), size=crop,
                               per_image=crops_per_image, seed=seed)
-    nets = [net.eval()] if gan_net is None else [_blended(net.eval(), gan_net, a) for a in alphas]
+    nets = [net.eval()] if gan_net is None else [interpolated(net.eval(), gan_net, a) for a in alphas]
     ranges: dict[str, float] = {}
     for candidate in nets:
         convs = {name: m for name, m in conv_modules(candidate).items()

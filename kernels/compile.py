@@ -67,7 +67,7 @@ def variants(dtype: str = "fp16") -> list[tuple[str, Any, dict[str, Any], dict[s
     import torch
 
     from .conv import blocks_for, conv_kernel
-    from .rrdbnet import lerp_kernel
+    from .packing import lerp_kernel
 
     blocks = blocks_for({"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype])
     tiles = {"BLOCK_M": blocks["block_m"], "BLOCK_N": blocks["block_n"], "BLOCK_K": blocks["block_k"]}

@@ -15,8 +15,8 @@ is the only one that reads ring[0]; later RRDBs cycle through ring[3], ring[1], 
 place), so it is also the long skip that conv_body's epilogue adds. Upsampling is `upconv2x` (four 2×2 phase convs,
 no ×2 tensor).
 
-All packed weights of an endpoint live in one flat buffer; `set_alpha` is one `lerp_kernel` launch over it, so the
-live weights keep their addresses (a captured CUDA graph stays valid).
+All packed weights of an endpoint live in one flat buffer (`kernels.packing.Endpoints`); `set_alpha` is one
+`lerp_kernel` launch over it, so the live weights keep their addresses (a captured CUDA graph stays valid).
 """
 
 from __future__ import annotations
@@ -24,60 +24,43 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-import triton
-import triton.language as tl
 
 from engine.models.rrdbnet import RRDBNet
 
 from .conv import conv3x3, fold_upconv_weight, pack_conv_weight, upconv2x
-
-
-@triton.jit
-def lerp_kernel(a_ptr, b_ptr, out_ptr, n, alpha, QUANTIZE: tl.constexpr, BLOCK: tl.constexpr):
-    """out = (1 − alpha)·a + alpha·b, computed in fp32 and stored in out's type; with QUANTIZE (int8 weights whose
-    endpoints are stored already divided by their fixed scale), rounded half away from zero and clamped to ±127."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    a = tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    out = a + alpha * (b - a)
-    if QUANTIZE:
-        out = tl.where(out >= 0, tl.floor(out + 0.5), -tl.floor(-out + 0.5))
-        out = tl.minimum(tl.maximum(out, -127.0), 127.0)
-    tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-def lerp_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float, block: int = 1024) -> torch.Tensor:
-    """In place: out = (1 − alpha)·a + alpha·b over three flat contiguous buffers of one length (int8 `out`:
-    rounded and clamped to ±127)."""
-    if not (out.is_contiguous() and a.is_contiguous() and b.is_contiguous()) or not out.numel() == a.numel() == \
-            b.numel():
-        raise ValueError("lerp_ needs three contiguous buffers of one length")
-    n = out.numel()
-    lerp_kernel[(triton.cdiv(n, block),)](a, b, out, n, float(alpha), QUANTIZE=out.dtype == torch.int8, BLOCK=block)
-    return out
+from .packing import Endpoints, check_alpha, nhwc_input
 
 
 @dataclass
 class _Layer:
-    """One conv of the plan: its packed weight and bias are views into the flat weight buffer."""
+    """One conv of the plan: its packed weight and bias are views into the live flat buffer."""
 
     weight: torch.Tensor
     bias: torch.Tensor
-    cin: int
-    cout: int
 
 
-def _packed(net: RRDBNet, dtype: torch.dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """name → (packed weight, bias) for every conv of `net`, upconvs folded into phases; float64 → dtype."""
+def pack_rrdbnet(net: RRDBNet, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """`{conv}.weight` (packed; upconvs folded into phases) and `{conv}.bias` for every conv; float64 → dtype."""
     out = {}
     for name, module in net.named_modules():
         if isinstance(module, torch.nn.Conv2d):
             w = module.weight.detach().double()
             packed = fold_upconv_weight(w) if name.startswith("conv_up") else pack_conv_weight(w)
-            out[name] = (packed.to(dtype), module.bias.detach().to(dtype))
+            out[f"{name}.weight"], out[f"{name}.bias"] = packed.to(dtype), module.bias.detach().to(dtype)
     return out
+
+
+def rrdb_buffers(n: int, h: int, w: int, *, nf: int, gc: int, num_upsample: int, out_channels: int,
+                 dtype: torch.dtype, ring_dtype: torch.dtype, device: torch.device) -> dict[str, list[torch.Tensor]]:
+    """The NHWC buffers of an RRDBNet plan for input (n, h, w): four RDB buffers of nf + 4·gc channels in
+    `ring_dtype`, then trunk, one per upsampling stage, hr and out in `dtype`."""
+    def empty(s: int, c: int, dt: torch.dtype) -> torch.Tensor:
+        return torch.empty((n, h * s, w * s, c), dtype=dt, device=device)
+
+    top = 2 ** num_upsample
+    return {"ring": [empty(1, nf + 4 * gc, ring_dtype) for _ in range(4)], "trunk": [empty(1, nf, dtype)],
+            "up": [empty(2 ** k, nf, dtype) for k in range(1, num_upsample + 1)],
+            "hr": [empty(top, nf, dtype)], "out": [empty(top, out_channels, dtype)]}
 
 
 class FusedRRDBNet:
@@ -93,58 +76,26 @@ class FusedRRDBNet:
         self.scale, self.in_channels, self.out_channels = net.scale, net.in_channels, net.out_channels
         self.unshuffle, self.num_upsample = net.unshuffle, net.num_upsample
         self.multiple = self.unshuffle
-        psnr = _packed(net, dtype)
-        names = list(psnr)
-        self._flat = {"psnr": self._flatten(psnr, names)}
-        if gan_net is not None:
-            gan = _packed(gan_net, dtype)
-            if list(gan) != names or any(gan[k][0].shape != psnr[k][0].shape for k in names):
-                raise ValueError("the GAN network is not the same RRDBNet as the PSNR network")
-            self._flat["gan"] = self._flatten(gan, names)
-        self._live = self._flat["psnr"].clone()
-        self.layers = self._views(self._live, psnr)
+        self.params = Endpoints(pack_rrdbnet(net, dtype), pack_rrdbnet(gan_net, dtype) if gan_net is not None else None,
+                                self.device, "RRDBNet")
+        views = self.params.views
+        self.layers = {name[: -len(".weight")]: _Layer(views[name], views[name[: -len(".weight")] + ".bias"])
+                       for name in views if name.endswith(".weight")}
         self.alpha: float | None = 0.0 if gan_net is not None else None
         self._buffers: dict[tuple[int, int, int], dict[str, list[torch.Tensor]]] = {}
 
-    def _flatten(self, packed: dict[str, tuple[torch.Tensor, torch.Tensor]], names: list[str]) -> torch.Tensor:
-        parts = [t.reshape(-1) for name in names for t in packed[name]]
-        return torch.cat(parts).to(self.device)
-
-    def _views(self, flat: torch.Tensor, packed: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, _Layer]:
-        layers, offset = {}, 0
-        for name, (w, b) in packed.items():
-            wv = flat[offset:offset + w.numel()].view(w.shape)
-            offset += w.numel()
-            bv = flat[offset:offset + b.numel()]
-            offset += b.numel()
-            taps = 16 if name.startswith("conv_up") else 9
-            layers[name] = _Layer(wv, bv, w.shape[0] // taps, w.shape[1])
-        return layers
-
     def set_alpha(self, alpha: float) -> None:
         """Live weights = (1 − alpha)·PSNR + alpha·GAN, in place, in one kernel launch."""
-        if "gan" not in self._flat:
-            raise ValueError("alpha needs the GAN weights: FusedRRDBNet(net, gan_net=...)")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        lerp_(self._live, self._flat["psnr"], self._flat["gan"], alpha)
-        self.alpha = float(alpha)
+        self.alpha = check_alpha(alpha, self.params.has_gan, "FusedRRDBNet")
+        self.params.set_alpha(self.alpha)
 
     def buffers(self, n: int, h: int, w: int) -> dict[str, list[torch.Tensor]]:
         """The preallocated NHWC buffers for input (n, h, w) after any pixel-unshuffle (made on first use)."""
-        key = (n, h, w)
-        if key not in self._buffers:
-            def empty(s: int, c: int) -> torch.Tensor:
-                return torch.empty((n, h * s, w * s, c), dtype=self.dtype, device=self.device)
-
-            ring_channels = self.nf + 4 * self.gc
-            ups = [empty(2 ** k, self.nf) for k in range(1, self.num_upsample + 1)]
-            top = 2 ** self.num_upsample
-            self._buffers[key] = {
-                "ring": [empty(1, ring_channels) for _ in range(4)], "trunk": [empty(1, self.nf)], "up": ups,
-                "hr": [empty(top, self.nf)], "out": [empty(top, self.out_channels)],
-            }
-        return self._buffers[key]
+        if (n, h, w) not in self._buffers:
+            self._buffers[n, h, w] = rrdb_buffers(n, h, w, nf=self.nf, gc=self.gc, num_upsample=self.num_upsample,
+                                                  out_channels=self.out_channels, dtype=self.dtype,
+                                                  ring_dtype=self.dtype, device=self.device)
+        return self._buffers[n, h, w]
 
     def launches(self) -> int:
         """Kernel launches per forward: conv_first, 15 per RRDB, conv_body, the upconvs, conv_hr, conv_last."""
@@ -153,11 +104,7 @@ class FusedRRDBNet:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_channels, H, W) float in [0, 1] → (N, out_channels, H·scale, W·scale) float32."""
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"x must have shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        if self.unshuffle > 1:
-            x = F.pixel_unshuffle(x, self.unshuffle)
-        x = x.to(self.device, self.dtype).permute(0, 2, 3, 1).contiguous()  # NHWC
+        x = nhwc_input(x, self.in_channels, self.unshuffle, self.device, self.dtype)
         n, h, w, cin = x.shape
         buf = self.buffers(n, h, w)
         L, nf, gc = self.layers, self.nf, self.gc

@@ -23,14 +23,14 @@ fp16 buffer (biases and the fp16 convs), everything rewritten in place.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from engine.models.rrdbnet import RRDBNet
 
-from .conv import conv3x3, fold_upconv_weight, pack_conv_weight, upconv2x
-from .rrdbnet import lerp_
+from .conv import conv3x3, pack_conv_weight, upconv2x
+from .packing import Endpoints, check_alpha, flat_views, lerp_, nhwc_input
+from .rrdbnet import pack_rrdbnet, rrdb_buffers
 
 QMAX = 127
 
@@ -81,8 +81,14 @@ class FusedRRDBNetInt8:
             raise ValueError(f"ranges lack {missing[:3]}…: compute them with export.quantize.rdb_slice_ranges")
         self.s = {k: _scale(ranges[k]) for k in self._range_keys()}
         nets = [net.eval()] + ([gan_net.eval()] if gan_net is not None else [])
-        states = [{k: v.detach().double().cpu() for k, v in n.state_dict().items()} for n in nets]
-        self._build(states)
+        int8 = [f"body.{i}.rdb{k}.conv{j}" for i in range(self.num_block) for k in (1, 2, 3) for j in range(1, 6)]
+        self._pack_int8(int8 + ["conv_body"], [{k: v.detach().double().cpu() for k, v in n.state_dict().items()}
+                                               for n in nets])
+        # float tensors: every bias and the weights of the fp16 convs, packed as the fp16 plan packs them
+        floats = [{k: v for k, v in pack_rrdbnet(n, dtype).items() if k[: -len(".weight")] not in self.wscale}
+                  for n in nets]
+        self.params = Endpoints(floats[0], floats[1] if gan_net is not None else None, self.device, "RRDBNet")
+        self.f = self.params.views
         self.alpha: float | None = 0.0 if gan_net is not None else None
         self._buffers: dict[tuple[int, int, int], dict[str, list[torch.Tensor]]] = {}
 
@@ -107,90 +113,50 @@ class FusedRRDBNetInt8:
         parts += [torch.full((self.gc,), self.s[f"{rdb}.y{t}"], dtype=torch.float64) for t in range(1, j)]
         return torch.cat(parts)
 
-    def _build(self, states: list[dict[str, torch.Tensor]]) -> None:
-        convs = [k[: -len(".weight")] for k in states[0] if k.endswith(".weight")]
-        int8 = [c for c in convs if c.startswith("body.") or c == "conv_body"]
-        # int8 convs: endpoints divided by the fixed per-channel scale (float32), one flat buffer
+    def _pack_int8(self, convs: list[str], states: list[dict[str, torch.Tensor]]) -> None:
+        """The int8 convs: the slice scales folded into the weights, one fixed scale per output channel from both
+        endpoints, and the endpoints stored divided by it (float32) in one flat buffer; the live int8 weights are
+        views into `self._live_q`."""
         ends_q: list[list[torch.Tensor]] = [[] for _ in states]
         self.wscale: dict[str, torch.Tensor] = {}
-        shapes_q: list[tuple[str, torch.Size]] = []
-        for c in int8:
+        shapes_q: list[tuple[str, tuple[int, ...]]] = []
+        for c in convs:
             folded = [st[f"{c}.weight"] * self._input_scales(c)[None, :, None, None] for st in states]
             amax = torch.stack([f.abs().flatten(1).amax(1) for f in folded]).amax(0).clamp_min(1e-12)
             wscale = amax / QMAX
             self.wscale[c] = wscale.float().to(self.device)
-            for e, f in enumerate(folded):
-                ends_q[e].append(pack_conv_weight(f / wscale[:, None, None, None]).reshape(-1))
-            shapes_q.append((c, pack_conv_weight(folded[0]).shape))
-        # float tensors: every bias, and the weights of the fp16 convs (upconvs folded into phases)
-        ends_f: list[list[torch.Tensor]] = [[] for _ in states]
-        shapes_f: list[tuple[str, torch.Size]] = []
-        for c in convs:
-            for e, st in enumerate(states):
-                ends_f[e].append(st[f"{c}.bias"])
-                if c not in int8:
-                    w = st[f"{c}.weight"]
-                    ends_f[e].append((fold_upconv_weight(w) if c.startswith("conv_up") else pack_conv_weight(w))
-                                     .reshape(-1))
-            shapes_f.append((f"{c}.bias", states[0][f"{c}.bias"].shape))
-            if c not in int8:
-                w = states[0][f"{c}.weight"]
-                shape = (fold_upconv_weight(w) if c.startswith("conv_up") else pack_conv_weight(w)).shape
-                shapes_f.append((f"{c}.weight", shape))
+            packed = [pack_conv_weight(f / wscale[:, None, None, None]) for f in folded]
+            for e, t in enumerate(packed):
+                ends_q[e].append(t.reshape(-1))
+            shapes_q.append((f"{c}.weight", tuple(packed[0].shape)))
         self._ends_q = [torch.cat(p).float().to(self.device) for p in ends_q]
-        self._ends_f = [torch.cat(p).to(self.dtype).to(self.device) for p in ends_f]
         self._live_q = torch.empty(self._ends_q[0].numel(), dtype=torch.int8, device=self.device)
         lerp_(self._live_q, self._ends_q[0], self._ends_q[0], 0.0)
-        self._live_f = self._ends_f[0].clone()
-        self.q = self._views(self._live_q, [(f"{c}.weight", s) for c, s in shapes_q])
-        self.f = self._views(self._live_f, shapes_f)
-
-    @staticmethod
-    def _views(flat: torch.Tensor, shapes: list[tuple[str, torch.Size]]) -> dict[str, torch.Tensor]:
-        views, offset = {}, 0
-        for name, shape in shapes:
-            count = int(torch.Size(shape).numel())
-            views[name] = flat[offset:offset + count].view(shape)
-            offset += count
-        return views
+        self.q = flat_views(self._live_q, shapes_q)
 
     def set_alpha(self, alpha: float) -> None:
         """Live weights = θ(alpha) with the fixed scales: int8 rounded from the blended endpoints, in place."""
-        if len(self._ends_q) < 2:
-            raise ValueError("alpha needs the GAN weights: FusedRRDBNetInt8(net, ranges, gan_net=...)")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        nq, nf, block = self._live_q.numel(), self._live_f.numel(), 1024
+        alpha = check_alpha(alpha, self.params.has_gan, "FusedRRDBNetInt8")
+        f = self.params
+        nq, nf, block = self._live_q.numel(), f.live.numel(), 1024
         grid = (triton.cdiv(nq, block) + triton.cdiv(nf, block),)
-        lerp_pair_kernel[grid](self._ends_q[0], self._ends_q[1], self._live_q, nq, self._ends_f[0], self._ends_f[1],
-                               self._live_f, nf, float(alpha), BLOCK=block)
-        self.alpha = float(alpha)
+        lerp_pair_kernel[grid](self._ends_q[0], self._ends_q[1], self._live_q, nq, f.ends[0], f.ends[1], f.live, nf,
+                               alpha, BLOCK=block)
+        self.alpha = alpha
 
     # ------------------------------------------------------------------------------------------------- running
 
     def buffers(self, n: int, h: int, w: int) -> dict[str, list[torch.Tensor]]:
-        key = (n, h, w)
-        if key not in self._buffers:
-            def empty(s: int, c: int, dtype: torch.dtype) -> torch.Tensor:
-                return torch.empty((n, h * s, w * s, c), dtype=dtype, device=self.device)
-
-            top = 2 ** self.num_upsample
-            self._buffers[key] = {
-                "ring": [empty(1, self.nf + 4 * self.gc, torch.int8) for _ in range(4)],
-                "trunk": [empty(1, self.nf, self.dtype)],
-                "up": [empty(2 ** k, self.nf, self.dtype) for k in range(1, self.num_upsample + 1)],
-                "hr": [empty(top, self.nf, self.dtype)], "out": [empty(top, self.out_channels, self.dtype)],
-            }
-        return self._buffers[key]
+        if (n, h, w) not in self._buffers:
+            self._buffers[n, h, w] = rrdb_buffers(n, h, w, nf=self.nf, gc=self.gc, num_upsample=self.num_upsample,
+                                                  out_channels=self.out_channels, dtype=self.dtype,
+                                                  ring_dtype=torch.int8, device=self.device)
+        return self._buffers[n, h, w]
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_channels, H, W) float in [0, 1] → (N, out_channels, H·scale, W·scale) float32."""
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"x must have shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        if self.unshuffle > 1:
-            x = F.pixel_unshuffle(x, self.unshuffle)
-        x = x.to(self.device, self.dtype).permute(0, 2, 3, 1).contiguous()
+        x = nhwc_input(x, self.in_channels, self.unshuffle, self.device, self.dtype)
         n, h, w, cin = x.shape
         buf = self.buffers(n, h, w)
         f, q, nf, gc = self.f, self.q, self.nf, self.gc

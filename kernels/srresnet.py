@@ -18,7 +18,7 @@ import torch
 from engine.models.srresnet import SRResNet
 
 from .conv import conv2d, pack_conv_weight
-from .rrdbnet import lerp_
+from .packing import Endpoints, check_alpha, nhwc_input
 
 
 def _params(net: SRResNet, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -46,47 +46,22 @@ class FusedSRResNet:
             raise TypeError(f"FusedSRResNet runs an SRResNet, got {type(net).__name__}")
         if net.training:
             raise ValueError("the network is in training mode (batch norm would use batch statistics): call .eval()")
-        self.net_hparams = dict(net.hparams)
         self.device, self.dtype = torch.device(device), dtype
         self.nf, self.num_block = net.hparams["num_feat"], net.hparams["num_block"]
         self.scale, self.in_channels, self.out_channels = net.scale, net.in_channels, net.out_channels
         self.multiple = 1
         self.factors = [stage.shuffle.upscale_factor for stage in net.upsample]
         self.eps = {name: m.eps for name, m in net.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
-        psnr = _params(net, dtype)
-        self._names = list(psnr)
-        self._shapes = {k: v.shape for k, v in psnr.items()}
-        self._flat = {"psnr": self._flatten(psnr)}
-        if gan_net is not None:
-            gan = _params(gan_net.eval(), dtype)
-            if list(gan) != self._names or any(gan[k].shape != psnr[k].shape for k in self._names):
-                raise ValueError("the GAN network is not the same SRResNet as the PSNR network")
-            self._flat["gan"] = self._flatten(gan)
-        self._live = self._flat["psnr"].clone()
-        self.p = self._views(self._live)
+        self.params = Endpoints(_params(net, dtype), _params(gan_net.eval(), dtype) if gan_net is not None else None,
+                                self.device, "SRResNet")
+        self.p = self.params.views
         self.alpha: float | None = 0.0 if gan_net is not None else None
         self._buffers: dict[tuple[int, int, int], dict[str, list[torch.Tensor]]] = {}
 
-    def _flatten(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.cat([params[k].reshape(-1) for k in self._names]).to(self.device)
-
-    def _views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        views, offset = {}, 0
-        for name in self._names:
-            shape = self._shapes[name]
-            count = shape.numel()
-            views[name] = flat[offset:offset + count].view(shape)
-            offset += count
-        return views
-
     def set_alpha(self, alpha: float) -> None:
         """Live parameters = (1 − alpha)·PSNR + alpha·GAN, in place, in one kernel launch."""
-        if "gan" not in self._flat:
-            raise ValueError("alpha needs the GAN weights: FusedSRResNet(net, gan_net=...)")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        lerp_(self._live, self._flat["psnr"], self._flat["gan"], alpha)
-        self.alpha = float(alpha)
+        self.alpha = check_alpha(alpha, self.params.has_gan, "FusedSRResNet")
+        self.params.set_alpha(self.alpha)
 
     def buffers(self, n: int, h: int, w: int) -> dict[str, list[torch.Tensor]]:
         key = (n, h, w)
@@ -108,9 +83,7 @@ class FusedSRResNet:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_channels, H, W) float → (N, out_channels, H·scale, W·scale) float32."""
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"x must have shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        x = x.to(self.device, self.dtype).permute(0, 2, 3, 1).contiguous()
+        x = nhwc_input(x, self.in_channels, 1, self.device, self.dtype)
         n, h, w, cin = x.shape
         buf, p, nf = self.buffers(n, h, w), self.p, self.nf
         feat, body, tmp = buf["feat"][0], buf["body"][0], buf["tmp"][0]

@@ -104,3 +104,16 @@ def test_cli_runs_as_a_module(tmp_path: Path) -> None:
                              str(tmp_path / "a.safetensors"), "--alpha", "0.25", "-o", str(tmp_path / "o.bin")],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "name it *.safetensors" in result.stderr
+
+
+def test_interpolated_is_a_new_network_holding_the_blend() -> None:
+    torch.manual_seed(0)
+    a = M.create("rrdb6", num_block=1, num_feat=8, num_grow_ch=4)
+    torch.manual_seed(1)
+    b = M.create("rrdb6", num_block=1, num_feat=8, num_grow_ch=4)
+    before = {k: v.clone() for k, v in a.state_dict().items()}
+    blended = M.interpolated(a, b, 0.3)
+    assert type(blended) is type(a) and blended is not a
+    for key, value in M.interpolate(a, b, 0.3).items():
+        assert torch.equal(blended.state_dict()[key], value)
+    assert all(torch.equal(a.state_dict()[k], v) for k, v in before.items())  # `a` is untouched

@@ -18,10 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from test_models import randomize_
 
 import engine.models as M
 from kernels.conv import conv2d, conv3x3, fold_upconv_weight, pack_conv_weight, record_launches, upconv2x
-from kernels.rrdbnet import FusedRRDBNet, fused_flops, lerp_
+from kernels.packing import lerp_
+from kernels.rrdbnet import FusedRRDBNet, fused_flops
 from kernels.srresnet import FusedSRResNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -190,7 +192,7 @@ def test_fused_rrdbnet_matches_the_reference(dtype: torch.dtype, kw: dict) -> No
 def test_set_alpha_equals_the_interpolated_checkpoint() -> None:
     net, gan = _rrdb(0), _rrdb(1)
     plan = FusedRRDBNet(net, dtype=torch.float32, device=DEVICE, gan_net=gan)
-    live = plan._live.data_ptr()
+    live = plan.params.live.data_ptr()
     x = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(1))
     for alpha in (0.3, 1.0, 0.0):
         plan.set_alpha(alpha)
@@ -199,21 +201,13 @@ def test_set_alpha_equals_the_interpolated_checkpoint() -> None:
         with torch.no_grad():
             ref = blended.double()(x.double())
         assert (plan(x.to(DEVICE)).double().cpu() - ref).abs().max() < 1e-5
-    assert plan._live.data_ptr() == live  # rewritten in place: a captured graph keeps its addresses
+    assert plan.params.live.data_ptr() == live  # rewritten in place: a captured graph keeps its addresses
 
 
 def _srgan(seed: int, **kw: object) -> M.SRNet:
     torch.manual_seed(seed)
     net = M.create("srgan", num_block=2, num_feat=16, **kw).eval()
-    g = torch.Generator().manual_seed(seed + 10)
-    for m in net.modules():  # batch norm and PReLU as a trained network has them, not the identity
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
-        if isinstance(m, torch.nn.PReLU):
-            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) * 0.5)
+    randomize_(net, seed + 10)
     return net
 
 

@@ -8,6 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from test_models import randomize_
 
 import engine.models as M
 from engine.models import registry
@@ -16,19 +17,6 @@ from export.onnx import ExportError, export_onnx, initializer_arrays, input_mult
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-
-
-def _randomize_batch_norm(net: M.SRNet) -> None:
-    """Batch norm as a trained network has it (fresh statistics are the identity and would hide mistakes)."""
-    g = torch.Generator().manual_seed(1)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
-        if isinstance(m, torch.nn.PReLU):
-            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) * 0.5)
 
 
 def _reference(net: M.SRNet, x: np.ndarray) -> np.ndarray:
@@ -52,7 +40,7 @@ ARCH_SCALES = (
 def test_every_arch_and_scale_matches_the_reference_at_two_sizes(arch: str, hparams: dict) -> None:
     torch.manual_seed(0)
     net = registry.build(arch, hparams).eval()
-    _randomize_batch_norm(net)
+    randomize_(net, 1)
     session = _session(export_onnx(net))
     m = input_multiple(net)
     rng = np.random.default_rng(0)
@@ -69,7 +57,7 @@ def test_every_arch_and_scale_matches_the_reference_at_two_sizes(arch: str, hpar
 def test_every_registered_model_matches_the_reference(name: str) -> None:
     torch.manual_seed(0)
     net = registry.create(name).eval()
-    _randomize_batch_norm(net)
+    randomize_(net, 1)
     session = _session(export_onnx(net))
     rng = np.random.default_rng(1)
     for shape in [(1, 3, 8, 12), (2, 3, 12, 4)]:
@@ -94,7 +82,7 @@ def test_the_shipped_model_matches(tmp_path) -> None:
 def test_fp16_graph_has_fp16_weights_and_matches_within_fp16_tolerance(arch: str, hparams: dict, io_dtype: str) -> None:
     torch.manual_seed(0)
     net = registry.build(arch, hparams).eval()
-    _randomize_batch_norm(net)
+    randomize_(net, 1)
     model = export_onnx(net, precision="fp16", io_dtype=io_dtype)
     weights = [t for t in model.graph.initializer if t.name in set(weight_names(model))]
     assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)

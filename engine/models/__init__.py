@@ -11,7 +11,7 @@ from .cascade import Cascade
 from .checkpoint import CheckpointError, ModelInfo, load, save
 from .edsr import EDSR
 from .formats import ACCEPTED as ACCEPTED_FORMATS
-from .interpolation import InterpolationError, interpolate
+from .interpolation import InterpolationError, interpolate, interpolated
 from .registry import ARCHS, VARIANTS, build, create
 from .rrdbnet import RRDB, ResidualDenseBlock, RRDBNet
 from .srresnet import MSRResNet, SRResNet
@@ -19,5 +19,5 @@ from .srresnet import MSRResNet, SRResNet
 __all__ = [
     "ACCEPTED_FORMATS", "ARCHS", "VARIANTS", "Cascade", "CheckpointError", "EDSR", "InterpolationError",
     "MSRResNet", "ModelInfo", "RRDB", "RRDBNet", "ResidualDenseBlock", "SRNet", "SRResNet", "build", "create",
-    "interpolate", "load", "save",
+    "interpolate", "interpolated", "load", "save",
 ]

@@ -3,12 +3,15 @@ parameter, θ(α) = (1 − α)·θ_a + α·θ_b."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 StateLike = Mapping[str, torch.Tensor] | nn.Module
+Net = TypeVar("Net", bound=nn.Module)
 
 
 class InterpolationError(ValueError):
@@ -48,4 +51,11 @@ def interpolate(a: StateLike, b: StateLike, alpha: float) -> dict[str, torch.Ten
             out[key] = blended.to(ta.dtype)
         else:
             out[key] = (ta if alpha < 0.5 else tb).clone()
+    return out
+
+
+def interpolated(a: Net, b: StateLike, alpha: float) -> Net:
+    """A new network: a copy of `a` (same architecture, device and dtype) holding `interpolate(a, b, alpha)`."""
+    out = copy.deepcopy(a)
+    out.load_state_dict(interpolate(a, b, alpha))
     return out

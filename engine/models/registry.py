@@ -71,6 +71,13 @@ def same_network(a: SRNet, b: SRNet) -> bool:
         full_hparams(b.arch, b.hparams))
 
 
+def require_same_network(net: SRNet, gan_net: SRNet) -> None:
+    """Raise ValueError unless `gan_net` is the same network as `net` (so alpha can blend their weights)."""
+    if not same_network(net, gan_net):
+        raise ValueError(f"the GAN weights are a {gan_net.arch} {gan_net.hparams}, not the same network as "
+                         f"{net.arch} {net.hparams}: alpha blends two versions of one network")
+
+
 def full_hparams(arch: str, hparams: dict[str, Any]) -> dict[str, Any]:
     """`hparams` with the constructor's defaults filled in; a cascade's stages as {"arch", "hparams"} dicts."""
     if arch == "cascade":
