@@ -5,6 +5,7 @@
 
 #include "cuda_pixels.h"
 #include "cuda_tiles.h"
+#include "plan_runtime.h"
 
 namespace engine::cuda {
 namespace {
@@ -32,6 +33,34 @@ void accumulate(uintptr_t, uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t, in
                 int64_t, uintptr_t) {
   built_without_cuda();
 }
+
+// Native plans: the constructor throws, so no PlanRuntime exists and the other members are never called.
+struct PlanRuntime::Impl {};
+
+PlanRuntime::PlanRuntime(const std::string&, int, bool) { built_without_cuda(); }
+PlanRuntime::~PlanRuntime() = default;
+int PlanRuntime::device() const { built_without_cuda(); }
+int PlanRuntime::arch() const { built_without_cuda(); }
+const std::string& PlanRuntime::device_name() const { built_without_cuda(); }
+const std::string& PlanRuntime::meta() const { built_without_cuda(); }
+const std::vector<PlanShape>& PlanRuntime::shapes() const { built_without_cuda(); }
+uint64_t PlanRuntime::arena_bytes() const { built_without_cuda(); }
+uint64_t PlanRuntime::weights_bytes() const { built_without_cuda(); }
+bool PlanRuntime::has_alpha() const { built_without_cuda(); }
+bool PlanRuntime::cuda_graph() const { built_without_cuda(); }
+PlanStats PlanRuntime::stats() const { built_without_cuda(); }
+void PlanRuntime::forward(size_t) { built_without_cuda(); }
+double PlanRuntime::set_alpha(float) { built_without_cuda(); }
+void PlanRuntime::run(const float*, float*, size_t) { built_without_cuda(); }
+void PlanRuntime::run_device(uintptr_t, uintptr_t, size_t, uintptr_t) { built_without_cuda(); }
+int64_t PlanRuntime::scale() const { built_without_cuda(); }
+void PlanRuntime::check_upscale(int64_t, int64_t, int64_t, int64_t) const { built_without_cuda(); }
+void PlanRuntime::upscale_host(const float*, int64_t, int64_t, int64_t, int64_t, float*) { built_without_cuda(); }
+uintptr_t PlanRuntime::upscale_device(uintptr_t, int64_t, int64_t, int64_t, int64_t, uintptr_t) {
+  built_without_cuda();
+}
+
+void free_device_buffer(int, uintptr_t) noexcept {}
 
 }  // namespace engine::cuda
 

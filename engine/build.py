@@ -1,12 +1,14 @@
 """`python -m engine.build --model rrdb23 --fp16|--int8|--fp32 [--weights A] [--gan-weights B --alpha 0.8]
-[--backend auto|tensorrt|onnxruntime|triton] [--tile 256] [--calib DIR] [-o engines/NAME]`
+[--backend auto|tensorrt|onnxruntime|triton|native] [--tile 256] [--calib DIR] [-o engines/NAME]`
 
 Builds an engine directory (see `engine.engines`): the ONNX graph of the network at `--alpha`, a TensorRT plan
 where TensorRT is used, both endpoint weight sets when --gan-weights is given (so `Engine.set_alpha` refits
 without a rebuild), and `manifest.json`. `--backend auto` picks TensorRT where it is installed and a GPU is
 present, else ONNX Runtime, and says which and why; `--backend triton` runs our fused kernels (the engine holds the
-checkpoints, packed when loaded). INT8 is explicit quantization (Q/DQ; for triton an INT8 trunk) calibrated on the
-images of --calib, with weight scales and activation ranges that hold for every alpha.
+checkpoints, packed when loaded); `--backend native` compiles those kernels for one GPU architecture (`--arch`, no
+GPU needed) into our own plan, run by the C++ runtime of engine._C (`engine.plan`). INT8 is explicit quantization
+(Q/DQ; for triton and native an INT8 trunk) calibrated on the images of --calib, with weight scales and activation
+ranges that hold for every alpha.
 """
 
 from __future__ import annotations
@@ -53,9 +55,12 @@ def parser() -> argparse.ArgumentParser:
                        "tensorrt and triton)"), ("--bf16", "bfloat16 (triton only)"),
                        ("--int8", "INT8 by explicit Q/DQ quantization; needs --calib")):
         precision.add_argument(flag, dest="precision", action="store_const", const=flag[2:], help=text)
-    p.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime", "triton"], default="auto",
-                   help="engine backend: triton runs our fused kernels (RRDBNet, SRResNet; a GPU) (default: auto: "
-                   "tensorrt with a GPU and TensorRT, else onnxruntime)")
+    p.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime", "triton", "native"], default="auto",
+                   help="engine backend: triton runs our fused kernels (RRDBNet, SRResNet; a GPU); native compiles "
+                   "them into a plan for engine._C's C++ runtime (default: auto: tensorrt with a GPU and TensorRT, "
+                   "else onnxruntime)")
+    p.add_argument("--arch", type=int, help="native: the SM architecture to compile for, e.g. 90 for H100/H200 "
+                   "(default: this machine's GPU, else 90)")
     p.add_argument("--tile", type=int, default=DEFAULT_TILE,
                    help=f"tile side in input pixels the engine is built for (TensorRT profile max) "
                    f"(default: {DEFAULT_TILE})")
@@ -80,7 +85,7 @@ def choose_backend(requested: str) -> tuple[str, str]:
     has_trt, has_gpu = tensorrt_available(), torch.cuda.is_available()
     if requested == "onnxruntime":
         return "onnxruntime", "asked for with --backend onnxruntime"
-    if requested in ("tensorrt", "triton"):
+    if requested in ("tensorrt", "triton", "native"):
         return requested, f"asked for with --backend {requested}"
     if has_trt and has_gpu:
         return "tensorrt", f"TensorRT is installed and a GPU is present ({torch.cuda.get_device_name()})"
@@ -141,11 +146,14 @@ def build(args: argparse.Namespace) -> Path:
 
     backend, why = choose_backend(args.backend)
     print(f"backend: {backend} ({why})")
-    precision = args.precision or ("fp16" if backend in ("tensorrt", "triton") else "fp32")
-    if backend == "triton":
-        return build_triton(args, precision)
+    precision = args.precision or ("fp16" if backend in ("tensorrt", "triton", "native") else "fp32")
+    if args.arch is not None and backend != "native":
+        raise BuildError("--arch is for --backend native (TensorRT plans are built for the GPU they are built on)")
+    if backend in ("triton", "native"):
+        return build_fused(args, precision, backend)
     if precision == "bf16":
-        raise BuildError("--bf16 is for --backend triton; ONNX Runtime and TensorRT engines take --fp16 or --fp32")
+        raise BuildError("--bf16 is for --backend triton or native; ONNX Runtime and TensorRT engines take --fp16 "
+                         "or --fp32")
     if args.tile <= 0 or args.batch <= 0:
         raise BuildError(f"--tile and --batch must be positive, got {args.tile} and {args.batch}")
     if precision == "int8" and not args.calib:
@@ -230,20 +238,26 @@ def build(args: argparse.Namespace) -> Path:
     return written
 
 
-def build_triton(args: argparse.Namespace, precision: str) -> Path:
-    """A Triton engine: the checkpoints themselves (packed for the kernels when loaded) and the manifest."""
+def build_fused(args: argparse.Namespace, precision: str, backend: str) -> Path:
+    """A Triton engine (the checkpoints, packed for the kernels when loaded) or a native one (the plan: the kernels
+    compiled for --arch, the launch list, the packed weights), and the manifest."""
     if precision == "int8" and not args.calib:
         raise BuildError("--int8 needs --calib DIR: a folder of images like the ones the engine will upscale "
                          "(activation ranges are calibrated on them)")
     if args.calib and precision != "int8":
         raise BuildError("--calib is for --int8 only")
+    if args.tile <= 0 or args.batch <= 0:
+        raise BuildError(f"--tile and --batch must be positive, got {args.tile} and {args.batch}")
     net, gan, entries = _networks(args)
     if not isinstance(net, (models.RRDBNet, models.SRResNet)):
-        raise BuildError(f"--backend triton runs RRDBNet and SRResNet, not {net.arch}: use onnxruntime or tensorrt")
+        raise BuildError(f"--backend {backend} runs RRDBNet and SRResNet, not {net.arch}: use onnxruntime or tensorrt")
+    multiple = int(getattr(net, "unshuffle", 1))
+    if args.tile % multiple:
+        raise BuildError(f"--tile {args.tile} must be a multiple of {multiple} for this ×{net.scale} network")
     quant: dict[str, Any] = {}
     if precision == "int8":
         if not isinstance(net, models.RRDBNet):
-            raise BuildError("INT8 Triton kernels run RRDBNet; build SRResNet with --fp16/--bf16/--fp32")
+            raise BuildError("INT8 fused kernels run RRDBNet; build SRResNet with --fp16/--bf16/--fp32")
         from export.quantize import DEFAULT_METHOD, rdb_slice_ranges, read_calibration_images
 
         method = args.calib_method or DEFAULT_METHOD
@@ -253,25 +267,53 @@ def build_triton(args: argparse.Namespace, precision: str) -> Path:
         quant = {"method": method, "calibration_images": len(images), "alpha_safe": gan is not None,
                  "slice_ranges": rdb_slice_ranges(net, images, gan_net=gan, method=method)}
     name = entries["model"]["name"] or net.arch
-    out = Path(args.output or Path("engines") / f"{name}-{precision}-triton")
+    out = Path(args.output or Path("engines") / f"{name}-{precision}-{backend}")
     start = time.perf_counter()
-    write: dict[str, Any] = {"model.safetensors": lambda path: models.save(net, path)}
-    if gan is not None:
-        write["gan.safetensors"] = lambda path: models.save(gan, path)
     manifest = {**entries, "scale": net.scale, "in_channels": net.in_channels, "out_channels": net.out_channels,
-                "multiple": int(getattr(net, "unshuffle", 1)), "precision": precision, "backend": "triton",
-                "io_dtype": "fp32", "tile": args.tile, "batch": args.batch, "versions": library_versions()}
+                "multiple": multiple, "precision": precision, "backend": backend, "io_dtype": "fp32",
+                "tile": args.tile, "batch": args.batch, "versions": library_versions()}
     if quant:
         manifest["int8"] = quant
+    write: dict[str, Any] = {}
+    if backend == "triton":
+        write["model.safetensors"] = lambda path: models.save(net, path)
+        if gan is not None:
+            write["gan.safetensors"] = lambda path: models.save(gan, path)
+    else:
+        from .plan import PLAN_VERSION, build_plan, fused_network, write_plan
+
+        arch = args.arch or _local_arch() or 90
+        print(f"compiling the fused kernels for sm_{arch}" + ("" if torch.cuda.is_available() else
+                                                               " (no GPU here: triton.compile with a GPUTarget)"))
+        fused = fused_network(net, precision, gan_net=gan, int8_ranges=quant.get("slice_ranges"), device="cpu")
+        plan = build_plan(fused, [(args.batch, net.in_channels, args.tile, args.tile)], arch=arch,
+                          meta={"model": entries["model"], "precision": precision, "alpha": entries["alpha"]})
+        manifest["gpu_arch"] = f"sm_{arch}"
+        manifest["plan"] = {"format_version": PLAN_VERSION, "kernels": len(plan.kernels),
+                            "launches": len(plan.launches), "arena_bytes": max(s["arena_bytes"] for s in plan.shapes),
+                            "weights_bytes": len(plan.weights), "triton": plan.meta["triton"]}
+        write["model.plan"] = lambda path: write_plan(path, plan)
     written = write_engine(out, manifest, write)
-    print(f"wrote {written} ({precision}, triton) in {time.perf_counter() - start:.1f} s")
+    print(f"wrote {written} ({precision}, {backend}) in {time.perf_counter() - start:.1f} s")
     if args.no_verify:
         return written
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    if backend == "native" and not (torch.cuda.is_available() and _local_arch() == arch):
+        print(f"not verified: the plan runs on an sm_{arch} GPU and this machine has none (engine.plan."
+              f"ReferenceExecutor interprets a plan on the CPU; tests do that)")
+        return written
+    if backend == "triton" and not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         print("not verified: the Triton kernels need a CUDA GPU to run, and this machine has none")
         return written
     verify(written, _blended(net, gan, entries["alpha"]["value"]))
     return written
+
+
+def _local_arch() -> int | None:
+    """This machine's GPU architecture (e.g. 90), or None without one."""
+    if not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability()
+    return major * 10 + minor
 
 
 def verify(directory: Path, net: models.SRNet, side: int = 64) -> float:

@@ -4,7 +4,8 @@
         manifest.json           format version, model, scale, precision, backend, tile/profile, alpha and both
                                 endpoint checksums, library versions, GPU arch (plans), sha256 of every file
         model.onnx              the graph (fp32, fp16 or Q/DQ INT8) with the weights at the build's alpha
-        model.plan              TensorRT only: the serialized engine
+        model.plan              TensorRT: the serialized engine; native: our own plan (`engine.plan`: cubins,
+                                launch list, both endpoints' packed weights), run by engine._C
         model.safetensors, gan.safetensors
                                 Triton only (instead of the ONNX graph): the network and its GAN endpoint, packed
                                 for the fused kernels when the engine is loaded
@@ -34,7 +35,7 @@ from .atomic import _UMASK
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-BACKENDS = ("onnxruntime", "tensorrt", "triton")
+BACKENDS = ("onnxruntime", "tensorrt", "triton", "native")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -155,6 +156,20 @@ def _check_plan_target(d: Path, manifest: dict[str, Any]) -> None:
         raise EngineError(f"{d} was built with TensorRT {want_trt}, this machine has {have_trt}: rebuild the engine")
 
 
+def _native_backend(d: Path, manifest: dict[str, Any], alpha: float | None) -> Any:
+    """The C++ runtime over model.plan; without a GPU, an error that says what can run the plan instead."""
+    from ._ext import load_C
+    from .native import NativeBackend
+
+    C = load_C()
+    if not C.built_with_cuda() or C.cuda_device_count() == 0:
+        why = "engine._C was built without CUDA" if not C.built_with_cuda() else "this machine has no CUDA device"
+        raise EngineError(f"{d} is a native plan for {manifest.get('gpu_arch')}; {why}. Run it on that GPU, or "
+                          f"interpret it on the CPU with engine.plan.ReferenceExecutor('{d / 'model.plan'}') "
+                          f"(slow; TRITON_INTERPRET=1), or build --backend onnxruntime for the CPU")
+    return NativeBackend(d / "model.plan", alpha=alpha)
+
+
 def _read_weights(path: Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
@@ -172,6 +187,8 @@ class Engine:
         self.multiple, self.tile, self.batch = manifest["multiple"], manifest["tile"], manifest["batch"]
         self.device = backend.device
         self.last_refit_seconds: float | None = None
+        if callable(getattr(backend, "upscale_planes", None)):  # a native plan tiles whole images in engine._C
+            self.upscale_planes = backend.upscale_planes
 
     @property
     def alpha(self) -> float | None:
@@ -220,6 +237,8 @@ def load(directory: str | os.PathLike[str], *, threads: int = 0, device: str = "
                                      int8_ranges=manifest.get("int8", {}).get("slice_ranges"))
         if gan is not None and alpha:
             backend.set_alpha(alpha)
+    elif manifest["backend"] == "native":
+        backend = _native_backend(d, manifest, alpha)
     elif manifest["backend"] == "onnxruntime":
         from .ort import OrtBackend
 

@@ -216,7 +216,15 @@ def upscale_planes(backend: Backend, planes: np.ndarray | torch.Tensor, *, tile:
     stay on the device: the result is a CUDA tensor blended by `engine._C.accumulate_cuda` on the current stream.
     `tile` is the tile side in input pixels (None: chosen from the memory budget; 0: no tiling).
     `progress(n)` is called after each batch with the number of tiles done in it.
+
+    A backend with its own `upscale_planes` (a native plan, `engine.native`) does all of this itself, in `engine._C`.
     """
+    native = getattr(backend, "upscale_planes", None)
+    if callable(native):
+        out = native(planes, tile=tile, tile_overlap=tile_overlap)
+        if progress is not None:
+            progress(1)
+        return out
     C = load_C()
     on_device = backend.device.type == "cuda"
     source = torch.as_tensor(planes, dtype=torch.float32).to(backend.device if on_device else "cpu")

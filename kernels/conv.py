@@ -40,6 +40,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import launch
+
 ACTS = {"none": 0, "lrelu": 1, "relu": 2, "prelu": 3}
 
 
@@ -285,7 +287,7 @@ def _launch(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torc
     even_k = cin % block_k == 0 and all(s % 8 == 0 for s in x.stride()[:3])
     # launch
     grid = (triton.cdiv(m, block_m), triton.cdiv(cout, block_n), 4 if upsample else 1)
-    conv_kernel[grid](
+    args = [
         x, w_packed, bias, slopes, bn if bn is not None else bias, wscale if wscale is not None else bias, out, r1, r2,
         h, w, m, cin, cout,
         x.stride(0), x.stride(1), x.stride(2),
@@ -294,11 +296,14 @@ def _launch(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torc
         r2.stride(0), r2.stride(1), r2.stride(2),
         float(slope) if act == "lrelu" else 0.0, float(res1_scale), float(res2_scale), float(bn_eps),
         float(res1_dq), float(res2_dq), 1.0 / out_scale if out_int8 and out_scale else 1.0,
+    ]
+    constexprs = dict(
         ACT=ACTS[act], HAS_R1=res1 is not None, HAS_R2=res2 is not None, HAS_BN=bn is not None, SHUFFLE=shuffle,
         UPSAMPLE=upsample, KSIZE=ksize, TAPS=4 if upsample else taps, EVEN_K=even_k,
         IEEE=x.dtype == torch.float32, X_INT8=x_int8, OUT_INT8=out_int8,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
     )
+    launch(conv_kernel, grid, args, constexprs, num_warps=num_warps, num_stages=num_stages)
     if _RECORDERS:
         e, stored = x.element_size(), m * up * up * cout_stored
         entry = {"cin": cin, "cout": cout, "pixels": m, "upsample": upsample, "shuffle": shuffle,

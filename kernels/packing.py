@@ -1,5 +1,5 @@
 """What every fused plan shares: weights packed into flat buffers per alpha endpoint, the in-place blend kernel,
-the alpha checks, and the NHWC input.
+the alpha checks, the per-shape arena of buffers, and the input and output conversion kernels (`FusedPlan`).
 
 All packed tensors of an endpoint live in one flat buffer; the live weights are views into a third buffer of the
 same layout, which `set_alpha` rewrites in place with one `lerp_kernel` launch, so their addresses never change (a
@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+from .launch import launch
 
 
 @triton.jit
@@ -38,7 +39,8 @@ def lerp_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float, blo
             b.numel():
         raise ValueError("lerp_ needs three contiguous buffers of one length")
     n = out.numel()
-    lerp_kernel[(triton.cdiv(n, block),)](a, b, out, n, float(alpha), QUANTIZE=out.dtype == torch.int8, BLOCK=block)
+    launch(lerp_kernel, (triton.cdiv(n, block),), [a, b, out, n, float(alpha)],
+           dict(QUANTIZE=out.dtype == torch.int8, BLOCK=block), num_warps=4, num_stages=1)
     return out
 
 
@@ -86,11 +88,132 @@ class Endpoints:
         lerp_(self.live, self.ends[0], self.ends[1], alpha)
 
 
-def nhwc_input(x: torch.Tensor, in_channels: int, unshuffle: int, device: torch.device,
-               dtype: torch.dtype) -> torch.Tensor:
-    """(N, in_channels, H, W) float → pixel-unshuffled (for ×1/×2 RRDBNets) contiguous NHWC on `device`."""
-    if x.ndim != 4 or x.shape[1] != in_channels:
-        raise ValueError(f"x must have shape (N, {in_channels}, H, W), got {tuple(x.shape)}")
-    if unshuffle > 1:
-        x = F.pixel_unshuffle(x, unshuffle)
-    return x.to(device, dtype).permute(0, 2, 3, 1).contiguous()
+@triton.jit
+def nchw_to_nhwc_kernel(x_ptr, y_ptr, C, H, W, TOTAL, R: tl.constexpr, BLOCK: tl.constexpr):
+    """y (N, H/R, W/R, C·R²) in y's type = pixel_unshuffle(x, R) of float32 x (N, C, H, W), channels last: channel
+    c·R² + i·R + j of pixel (h, w) is x[c, h·R + i, w·R + j]. One program writes BLOCK consecutive elements of y."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < TOTAL
+    co = offs % (C * R * R)
+    p = offs // (C * R * R)
+    wo = p % (W // R)
+    p = p // (W // R)
+    ho = p % (H // R)
+    n = p // (H // R)
+    c = co // (R * R)
+    i = (co % (R * R)) // R
+    j = co % R
+    v = tl.load(x_ptr + (((n * C + c) * H + ho * R + i) * W + wo * R + j), mask=mask, other=0.0)
+    tl.store(y_ptr + offs, v.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def nhwc_to_nchw_kernel(x_ptr, y_ptr, C, HW, STRIDE, TOTAL, BLOCK: tl.constexpr):
+    """float32 y (N, C, HW) from channels [0, C) of x (N, HW, STRIDE). One program writes BLOCK elements of y."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < TOTAL
+    hw = offs % HW
+    t = offs // HW
+    v = tl.load(x_ptr + ((t // C) * HW + hw) * STRIDE + t % C, mask=mask, other=0.0)
+    tl.store(y_ptr + offs, v.to(tl.float32), mask=mask)
+
+
+ARENA_ALIGN = 256  # every buffer of an arena starts on this many bytes (cudaMalloc's alignment)
+IO_BLOCK = 1024
+
+
+def carve(specs: Mapping[str, Sequence[tuple[Sequence[int], torch.dtype]]], device: torch.device
+          ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
+    """One uint8 arena on `device` holding every buffer of `specs` (group → [(shape, dtype)]), each 256-byte
+    aligned, and the buffers as typed views into it, by group."""
+    offsets, end = [], 0
+    for group, items in specs.items():
+        for shape, dtype in items:
+            offsets.append((group, tuple(shape), dtype, end))
+            nbytes = int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
+            end += -(-nbytes // ARENA_ALIGN) * ARENA_ALIGN
+    base = torch.empty(max(end, ARENA_ALIGN), dtype=torch.uint8, device=device)
+    views: dict[str, list[torch.Tensor]] = {group: [] for group in specs}
+    for group, shape, dtype, offset in offsets:
+        count = int(torch.Size(shape).numel())
+        size = torch.empty((), dtype=dtype).element_size()
+        views[group].append(base[offset:offset + count * size].view(dtype).view(shape))
+    return base, views
+
+
+class FusedPlan:
+    """The shape-independent part of the fused plans: per input tile shape (N, H, W), one arena (`carve`) holds the
+    float32 NCHW `input` and `output` of the tile batch, the network's NHWC input `x` (pixel-unshuffled by
+    `multiple`) and the subclass's buffers; `forward(n, H, W)` converts `input` into `x` (one kernel), runs the
+    subclass's `_forward(buffers)` (its convs) and converts its NHWC `out` into `output` (one kernel). Every launch
+    goes through `kernels.launch`, so a forward can be recorded (`engine.plan`)."""
+
+    scale: int
+    in_channels: int
+    out_channels: int
+    multiple: int
+    dtype: torch.dtype
+    device: torch.device
+    x_dtype: torch.dtype  # of the NHWC network input `x`
+    _arenas: dict[tuple[int, int, int], tuple[torch.Tensor, dict[str, list[torch.Tensor]]]]
+
+    def _specs(self, n: int, h: int, w: int) -> dict[str, list[tuple[tuple[int, ...], torch.dtype]]]:
+        """The subclass's NHWC buffers for the network input (n, h, w) (after the unshuffle); `out` among them."""
+        raise NotImplementedError
+
+    def _forward(self, buf: dict[str, list[torch.Tensor]]) -> None:
+        """The convs: read buf["x"][0], write buf["out"][0]."""
+        raise NotImplementedError
+
+    def check_shape(self, n: int, h: int, w: int) -> None:
+        if n < 1 or h < 1 or w < 1 or h % self.multiple or w % self.multiple:
+            raise ValueError(f"the input tile batch must be (N, {self.in_channels}, H, W) with N, H, W ≥ 1 and H, W "
+                             f"multiples of {self.multiple}, got ({n}, {self.in_channels}, {h}, {w})")
+
+    def arena(self, n: int, h: int, w: int) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
+        """The arena of input tile shape (n, in_channels, h, w) and its buffers by name (made on first use)."""
+        key = (n, h, w)
+        if key not in self._arenas:
+            self.check_shape(n, h, w)
+            r, s = self.multiple, self.scale
+            specs: dict[str, list[tuple[tuple[int, ...], torch.dtype]]] = {
+                "input": [((n, self.in_channels, h, w), torch.float32)],
+                "output": [((n, self.out_channels, h * s, w * s), torch.float32)],
+                "x": [((n, h // r, w // r, self.in_channels * r * r), self.x_dtype)],
+            }
+            specs.update(self._specs(n, h // r, w // r))
+            self._arenas[key] = carve(specs, self.device)
+        return self._arenas[key]
+
+    def buffers(self, n: int, h: int, w: int) -> dict[str, list[torch.Tensor]]:
+        """The buffers of input tile shape (n, in_channels, h, w), by name."""
+        return self.arena(n, h, w)[1]
+
+    def forward(self, n: int, h: int, w: int) -> None:
+        """Run the network on buffers(n, h, w)["input"] into ["output"]: launches only (capturable in a graph)."""
+        buf = self.buffers(n, h, w)
+        src, x = buf["input"][0], buf["x"][0]
+        total = x.numel()
+        launch(nchw_to_nhwc_kernel, (triton.cdiv(total, IO_BLOCK),), [src, x, self.in_channels, h, w, total],
+               dict(R=self.multiple, BLOCK=IO_BLOCK), num_warps=4, num_stages=1)
+        self._forward(buf)
+        out, dst = buf["out"][0], buf["output"][0]
+        total = dst.numel()
+        hw = out.shape[1] * out.shape[2]
+        launch(nhwc_to_nchw_kernel, (triton.cdiv(total, IO_BLOCK),), [out, dst, self.out_channels, hw,
+                                                                       out.stride(2), total],
+               dict(BLOCK=IO_BLOCK), num_warps=4, num_stages=1)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, in_channels, H, W) float in [0, 1] → (N, out_channels, H·scale, W·scale) float32 on the device."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        n, _, h, w = x.shape
+        buf = self.buffers(n, h, w)
+        buf["input"][0].copy_(x)
+        self.forward(n, h, w)
+        return buf["output"][0].clone()
+
+    def arena_bytes(self, n: int, h: int, w: int) -> int:
+        return self.arena(n, h, w)[0].numel()

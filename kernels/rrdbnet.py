@@ -4,7 +4,8 @@
     y = plan(x)               # (N, C, H, W) float → (N, C_out, H·s, W·s) float32
     plan.set_alpha(0.8)       # one fused kernel rewrites the packed weights in place
 
-Buffers per input shape (N, H, W), NHWC in the plan's dtype:
+Buffers per input tile shape, carved from one arena (`packing.FusedPlan`): the float32 NCHW input and output, the
+pixel-unshuffled NHWC input x, and NHWC in the plan's dtype:
     ring[0..3]  (nf + 4·gc) channels each: an RDB's input x in channels [0, nf), conv_k's output in its gc slice
     trunk       nf: conv_body(body) + feat
     up[k]       nf at 2^k × the input size; hr: nf; out: out_ch
@@ -28,7 +29,7 @@ import torch
 from engine.models.rrdbnet import RRDBNet
 
 from .conv import conv3x3, fold_upconv_weight, pack_conv_weight, upconv2x
-from .packing import Endpoints, check_alpha, nhwc_input
+from .packing import Endpoints, FusedPlan, check_alpha
 
 
 @dataclass
@@ -50,20 +51,20 @@ def pack_rrdbnet(net: RRDBNet, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return out
 
 
-def rrdb_buffers(n: int, h: int, w: int, *, nf: int, gc: int, num_upsample: int, out_channels: int,
-                 dtype: torch.dtype, ring_dtype: torch.dtype, device: torch.device) -> dict[str, list[torch.Tensor]]:
-    """The NHWC buffers of an RRDBNet plan for input (n, h, w): four RDB buffers of nf + 4·gc channels in
-    `ring_dtype`, then trunk, one per upsampling stage, hr and out in `dtype`."""
-    def empty(s: int, c: int, dt: torch.dtype) -> torch.Tensor:
-        return torch.empty((n, h * s, w * s, c), dtype=dt, device=device)
+def rrdb_specs(n: int, h: int, w: int, *, nf: int, gc: int, num_upsample: int, out_channels: int,
+               dtype: torch.dtype, ring_dtype: torch.dtype) -> dict[str, list[tuple[tuple[int, ...], torch.dtype]]]:
+    """The NHWC buffers of an RRDBNet plan for network input (n, h, w): four RDB buffers of nf + 4·gc channels in
+    `ring_dtype`, then trunk, one per upsampling stage, hr and out in `dtype` (for `packing.carve`)."""
+    def spec(s: int, c: int, dt: torch.dtype) -> tuple[tuple[int, ...], torch.dtype]:
+        return (n, h * s, w * s, c), dt
 
     top = 2 ** num_upsample
-    return {"ring": [empty(1, nf + 4 * gc, ring_dtype) for _ in range(4)], "trunk": [empty(1, nf, dtype)],
-            "up": [empty(2 ** k, nf, dtype) for k in range(1, num_upsample + 1)],
-            "hr": [empty(top, nf, dtype)], "out": [empty(top, out_channels, dtype)]}
+    return {"ring": [spec(1, nf + 4 * gc, ring_dtype) for _ in range(4)], "trunk": [spec(1, nf, dtype)],
+            "up": [spec(2 ** k, nf, dtype) for k in range(1, num_upsample + 1)],
+            "hr": [spec(top, nf, dtype)], "out": [spec(top, out_channels, dtype)]}
 
 
-class FusedRRDBNet:
+class FusedRRDBNet(FusedPlan):
     """An `RRDBNet` run by the Triton kernels of `kernels.conv`. See the module docstring."""
 
     def __init__(self, net: RRDBNet, *, dtype: torch.dtype = torch.float16, device: str | torch.device = "cuda",
@@ -75,38 +76,32 @@ class FusedRRDBNet:
         self.nf, self.gc, self.num_block = hp["num_feat"], hp["num_grow_ch"], hp["num_block"]
         self.scale, self.in_channels, self.out_channels = net.scale, net.in_channels, net.out_channels
         self.unshuffle, self.num_upsample = net.unshuffle, net.num_upsample
-        self.multiple = self.unshuffle
+        self.multiple, self.x_dtype = self.unshuffle, dtype
         self.params = Endpoints(pack_rrdbnet(net, dtype), pack_rrdbnet(gan_net, dtype) if gan_net is not None else None,
                                 self.device, "RRDBNet")
         views = self.params.views
         self.layers = {name[: -len(".weight")]: _Layer(views[name], views[name[: -len(".weight")] + ".bias"])
                        for name in views if name.endswith(".weight")}
         self.alpha: float | None = 0.0 if gan_net is not None else None
-        self._buffers: dict[tuple[int, int, int], dict[str, list[torch.Tensor]]] = {}
+        self._arenas = {}
 
     def set_alpha(self, alpha: float) -> None:
         """Live weights = (1 − alpha)·PSNR + alpha·GAN, in place, in one kernel launch."""
         self.alpha = check_alpha(alpha, self.params.has_gan, "FusedRRDBNet")
         self.params.set_alpha(self.alpha)
 
-    def buffers(self, n: int, h: int, w: int) -> dict[str, list[torch.Tensor]]:
-        """The preallocated NHWC buffers for input (n, h, w) after any pixel-unshuffle (made on first use)."""
-        if (n, h, w) not in self._buffers:
-            self._buffers[n, h, w] = rrdb_buffers(n, h, w, nf=self.nf, gc=self.gc, num_upsample=self.num_upsample,
-                                                  out_channels=self.out_channels, dtype=self.dtype,
-                                                  ring_dtype=self.dtype, device=self.device)
-        return self._buffers[n, h, w]
+    def _specs(self, n: int, h: int, w: int) -> dict[str, list[tuple[tuple[int, ...], torch.dtype]]]:
+        return rrdb_specs(n, h, w, nf=self.nf, gc=self.gc, num_upsample=self.num_upsample,
+                          out_channels=self.out_channels, dtype=self.dtype, ring_dtype=self.dtype)
 
     def launches(self) -> int:
-        """Kernel launches per forward: conv_first, 15 per RRDB, conv_body, the upconvs, conv_hr, conv_last."""
+        """Conv launches per forward: conv_first, 15 per RRDB, conv_body, the upconvs, conv_hr, conv_last (and two
+        layout conversions around them, `FusedPlan.forward`)."""
         return 1 + 15 * self.num_block + 1 + self.num_upsample + 2
 
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, in_channels, H, W) float in [0, 1] → (N, out_channels, H·scale, W·scale) float32."""
-        x = nhwc_input(x, self.in_channels, self.unshuffle, self.device, self.dtype)
-        n, h, w, cin = x.shape
-        buf = self.buffers(n, h, w)
+    def _forward(self, buf: dict[str, list[torch.Tensor]]) -> None:
+        x = buf["x"][0]
+        cin = x.shape[3]
         L, nf, gc = self.layers, self.nf, self.gc
         ring, trunk = buf["ring"], buf["trunk"][0]
         conv3x3(x, L["conv_first"].weight, L["conv_first"].bias, ring[0], cin=cin, cout=nf)
@@ -141,7 +136,6 @@ class FusedRRDBNet:
         hr, out = buf["hr"][0], buf["out"][0]
         conv3x3(feat, L["conv_hr"].weight, L["conv_hr"].bias, hr, cin=nf, cout=nf, act="lrelu", slope=0.2)
         conv3x3(hr, L["conv_last"].weight, L["conv_last"].bias, out, cin=nf, cout=self.out_channels)
-        return out.permute(0, 3, 1, 2).float()
 
     def rdb_traffic(self, n: int, h: int, w: int, *, rrdb_last: bool = False) -> dict[str, int]:
         """Predicted for one RDB: launches and compulsory bytes (each input channel read once per pixel, each

@@ -29,8 +29,9 @@ import triton.language as tl
 from engine.models.rrdbnet import RRDBNet
 
 from .conv import conv3x3, pack_conv_weight, upconv2x
-from .packing import Endpoints, check_alpha, flat_views, lerp_, nhwc_input
-from .rrdbnet import pack_rrdbnet, rrdb_buffers
+from .launch import launch
+from .packing import Endpoints, FusedPlan, check_alpha, flat_views
+from .rrdbnet import pack_rrdbnet, rrdb_specs
 
 QMAX = 127
 
@@ -62,7 +63,7 @@ def _scale(amax: float) -> float:
     return max(float(amax), 1e-8) / QMAX
 
 
-class FusedRRDBNetInt8:
+class FusedRRDBNetInt8(FusedPlan):
     """See the module docstring. `ranges`: from `export.quantize.rdb_slice_ranges` (alpha-safe with `gan_net`)."""
 
     def __init__(self, net: RRDBNet, ranges: dict[str, float], *, gan_net: RRDBNet | None = None,
@@ -76,6 +77,7 @@ class FusedRRDBNetInt8:
         self.device, self.dtype = torch.device(device), dtype
         self.scale, self.in_channels, self.out_channels = net.scale, net.in_channels, net.out_channels
         self.unshuffle, self.num_upsample, self.multiple = net.unshuffle, net.num_upsample, net.unshuffle
+        self.x_dtype = dtype  # conv_first stays in fp16
         missing = [k for k in self._range_keys() if k not in ranges]
         if missing:
             raise ValueError(f"ranges lack {missing[:3]}…: compute them with export.quantize.rdb_slice_ranges")
@@ -90,7 +92,7 @@ class FusedRRDBNetInt8:
         self.params = Endpoints(floats[0], floats[1] if gan_net is not None else None, self.device, "RRDBNet")
         self.f = self.params.views
         self.alpha: float | None = 0.0 if gan_net is not None else None
-        self._buffers: dict[tuple[int, int, int], dict[str, list[torch.Tensor]]] = {}
+        self._arenas = {}
 
     # ------------------------------------------------------------------------------------------------- packing
 
@@ -130,8 +132,11 @@ class FusedRRDBNetInt8:
                 ends_q[e].append(t.reshape(-1))
             shapes_q.append((f"{c}.weight", tuple(packed[0].shape)))
         self._ends_q = [torch.cat(p).float().to(self.device) for p in ends_q]
-        self._live_q = torch.empty(self._ends_q[0].numel(), dtype=torch.int8, device=self.device)
-        lerp_(self._live_q, self._ends_q[0], self._ends_q[0], 0.0)
+        # alpha 0: the PSNR endpoint rounded as lerp_pair_kernel rounds (half away from zero, clamped); on the host,
+        # so that a plan can be made (and recorded, `engine.plan`) without running a kernel
+        a = self._ends_q[0]
+        self._live_q = torch.where(a >= 0, torch.floor(a + 0.5), -torch.floor(-a + 0.5)).clamp(-QMAX, QMAX).to(
+            torch.int8)
         self.q = flat_views(self._live_q, shapes_q)
 
     def set_alpha(self, alpha: float) -> None:
@@ -140,25 +145,19 @@ class FusedRRDBNetInt8:
         f = self.params
         nq, nf, block = self._live_q.numel(), f.live.numel(), 1024
         grid = (triton.cdiv(nq, block) + triton.cdiv(nf, block),)
-        lerp_pair_kernel[grid](self._ends_q[0], self._ends_q[1], self._live_q, nq, f.ends[0], f.ends[1], f.live, nf,
-                               alpha, BLOCK=block)
+        args = [self._ends_q[0], self._ends_q[1], self._live_q, nq, f.ends[0], f.ends[1], f.live, nf, alpha]
+        launch(lerp_pair_kernel, grid, args, dict(BLOCK=block), num_warps=4, num_stages=1)
         self.alpha = alpha
 
     # ------------------------------------------------------------------------------------------------- running
 
-    def buffers(self, n: int, h: int, w: int) -> dict[str, list[torch.Tensor]]:
-        if (n, h, w) not in self._buffers:
-            self._buffers[n, h, w] = rrdb_buffers(n, h, w, nf=self.nf, gc=self.gc, num_upsample=self.num_upsample,
-                                                  out_channels=self.out_channels, dtype=self.dtype,
-                                                  ring_dtype=torch.int8, device=self.device)
-        return self._buffers[n, h, w]
+    def _specs(self, n: int, h: int, w: int) -> dict[str, list[tuple[tuple[int, ...], torch.dtype]]]:
+        return rrdb_specs(n, h, w, nf=self.nf, gc=self.gc, num_upsample=self.num_upsample,
+                          out_channels=self.out_channels, dtype=self.dtype, ring_dtype=torch.int8)
 
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, in_channels, H, W) float in [0, 1] → (N, out_channels, H·scale, W·scale) float32."""
-        x = nhwc_input(x, self.in_channels, self.unshuffle, self.device, self.dtype)
-        n, h, w, cin = x.shape
-        buf = self.buffers(n, h, w)
+    def _forward(self, buf: dict[str, list[torch.Tensor]]) -> None:
+        x = buf["x"][0]
+        cin = x.shape[3]
         f, q, nf, gc = self.f, self.q, self.nf, self.gc
         ring, trunk = buf["ring"], buf["trunk"][0]
         conv3x3(x, f["conv_first.weight"], f["conv_first.bias"], ring[0], cin=cin, cout=nf,
@@ -195,4 +194,3 @@ class FusedRRDBNetInt8:
         hr, out = buf["hr"][0], buf["out"][0]
         conv3x3(feat, f["conv_hr.weight"], f["conv_hr.bias"], hr, cin=nf, cout=nf, act="lrelu", slope=0.2)
         conv3x3(hr, f["conv_last.weight"], f["conv_last.bias"], out, cin=nf, cout=self.out_channels)
-        return out.permute(0, 3, 1, 2).float()

@@ -6,7 +6,8 @@
 
 Batch norm stays as its four raw parameters (gamma, beta, running mean, running var) applied in the conv epilogue,
 not folded into the weights: folding is not linear in the parameters, so a folded engine could not blend α by a
-plain lerp. PReLU's single slope is stored once per channel. Buffers per input shape (NHWC, the plan's dtype):
+plain lerp. PReLU's single slope is stored once per channel. Buffers per input tile shape (one arena,
+`packing.FusedPlan`; NHWC, the plan's dtype):
 feat (conv_first, kept for the long skip), body and tmp (the residual blocks: conv1 → tmp, conv2 + x → body in place),
 one buffer per upsampling stage, and out. conv_body's epilogue adds feat; each upsampling conv stores shuffled.
 """
@@ -18,7 +19,7 @@ import torch
 from engine.models.srresnet import SRResNet
 
 from .conv import conv2d, pack_conv_weight
-from .packing import Endpoints, check_alpha, nhwc_input
+from .packing import Endpoints, FusedPlan, check_alpha
 
 
 def _params(net: SRResNet, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -37,7 +38,7 @@ def _params(net: SRResNet, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return out
 
 
-class FusedSRResNet:
+class FusedSRResNet(FusedPlan):
     """An `SRResNet` run by the Triton kernels of `kernels.conv`. See the module docstring."""
 
     def __init__(self, net: SRResNet, *, dtype: torch.dtype = torch.float16, device: str | torch.device = "cuda",
@@ -49,43 +50,38 @@ class FusedSRResNet:
         self.device, self.dtype = torch.device(device), dtype
         self.nf, self.num_block = net.hparams["num_feat"], net.hparams["num_block"]
         self.scale, self.in_channels, self.out_channels = net.scale, net.in_channels, net.out_channels
-        self.multiple = 1
+        self.multiple, self.x_dtype = 1, dtype
         self.factors = [stage.shuffle.upscale_factor for stage in net.upsample]
         self.eps = {name: m.eps for name, m in net.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
         self.params = Endpoints(_params(net, dtype), _params(gan_net.eval(), dtype) if gan_net is not None else None,
                                 self.device, "SRResNet")
         self.p = self.params.views
         self.alpha: float | None = 0.0 if gan_net is not None else None
-        self._buffers: dict[tuple[int, int, int], dict[str, list[torch.Tensor]]] = {}
+        self._arenas = {}
 
     def set_alpha(self, alpha: float) -> None:
         """Live parameters = (1 − alpha)·PSNR + alpha·GAN, in place, in one kernel launch."""
         self.alpha = check_alpha(alpha, self.params.has_gan, "FusedSRResNet")
         self.params.set_alpha(self.alpha)
 
-    def buffers(self, n: int, h: int, w: int) -> dict[str, list[torch.Tensor]]:
-        key = (n, h, w)
-        if key not in self._buffers:
-            def empty(s: int, c: int) -> torch.Tensor:
-                return torch.empty((n, h * s, w * s, c), dtype=self.dtype, device=self.device)
+    def _specs(self, n: int, h: int, w: int) -> dict[str, list[tuple[tuple[int, ...], torch.dtype]]]:
+        def spec(s: int, c: int) -> tuple[tuple[int, ...], torch.dtype]:
+            return (n, h * s, w * s, c), self.dtype
 
-            ups, s = [], 1
-            for f in self.factors:
-                s *= f
-                ups.append(empty(s, self.nf))
-            self._buffers[key] = {"feat": [empty(1, self.nf)], "body": [empty(1, self.nf)],
-                                  "tmp": [empty(1, self.nf)], "up": ups, "out": [empty(s, self.out_channels)]}
-        return self._buffers[key]
+        ups, s = [], 1
+        for f in self.factors:
+            s *= f
+            ups.append(spec(s, self.nf))
+        return {"feat": [spec(1, self.nf)], "body": [spec(1, self.nf)], "tmp": [spec(1, self.nf)], "up": ups,
+                "out": [spec(s, self.out_channels)]}
 
     def launches(self) -> int:
         return 1 + 2 * self.num_block + 1 + len(self.factors) + 1
 
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, in_channels, H, W) float → (N, out_channels, H·scale, W·scale) float32."""
-        x = nhwc_input(x, self.in_channels, 1, self.device, self.dtype)
-        n, h, w, cin = x.shape
-        buf, p, nf = self.buffers(n, h, w), self.p, self.nf
+    def _forward(self, buf: dict[str, list[torch.Tensor]]) -> None:
+        x = buf["x"][0]
+        cin = x.shape[3]
+        p, nf = self.p, self.nf
         feat, body, tmp = buf["feat"][0], buf["body"][0], buf["tmp"][0]
         conv2d(x, p["conv_first.weight"], p["conv_first.bias"], feat, cin=cin, cout=nf, ksize=9, act="prelu",
                slope=p["prelu_first"])
@@ -107,4 +103,3 @@ class FusedSRResNet:
             cur = buf["up"][k]
         out = buf["out"][0]
         conv2d(cur, p["conv_last.weight"], p["conv_last.bias"], out, cin=nf, cout=self.out_channels, ksize=9)
-        return out.permute(0, 3, 1, 2).float()

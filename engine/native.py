@@ -1,0 +1,96 @@
+"""The native backend: a plan (`engine.plan`) run by the C++ runtime of `engine._C`, with no Triton and no torch in
+the loop.
+
+    backend = NativeBackend("engines/rrdb23-fp16-native/model.plan", alpha=0.8)
+    out = engine.infer(backend, image)          # tiling, conversion, launches and blending all in engine._C
+
+`engine._C.NativePlan` loads the plan's cubins, allocates its arena and weights once, captures each built shape's
+launch list in a CUDA graph and replays it; `set_alpha` runs the plan's blend kernel in place (the graphs stay
+valid). `upscale_planes` hands a whole image to the runtime: from numpy through pinned buffers (upload of later rows,
+compute and download of finished rows overlap on three streams), or from a CUDA tensor through DLPack, never
+leaving the device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._ext import load_C
+
+
+class NativeBackend:
+    """A `Backend` over `engine._C.NativePlan` (a CUDA GPU of the plan's architecture is required)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, device: int = 0, alpha: float | None = None,
+                 cuda_graph: bool = True) -> None:
+        self.path = str(path)
+        self.runtime = load_C().NativePlan(self.path, device, cuda_graph)
+        self.meta: dict[str, Any] = json.loads(self.runtime.meta)
+        self.scale, self.multiple = int(self.meta["scale"]), int(self.meta["multiple"])
+        self.in_channels, self.out_channels = int(self.meta["in_channels"]), int(self.meta["out_channels"])
+        self.device = torch.device("cuda", device)
+        self.shapes = self.runtime.shapes
+        first = self.shapes[0]
+        self.tile, self.batch = int(first["h"]), int(first["n"])
+        self.alpha: float | None = 0.0 if self.runtime.has_alpha else None
+        self.last_refit_seconds: float | None = None
+        if alpha:
+            self.set_alpha(alpha)
+
+    def set_alpha(self, alpha: float) -> float:
+        """Blend the endpoints at `alpha` into the live weights in place (one kernel); returns seconds."""
+        seconds = float(self.runtime.set_alpha(float(alpha)))
+        self.alpha, self.last_refit_seconds = float(alpha), seconds
+        return seconds
+
+    def _shape(self, n: int, h: int, w: int) -> int:
+        for index, s in enumerate(self.shapes):
+            if (s["h"], s["w"]) == (h, w) and n <= s["n"]:
+                return index
+        built = [(s["n"], s["c_in"], s["h"], s["w"]) for s in self.shapes]
+        raise ValueError(f"{self.path} was built for input shapes {built}, not (≤N, {self.in_channels}, {h}, {w}): "
+                         f"rebuild it with --tile/--batch for this size, or let engine.infer tile the image")
+
+    def run(self, batch: torch.Tensor) -> torch.Tensor:
+        """float32 (N, in_channels, h, w) of a built tile size, N up to the built batch → float32 output on the
+        GPU (fewer tiles than the built batch are padded with zeros)."""
+        n, c, h, w = batch.shape
+        if c != self.in_channels:
+            raise ValueError(f"the plan reads {self.in_channels} channels, the batch has {c}")
+        index = self._shape(n, h, w)
+        s = self.shapes[index]
+        x = torch.zeros((s["n"], c, h, w), dtype=torch.float32, device=self.device)
+        x[:n] = batch
+        y = torch.empty((s["n"], s["c_out"], s["h_out"], s["w_out"]), dtype=torch.float32, device=self.device)
+        stream = torch.cuda.current_stream(self.device).cuda_stream
+        self.runtime.run_device(x.data_ptr(), y.data_ptr(), index, stream)
+        return y[:n]
+
+    def upscale_planes(self, planes: np.ndarray | torch.Tensor, *, tile: int | None = None,
+                       tile_overlap: int) -> np.ndarray | torch.Tensor:
+        """float32 planes (C, H, W) → (C_out, H·scale, W·scale), the whole tiled upscale in the runtime: numpy in,
+        numpy out; a CUDA tensor in, a CUDA tensor out (DLPack, no host round trip)."""
+        if tile not in (None, self.tile):
+            raise ValueError(f"{self.path} was built for {self.tile}-pixel tiles, not {tile}: rebuild it with "
+                             f"--tile {tile} or leave tile unset")
+        start = time.perf_counter()
+        if isinstance(planes, torch.Tensor) and planes.is_cuda:
+            x = planes.detach().to(self.device, torch.float32).contiguous()
+            stream = torch.cuda.current_stream(self.device).cuda_stream
+            out: np.ndarray | torch.Tensor = torch.from_dlpack(
+                self.runtime.upscale_dlpack(x, tile_overlap, stream))
+        else:
+            host = planes.cpu().numpy() if isinstance(planes, torch.Tensor) else planes
+            out = self.runtime.upscale(np.ascontiguousarray(host, dtype=np.float32), tile_overlap)
+        self.last_upscale_seconds = time.perf_counter() - start
+        return out
+
+    def bytes_per_pixel(self) -> float:
+        s = self.shapes[0]
+        return float(self.runtime.arena_bytes) / (s["n"] * s["h"] * s["w"])
