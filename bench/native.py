@@ -70,9 +70,10 @@ def main() -> int:
         M.save(net, f"{tmp}/a.safetensors")
         M.save(gan, f"{tmp}/b.safetensors")
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "engine.build", "--backend", "native", "--weights", f"{tmp}/a.safetensors",
-                        "--gan-weights", f"{tmp}/b.safetensors", "--fp16", "--tile", str(args.tile), "--batch",
-                        str(args.batch), "--arch", f"{major}{minor}", "--no-verify", "-o", f"{tmp}/e"], check=True)
+        subprocess.run([sys.executable, "-m", "engine.build", "--backend", "native", "--weights",
+                        f"{tmp}/a.safetensors", "--gan-weights", f"{tmp}/b.safetensors", "--fp16", "--tile",
+                        str(args.tile), "--batch", str(args.batch), "--arch", f"{major}{minor}", "--no-verify", "-o",
+                        f"{tmp}/e"], check=True)
         build_s = time.perf_counter() - t0
         native = engine.load(f"{tmp}/e")
         tri = TritonBackend(net, dtype="fp16", gan_net=gan)

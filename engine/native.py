@@ -14,6 +14,7 @@ leaving the device.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from typing import Any
@@ -22,6 +23,8 @@ import numpy as np
 import torch
 
 from ._ext import load_C
+
+log = logging.getLogger("engine")
 
 
 class NativeBackend:
@@ -79,6 +82,10 @@ class NativeBackend:
         if tile not in (None, self.tile):
             raise ValueError(f"{self.path} was built for {self.tile}-pixel tiles, not {tile}: rebuild it with "
                              f"--tile {tile} or leave tile unset")
+        if 2 * tile_overlap > self.tile:
+            log.warning("tile overlap %d is more than half the plan's tile %d: using %d", tile_overlap, self.tile,
+                        self.tile // 2)
+            tile_overlap = self.tile // 2
         start = time.perf_counter()
         if isinstance(planes, torch.Tensor) and planes.is_cuda:
             x = planes.detach().to(self.device, torch.float32).contiguous()

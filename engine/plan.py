@@ -179,7 +179,7 @@ class _Recorder:
     def weights(self) -> bytes:
         blob = bytearray(self.weights_bytes)
         for offset, storage in self.storages.values():
-            data = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (storage.nbytes(),)).cpu().numpy().tobytes()
+            data = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (storage.nbytes(),), (1,)).cpu().numpy().tobytes()
             blob[offset:offset + len(data)] = data
         return bytes(blob)
 
@@ -459,7 +459,8 @@ class ReferenceExecutor:
             raise ValueError("this plan was built without GAN weights: no alpha")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        self._run(*self.plan["alpha"], alpha=alpha)
+        first, count = self.plan["alpha"]
+        self._run(first, count, alpha)
         self.alpha = float(alpha)
 
     def run(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
