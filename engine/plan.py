@@ -430,9 +430,8 @@ class ReferenceExecutor:
 
     @staticmethod
     def _view(buffer: torch.Tensor, offset: int, dtype: torch.dtype) -> torch.Tensor:
-        size = torch.empty((), dtype=dtype).element_size()
-        count = (buffer.numel() - offset) // size
-        return buffer[offset:offset + count * size].view(dtype)
+        count = (buffer.numel() - offset) // dtype.itemsize
+        return buffer[offset:offset + count * dtype.itemsize].view(dtype)
 
     def _run(self, first: int, count: int, alpha: float = 0.0) -> None:
         from kernels.launch import launch

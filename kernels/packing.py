@@ -130,14 +130,13 @@ def carve(specs: Mapping[str, Sequence[tuple[Sequence[int], torch.dtype]]], devi
     for group, items in specs.items():
         for shape, dtype in items:
             offsets.append((group, tuple(shape), dtype, end))
-            nbytes = int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
+            nbytes = int(torch.Size(shape).numel()) * dtype.itemsize
             end += -(-nbytes // ARENA_ALIGN) * ARENA_ALIGN
     base = torch.empty(max(end, ARENA_ALIGN), dtype=torch.uint8, device=device)
     views: dict[str, list[torch.Tensor]] = {group: [] for group in specs}
     for group, shape, dtype, offset in offsets:
         count = int(torch.Size(shape).numel())
-        size = torch.empty((), dtype=dtype).element_size()
-        views[group].append(base[offset:offset + count * size].view(dtype).view(shape))
+        views[group].append(base[offset:offset + count * dtype.itemsize].view(dtype).view(shape))
     return base, views
 
 
@@ -155,7 +154,14 @@ class FusedPlan:
     dtype: torch.dtype
     device: torch.device
     x_dtype: torch.dtype  # of the NHWC network input `x`
+    params: Endpoints  # the packed weights: both endpoints and the live blend
+    alpha: float | None  # None without GAN weights
     _arenas: dict[tuple[int, int, int], tuple[torch.Tensor, dict[str, list[torch.Tensor]]]]
+
+    def set_alpha(self, alpha: float) -> None:
+        """Live weights = (1 − alpha)·PSNR + alpha·GAN, in place, in one kernel launch."""
+        self.alpha = check_alpha(alpha, self.params.has_gan, type(self).__name__)
+        self.params.set_alpha(self.alpha)
 
     def _specs(self, n: int, h: int, w: int) -> dict[str, list[tuple[tuple[int, ...], torch.dtype]]]:
         """The subclass's NHWC buffers for the network input (n, h, w) (after the unshuffle); `out` among them."""

@@ -29,7 +29,7 @@ import torch
 from engine.models.rrdbnet import RRDBNet
 
 from .conv import conv3x3, fold_upconv_weight, pack_conv_weight, upconv2x
-from .packing import Endpoints, FusedPlan, check_alpha
+from .packing import Endpoints, FusedPlan
 
 
 @dataclass
@@ -84,11 +84,6 @@ class FusedRRDBNet(FusedPlan):
                        for name in views if name.endswith(".weight")}
         self.alpha: float | None = 0.0 if gan_net is not None else None
         self._arenas = {}
-
-    def set_alpha(self, alpha: float) -> None:
-        """Live weights = (1 − alpha)·PSNR + alpha·GAN, in place, in one kernel launch."""
-        self.alpha = check_alpha(alpha, self.params.has_gan, "FusedRRDBNet")
-        self.params.set_alpha(self.alpha)
 
     def _specs(self, n: int, h: int, w: int) -> dict[str, list[tuple[tuple[int, ...], torch.dtype]]]:
         return rrdb_specs(n, h, w, nf=self.nf, gc=self.gc, num_upsample=self.num_upsample,

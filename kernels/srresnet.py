@@ -19,7 +19,7 @@ import torch
 from engine.models.srresnet import SRResNet
 
 from .conv import conv2d, pack_conv_weight
-from .packing import Endpoints, FusedPlan, check_alpha
+from .packing import Endpoints, FusedPlan
 
 
 def _params(net: SRResNet, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -58,11 +58,6 @@ class FusedSRResNet(FusedPlan):
         self.p = self.params.views
         self.alpha: float | None = 0.0 if gan_net is not None else None
         self._arenas = {}
-
-    def set_alpha(self, alpha: float) -> None:
-        """Live parameters = (1 − alpha)·PSNR + alpha·GAN, in place, in one kernel launch."""
-        self.alpha = check_alpha(alpha, self.params.has_gan, "FusedSRResNet")
-        self.params.set_alpha(self.alpha)
 
     def _specs(self, n: int, h: int, w: int) -> dict[str, list[tuple[tuple[int, ...], torch.dtype]]]:
         def spec(s: int, c: int) -> tuple[tuple[int, ...], torch.dtype]:
