@@ -67,7 +67,7 @@ def variants(dtype: str = "fp16") -> list[tuple[str, Any, dict[str, Any], dict[s
     import torch
 
     from .conv import blocks_for, conv_kernel
-    from .packing import lerp_kernel
+    from .packing import IO_BLOCK, lerp_kernel, nchw_to_nhwc_kernel, nhwc_to_nchw_kernel
 
     blocks = blocks_for({"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype])
     tiles = {"BLOCK_M": blocks["block_m"], "BLOCK_N": blocks["block_n"], "BLOCK_K": blocks["block_k"]}
@@ -101,6 +101,13 @@ def variants(dtype: str = "fp16") -> list[tuple[str, Any, dict[str, Any], dict[s
             ("conv_kernel: int8 conv_body (fp16 out)", conv_kernel, dict(int8, HAS_R1=True, OUT_INT8=False),
              {**options, "pointers": {**i8, "y_ptr": dtype}}),
         ]
+    io = {"num_warps": 4, "num_stages": 1}
+    out += [  # the layout conversions around every forward (FusedPlan.forward): float32 NCHW in and out
+        ("nchw_to_nhwc_kernel (input, unshuffle ×2)", nchw_to_nhwc_kernel, {"R": 2, "BLOCK": IO_BLOCK},
+         {**io, "pointers": {"x_ptr": "fp32"}}),
+        ("nhwc_to_nchw_kernel (output)", nhwc_to_nchw_kernel, {"BLOCK": IO_BLOCK},
+         {**io, "pointers": {"y_ptr": "fp32"}}),
+    ]
     out.append(("lerp_kernel (set_alpha)", lerp_kernel, {"QUANTIZE": False, "BLOCK": 1024},
                 {"num_warps": 4, "num_stages": 1}))
     if dtype != "fp32":
