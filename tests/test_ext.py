@@ -43,6 +43,13 @@ def has_gpu() -> bool:
     return any(Path("/dev").glob("nvidia[0-9]*"))
 
 
+def no_gpu_message() -> str:
+    """The pattern of the RuntimeError a CUDA function of engine._C raises on a machine without a GPU."""
+    if C.built_with_cuda():
+        return r"no CUDA device is available \(cudaGetDeviceCount: "
+    return re.escape("engine._C was built without CUDA; rebuild with nvcc on PATH (ENGINE_CUDA=1 pip install -e .)")
+
+
 def channel_order(channels: int, reverse: bool) -> list[int]:
     order = list(range(channels))
     if reverse and channels >= 3:
@@ -293,12 +300,7 @@ def test_options_are_keyword_only():
 @pytest.mark.skipif(has_gpu(), reason="this machine has an NVIDIA device")
 def test_cuda_twins_without_a_gpu_raise_clearly():
     assert C.cuda_device_count() == 0
-    if C.built_with_cuda():
-        message = r"no CUDA device is available \(cudaGetDeviceCount: "
-    else:
-        message = re.escape(
-            "engine._C was built without CUDA; rebuild with nvcc on PATH (ENGINE_CUDA=1 pip install -e .)"
-        )
+    message = no_gpu_message()
     with pytest.raises(RuntimeError, match=message):
         C.to_planar_cuda(1 << 20, 2 << 20, 4, 5, 3, "uint8", False)
     with pytest.raises(RuntimeError, match=message):

@@ -436,24 +436,15 @@ def test_write_non_contiguous(tmp_path):
 # --------------------------------------------------------------------------------------------- atomic writes
 
 
-def test_write_atomic_when_encode_fails(tmp_path, monkeypatch):
+def _encode_raises(*args, **kwargs):
+    raise cv2.error("boom")
+
+
+@pytest.mark.parametrize("imencode", [_encode_raises, lambda *a, **k: (False, None)], ids=["raises", "returns-false"])
+def test_write_atomic_when_encode_fails(tmp_path, monkeypatch, imencode):
     path = tmp_path / "out.png"
     path.write_bytes(b"old bytes")
-
-    def broken(*args, **kwargs):
-        raise cv2.error("boom")
-
-    monkeypatch.setattr(cv2, "imencode", broken)
-    with pytest.raises(ImageError, match="cannot be encoded"):
-        write_image(path, _image(3, np.uint8))
-    assert path.read_bytes() == b"old bytes"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
-
-
-def test_write_atomic_when_encode_returns_false(tmp_path, monkeypatch):
-    path = tmp_path / "out.png"
-    path.write_bytes(b"old bytes")
-    monkeypatch.setattr(cv2, "imencode", lambda *a, **k: (False, None))
+    monkeypatch.setattr(cv2, "imencode", imencode)
     with pytest.raises(ImageError, match="cannot be encoded"):
         write_image(path, _image(3, np.uint8))
     assert path.read_bytes() == b"old bytes"

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_ext import no_gpu_message
 from test_models import randomize_
 
 import engine
@@ -236,7 +237,7 @@ def test_an_out_of_range_offset_is_refused(tmp_path: Path) -> None:
 def test_without_a_gpu_the_runtime_and_the_engine_say_what_to_do(built: dict[str, Path]) -> None:
     if GPU:
         pytest.skip("a GPU is present")
-    with pytest.raises(RuntimeError, match="built without CUDA|no CUDA device is available"):
+    with pytest.raises(RuntimeError, match=no_gpu_message()):
         C.NativePlan(str(_plan(built["x4"])))
     with pytest.raises(EngineError, match="ReferenceExecutor"):
         engine.load(built["x4"])
@@ -306,6 +307,27 @@ def test_build_refuses_what_a_plan_cannot_hold() -> None:
         P.fused_network(M.create("edsr", num_block=1, num_feat=16), "fp16")
     with pytest.raises(P.PlanBuildError, match="multiples of 2"):
         P.build_plan(P.fused_network(_rrdb(0, scale=2), "fp16"), [(1, 3, 5, 6)], compile=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# engine.infer hands whole images to a backend that tiles them itself (as engine.native.NativeBackend does)
+
+
+def test_infer_hands_whole_planes_to_a_backend_that_tiles_itself() -> None:
+    from engine.inference import TorchBackend, upscale_planes
+
+    inner = TorchBackend(_rrdb(0))
+    calls = []
+
+    class SelfTiling(TorchBackend):  # a real network; only the tiling moves into the backend
+        def upscale_planes(self, planes, *, tile, tile_overlap):
+            calls.append((planes.shape, tile, tile_overlap))
+            return upscale_planes(inner, planes, tile=8, tile_overlap=tile_overlap)
+
+    image = np.random.default_rng(0).integers(0, 256, (13, 11, 3), dtype=np.uint8)
+    out = engine.infer(SelfTiling(_rrdb(0)), image, tile=8, tile_overlap=2)
+    assert calls == [((3, 13, 11), 8, 2)]  # one call with the whole image, not a call per tile
+    np.testing.assert_array_equal(out, engine.infer(inner, image, tile=8, tile_overlap=2))
 
 
 # ---------------------------------------------------------------------------------------------------------

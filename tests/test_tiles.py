@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
+from test_ext import has_gpu, no_gpu_message
 
 from engine._ext import load_C
 
 C = load_C()
-
-
-def has_gpu() -> bool:
-    return any(Path("/dev").glob("nvidia[0-9]*"))
 
 
 # --- numpy references -------------------------------------------------------------------------------------
@@ -424,12 +420,7 @@ def test_accumulate_cuda_validates_arguments_first():
 
 @pytest.mark.skipif(has_gpu(), reason="this machine has an NVIDIA device")
 def test_accumulate_cuda_without_a_gpu_raises_clearly():
-    if C.built_with_cuda():
-        message = r"no CUDA device is available \(cudaGetDeviceCount: "
-    else:
-        message = re.escape(
-            "engine._C was built without CUDA; rebuild with nvcc on PATH (ENGINE_CUDA=1 pip install -e .)"
-        )
+    message = no_gpu_message()
     with pytest.raises(RuntimeError, match=message):
         C.accumulate_cuda(1 << 20, 2 << 20, 3 << 20, 4 << 20, 3, 10, 10, 4, 4, 0, 0)
     with pytest.raises(RuntimeError, match=message):
