@@ -60,11 +60,13 @@ class TorchBackend:
 
     With `gan_net` (the GAN fine-tune of `net`), `set_alpha(α)` rewrites the live weights in place as
     (1 − α)·θ_net + α·θ_gan (network interpolation, no rebuild). fp16 outputs that are not finite (overflow) are
-    recomputed in fp32 with a warning, never returned black.
+    recomputed in fp32 with a warning, never returned black. `compile=True` runs the network through
+    `torch.compile` (compiled on the first call of each input shape; `set_alpha` still writes the live weights, which
+    the compiled graph reads as inputs).
     """
 
     def __init__(self, net: models.SRNet, *, device: str | torch.device = "cpu", dtype: str = "fp32",
-                 channels_last: bool = False, gan_net: models.SRNet | None = None) -> None:
+                 channels_last: bool = False, gan_net: models.SRNet | None = None, compile: bool = False) -> None:
         self.device = torch.device(device)
         if dtype not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"dtype must be fp32, fp16 or bf16, got {dtype!r}")
@@ -84,6 +86,7 @@ class TorchBackend:
             self._endpoints = ({k: v.detach().clone() for k, v in net.state_dict().items()},
                                {k: v.detach().to(self.device) for k, v in gan_net.state_dict().items()})
         self.alpha: float | None = 0.0 if gan_net is not None else None
+        self._call: Any = torch.compile(self.net) if compile else self.net
         self._warned_overflow = False
         self._bpp: float | None = None
 
@@ -100,10 +103,10 @@ class TorchBackend:
     def _forward(self, x: torch.Tensor, dtype: str) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         if dtype == "fp32":
-            return self.net(x).float()
+            return self._call(x).float()
         amp = torch.float16 if dtype == "fp16" else torch.bfloat16
         with torch.autocast(self.device.type, dtype=amp):
-            return self.net(x).float()
+            return self._call(x).float()
 
     @torch.inference_mode()
     def run(self, batch: torch.Tensor) -> torch.Tensor:

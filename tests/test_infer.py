@@ -164,6 +164,20 @@ def test_alpha_blends_the_two_networks(tmp_path: Path) -> None:
         engine.infer(psnr_net, image, alpha=0.5)
 
 
+def test_compiled_backend_matches_eager_and_sees_set_alpha() -> None:
+    """torch.compile (a benchmark row) runs the same network, and reads the weights set_alpha rewrites in place."""
+    psnr_net, gan_net = _small_net(1), _small_net(2)
+    backend = TorchBackend(_small_net(1), gan_net=gan_net, compile=True)
+    x = torch.rand(1, 3, 12, 10, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(backend.run(x), psnr_net(x), atol=1e-5, rtol=1e-5)
+        backend.set_alpha(0.6)
+        blended = _small_net(1)
+        blended.load_state_dict(M.interpolate(psnr_net, gan_net, 0.6))
+        torch.testing.assert_close(backend.run(x), blended(x), atol=1e-5, rtol=1e-5)
+        assert (blended(x) - psnr_net(x)).abs().max() > 1e-3  # the blend changes the output: the check has teeth
+
+
 def test_fp16_overflow_is_recomputed_in_fp32(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     backend = TorchBackend(_small_net(), dtype="bf16")
     backend.dtype = "fp16"  # a CPU stand-in: the fp16 pass is simulated to overflow

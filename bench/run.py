@@ -1,0 +1,815 @@
+"""`python bench/run.py`: every backend side by side, on the workloads users run, in one run.
+
+    python bench/run.py [--quick] [--workloads 1080p,4k] [--backends torch-fp16,triton-fp16] [--repeat 10]
+                        [--warmup 3] [--out bench/results] [--no-chart]
+
+Workloads (`WORKLOADS`): video frames 480×270 → 1080p and 960×540 → 4K, 1920×1080 → 8K in tiles, batches of
+eight 256×256 tiles (rrdb23, random weights: no rrdb23 weights ship), and the shipped default model on the shipped
+example photo on the CPU. `--quick` runs a CPU-sized set (the default model on a small frame and on a batch) in
+under two minutes; CI runs it.
+
+Backends (`BACKENDS`): PyTorch eager fp32, fp16, bf16 and channels_last, `torch.compile`, ONNX Runtime, TensorRT
+fp16 and INT8, our Triton kernels fp16 and INT8, and our native plan run by engine._C. One that cannot run on this
+machine or workload is listed with the reason, never dropped silently.
+
+Method. Each backend is built and run once (the build time is construction plus that first call: export,
+compilation, autotuning, graph capture), warmed up, timed for `set_alpha` (every backend gets a GAN endpoint), then
+all backends of a workload are timed in alternation, one call each per round, the order rotating every round, so
+drift in clocks or load falls on all of them alike. A frame is `engine.infer(backend, uint8 frame)`, the user's
+path (tiling, conversion, transfers included); a batch is `backend.run(tensor on the device)`. The output of the
+last timed call is compared with PyTorch fp32 (TF32 off) on the same input: PSNR, so a fast wrong backend shows.
+
+Figures per row: median, p20 and p80 latency; frames/s; output megapixels/s; effective TFLOP/s, i.e. the
+multiply-adds counted from the model (`engine.models.flops`, ×2) over the time, and their share of the device's
+peak for the row's dtype (datasheet for known GPUs; a measured GEMM otherwise, which says so); peak memory (CUDA:
+allocator peak plus memory held outside it; CPU: the process's resident peak above its level before the build);
+build and `set_alpha` time; PSNR and largest difference against the reference. Conditions (device, driver,
+library versions, threads, commit) go with them.
+
+Writes a Markdown table to stdout, `<out>/<device>/<date>[-quick].json` (schema: bench/schema.json) and a PNG
+chart beside it (needs matplotlib: `pip install 'esrgan-engine[bench]'`). `python bench/report.py` puts the latest
+full run of each device into README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import datetime as dt
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import engine  # noqa: E402
+import engine.models as M  # noqa: E402
+from engine.atomic import atomic_write  # noqa: E402
+from engine.models.flops import macs_per_pixel  # noqa: E402
+
+SCHEMA_VERSION = 1
+EXAMPLE = REPO / "examples" / "rocket.jpg"
+DEFAULT_MODEL = REPO / "weights" / "tiny_x4.safetensors"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Workloads
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One thing users do. `tile` 0 runs a frame in one piece; > 0 cuts it into tiles of that side, `tile_batch`
+    per call. `batch` > 1 is a batch of tiles given to `backend.run` directly."""
+
+    name: str
+    what: str
+    model: str  # a registered variant (random weights), or "default": the shipped default model
+    width: int
+    height: int
+    device: str = "cuda"
+    batch: int = 1
+    tile: int = 0
+    tile_batch: int = 4
+
+    @property
+    def frames(self) -> int:
+        return self.batch
+
+
+WORKLOADS = [
+    Workload("1080p", "480×270 → 1920×1080 video frame", "rrdb23", 480, 270),
+    Workload("4k", "960×540 → 3840×2160 video frame", "rrdb23", 960, 540),
+    Workload("8k-tiled", "1920×1080 → 7680×4320 frame, tiles of 560, 4 per call", "rrdb23", 1920, 1080, tile=560),
+    Workload("256-batch8", "8 tiles of 256×256 → 1024×1024 per call", "rrdb23", 256, 256, batch=8),
+    Workload("default-cpu", "the shipped example photo, 640×427 → 2560×1708, with the shipped default model",
+             "default", 640, 427, device="cpu"),
+]
+QUICK = [
+    Workload("quick-frame", "160×120 → 640×480 frame, shipped default model", "default", 160, 120, device="cpu"),
+    Workload("quick-batch4", "4 tiles of 64×64 → 256×256 per call, shipped default model", "default", 64, 64,
+             device="cpu", batch=4),
+]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Backends
+
+
+@dataclass
+class Context:
+    """What a backend is built from: the workload, both endpoints, and files some builds need."""
+
+    workload: Workload
+    device: torch.device
+    net: M.SRNet
+    gan: M.SRNet
+    tmp: Path
+    images: list[np.ndarray]  # RGB uint8 photos for INT8 calibration
+    _files: dict[str, Path] = field(default_factory=dict)
+
+    def weights(self) -> tuple[Path, Path]:
+        """Both endpoints as checkpoint files (engine builds read files)."""
+        if not self._files:
+            for key, net in (("psnr", self.net), ("gan", self.gan)):
+                self._files[key] = self.tmp / f"{key}.safetensors"
+                M.save(net, self._files[key])
+        return self._files["psnr"], self._files["gan"]
+
+    def calib_dir(self) -> Path:
+        d = self.tmp / "calib"
+        if not d.is_dir():
+            d.mkdir()
+            for i, image in enumerate(self.images):
+                cv2.imwrite(str(d / f"{i}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        return d
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    key: str
+    label: str
+    dtype: Callable[[str], str]  # device type → the row's compute dtype
+    build: Callable[[Context], Any]
+    unavailable: Callable[[Context], str | None]
+    tile: Callable[[Workload], tuple[int, int]] | None = None  # (tile, batch) of a fixed-shape engine
+
+
+def _half(device: str) -> str:
+    return "fp16" if device == "cuda" else "fp32"
+
+
+def _torch(dtype: str | None = None, **kwargs: Any) -> Callable[[Context], Any]:
+    def build(ctx: Context) -> Any:  # its own copy: TorchBackend moves, reformats and refits the network in place
+        return engine.TorchBackend(copy.deepcopy(ctx.net), device=ctx.device, dtype=dtype or _half(ctx.device.type),
+                                   gan_net=ctx.gan, **kwargs)
+    return build
+
+
+def _needs_cuda(ctx: Context) -> str | None:
+    if ctx.device.type != "cuda":
+        return "a GPU backend; this workload runs on the CPU"
+    return None
+
+
+def _no_fp16_on_cpu(ctx: Context) -> str | None:
+    if ctx.device.type != "cuda":
+        return ("PyTorch has no fast fp16 convolutions on the CPU (TorchBackend refuses fp16 there); bf16 is the "
+                "CPU's half precision")
+    return None
+
+
+def _compile_unavailable(ctx: Context) -> str | None:
+    if ctx.device.type == "cpu" and shutil.which(os.environ.get("CXX", "g++")) is None:
+        return "torch.compile on the CPU needs a C++ compiler (g++ not found)"
+    return None
+
+
+def _ort_unavailable(ctx: Context) -> str | None:
+    if ctx.device.type == "cuda":
+        return ("our ONNX Runtime backend runs the CPU provider: on this GPU workload one call would take minutes "
+                "(see the default-cpu workload for it)")
+    return None
+
+
+def _ort(ctx: Context) -> Any:
+    from engine.ort import from_network
+
+    return from_network(ctx.net, gan_net=ctx.gan)
+
+
+def _frame_tile(w: Workload) -> int:
+    """The tile a fixed-shape engine is built with for a workload: its tile, the tile batch's side, or for a frame
+    in one piece its longer side (TensorRT's profile takes any shape up to it)."""
+    return w.tile or (w.width if w.batch > 1 else max(w.width, w.height))
+
+
+def _engine_build(backend: str, precision: str) -> Callable[[Context], Any]:
+    def build(ctx: Context) -> Any:
+        from engine.build import main as build_main
+
+        psnr, gan = ctx.weights()
+        w = ctx.workload
+        tile, batch = _fixed_shape(backend)(w)
+        out = ctx.tmp / f"{backend}-{precision}-{w.name}"
+        argv = ["--backend", backend, f"--{precision}", "--weights", str(psnr), "--gan-weights", str(gan),
+                "--tile", str(tile), "--batch", str(batch), "--no-verify", "-o", str(out)]
+        if precision == "int8":
+            argv += ["--calib", str(ctx.calib_dir())]
+        with contextlib.redirect_stdout(sys.stderr):
+            if build_main(argv) != 0:
+                raise RuntimeError(f"python -m engine.build {' '.join(argv)} failed (its error is above)")
+        return engine.load(out)
+    return build
+
+
+def _fixed_shape(backend: str) -> Callable[[Workload], tuple[int, int]]:
+    def shape(w: Workload) -> tuple[int, int]:
+        if w.batch > 1:
+            return w.width, w.batch
+        if w.tile:
+            return w.tile, w.tile_batch
+        if backend == "native":  # a plan is one square shape: two tiles of the shorter side, not the longer squared
+            side = -(-min(w.width, w.height) // 16) * 16
+            return side, 2
+        return _frame_tile(w), 1
+    return shape
+
+
+def _trt_unavailable(ctx: Context) -> str | None:
+    if (why := _needs_cuda(ctx)) is not None:
+        return why
+    from export.tensorrt import tensorrt_available
+
+    if not tensorrt_available():
+        return "TensorRT is not installed (pip install tensorrt: TensorRT 10 or 11)"
+    return None
+
+
+def _triton_unavailable(ctx: Context) -> str | None:
+    if (why := _needs_cuda(ctx)) is not None:
+        return why
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return "TRITON_INTERPRET=1 is set: the interpreter is for tests, not timing"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "Triton is not installed (pip install 'esrgan-engine[triton]')"
+    if not isinstance(ctx.net, (M.RRDBNet, M.SRResNet)):
+        return f"our kernels run RRDBNet and SRResNet, not {type(ctx.net).__name__}"
+    return None
+
+
+def _triton_int8_unavailable(ctx: Context) -> str | None:
+    if (why := _triton_unavailable(ctx)) is not None:
+        return why
+    if not isinstance(ctx.net, M.RRDBNet):
+        return "the INT8 trunk is for RRDBNet"
+    return None
+
+
+def _triton(dtype: str) -> Callable[[Context], Any]:
+    def build(ctx: Context) -> Any:
+        from engine.fused import TritonBackend
+
+        ranges = None
+        if dtype == "int8":
+            from export.quantize import rdb_slice_ranges
+
+            ranges = rdb_slice_ranges(ctx.net, ctx.images, gan_net=ctx.gan)
+        return TritonBackend(ctx.net, dtype=dtype, gan_net=ctx.gan, int8_ranges=ranges, device=ctx.device)
+    return build
+
+
+def _native_unavailable(ctx: Context) -> str | None:
+    if (why := _triton_unavailable(ctx)) is not None:
+        return why
+    from engine._ext import load_C
+
+    C = load_C()
+    if not C.built_with_cuda():
+        return "engine._C was built without CUDA (reinstall with nvcc on the PATH)"
+    return None
+
+
+BACKENDS = [
+    BackendSpec("torch-fp32", "PyTorch eager fp32", lambda d: "fp32", _torch("fp32"), lambda ctx: None),
+    BackendSpec("torch-fp16", "PyTorch eager fp16", lambda d: "fp16", _torch("fp16"), _no_fp16_on_cpu),
+    BackendSpec("torch-bf16", "PyTorch eager bf16", lambda d: "bf16", _torch("bf16"), lambda ctx: None),
+    BackendSpec("torch-channels-last", "PyTorch eager channels_last", _half, _torch(channels_last=True),
+                lambda ctx: None),
+    BackendSpec("torch-compile", "torch.compile", _half, _torch(compile=True), _compile_unavailable),
+    BackendSpec("onnxruntime-fp32", "ONNX Runtime fp32", lambda d: "fp32", _ort, _ort_unavailable),
+    BackendSpec("tensorrt-fp16", "TensorRT fp16", lambda d: "fp16", _engine_build("tensorrt", "fp16"),
+                _trt_unavailable, _fixed_shape("tensorrt")),
+    BackendSpec("tensorrt-int8", "TensorRT INT8", lambda d: "int8", _engine_build("tensorrt", "int8"),
+                _trt_unavailable, _fixed_shape("tensorrt")),
+    BackendSpec("triton-fp16", "Triton kernels fp16", lambda d: "fp16", _triton("fp16"), _triton_unavailable),
+    BackendSpec("triton-int8", "Triton kernels INT8", lambda d: "int8", _triton("int8"), _triton_int8_unavailable),
+    BackendSpec("native-fp16", "native plan (engine._C) fp16", lambda d: "fp16", _engine_build("native", "fp16"),
+                _native_unavailable, _fixed_shape("native")),
+]
+BASELINE = "torch-fp32"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Measuring
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Memory:
+    """Peak memory of building and first running a backend, in bytes.
+
+    CUDA: the torch allocator's peak above its level before the build, plus device memory taken outside the
+    allocator meanwhile (TensorRT, engine._C). CPU: the process's resident peak (Linux VmHWM, reset through
+    /proc/self/clear_refs) above its resident size before the build; None where that is not available."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def __enter__(self) -> Memory:
+        self.peak: int | None = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._reserved0 = torch.cuda.memory_reserved(self.device)
+            free, total = torch.cuda.mem_get_info(self.device)
+            self._used0 = total - free
+        else:
+            self._rss0 = _proc_status("VmRSS")
+            try:
+                Path("/proc/self/clear_refs").write_text("5")
+            except OSError:
+                self._rss0 = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            sync(self.device)
+            torch_peak = torch.cuda.max_memory_reserved(self.device) - self._reserved0
+            free, total = torch.cuda.mem_get_info(self.device)
+            outside = (total - free - self._used0) - (torch.cuda.memory_reserved(self.device) - self._reserved0)
+            self.peak = torch_peak + max(0, outside)
+        elif self._rss0 is not None and (hwm := _proc_status("VmHWM")) is not None:
+            self.peak = max(0, hwm - self._rss0)
+
+
+def _proc_status(key: str) -> int | None:
+    """A memory figure of /proc/self/status in bytes (Linux), else None."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - start, out
+
+
+def psnr(out: np.ndarray, ref: np.ndarray, peak: float) -> tuple[float | None, float]:
+    """(PSNR in dB, None when identical; the largest absolute difference), in the output's own units."""
+    diff = out.astype(np.float64) - ref.astype(np.float64)
+    mse = float(np.mean(diff**2))
+    largest = float(np.abs(diff).max())
+    return (None if mse == 0 else 10 * math.log10(peak**2 / mse)), largest
+
+
+def percentiles(times: list[float]) -> dict[str, float]:
+    ms = np.asarray(times) * 1e3
+    return {"median": float(np.median(ms)), "p20": float(np.percentile(ms, 20)), "p80": float(np.percentile(ms, 80))}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Peaks and conditions
+
+# Dense tensor-core (fp16, bf16, int8) and CUDA-core fp32 peaks from NVIDIA's datasheets, TFLOP/s (int8: TOPS).
+DATASHEET = {
+    "H100 PCIe": {"fp16": 756.0, "bf16": 756.0, "int8": 1513.0, "fp32": 51.0},
+    "H100": {"fp16": 989.0, "bf16": 989.0, "int8": 1979.0, "fp32": 67.0},  # SXM
+    "H200": {"fp16": 989.0, "bf16": 989.0, "int8": 1979.0, "fp32": 67.0},
+}
+
+
+def measured_gemm_tflops(device: torch.device, dtype: torch.dtype, n: int) -> float:
+    """The best of ten n×n×n matmuls, TFLOP/s: the peak this device reaches in practice where no datasheet is
+    known (the CPU)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    for _ in range(2):
+        a @ b
+    best = min(timed(lambda: a @ b, device)[0] for _ in range(10))
+    return 2 * n**3 / best / 1e12
+
+
+def device_peaks(device: torch.device, dtypes: set[str]) -> dict[str, dict[str, Any]]:
+    """Per dtype: {"tflops", "source"}."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        sheet = next((v for k, v in DATASHEET.items() if k in name), None)
+        if sheet is not None:
+            return {d: {"tflops": sheet[d], "source": "datasheet (dense)"} for d in dtypes if d in sheet}
+    torch_dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    if device.type == "cuda":
+        torch_dtypes["fp16"] = torch.float16
+    n = 8192 if device.type == "cuda" else 2048
+    with torch.backends.cuda.matmul.flags(allow_tf32=False) if device.type == "cuda" else contextlib.nullcontext():
+        return {d: {"tflops": round(measured_gemm_tflops(device, torch_dtypes[d], n), 4),
+                    "source": f"measured: best {n}×{n}×{n} {d} torch matmul on this device, {torch.get_num_threads()} "
+                              f"threads" if device.type == "cpu" else f"measured: best {n}³ {d} torch matmul"}
+                for d in sorted(dtypes) if d in torch_dtypes}
+
+
+def cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def gpu_driver() -> str | None:
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30, check=True).stdout
+        return out.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version(), "esrgan-engine": engine.__version__,
+                                  "torch": torch.__version__, "numpy": np.__version__, "opencv": cv2.__version__}
+    for module in ("onnx", "onnxruntime", "triton", "tensorrt"):
+        try:
+            out[module] = __import__(module).__version__
+        except (ImportError, AttributeError):
+            out[module] = None
+    out["cuda"] = torch.version.cuda
+    return out
+
+
+def commit() -> dict[str, Any]:
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True,
+                                  timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    sha = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"sha": sha, "dirty": bool(status) if status is not None else None}
+
+
+def conditions(args: argparse.Namespace) -> dict[str, Any]:
+    cond: dict[str, Any] = {
+        "cpu": cpu_name(), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "gpu": None, "gpu_arch": None, "gpu_memory_gib": None, "driver": None, "tf32": False,
+        "versions": versions(), "commit": commit(), "platform": platform.platform(),
+        "command": "python bench/run.py " + " ".join(args.argv), "quick": args.quick, "repeat": args.repeat,
+        "warmup": args.warmup,
+    }
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        cond.update(gpu=props.name, gpu_arch=f"sm_{props.major}{props.minor}",
+                    gpu_memory_gib=round(props.total_memory / 2**30, 1), driver=gpu_driver())
+    cond["device"] = cond["gpu"] or f"{cond['cpu']} ({cond['cpu_cores']} cores)"
+    return cond
+
+
+def device_slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running a workload
+
+
+def load_network(w: Workload) -> tuple[M.SRNet, M.SRNet, str]:
+    """(network, its GAN endpoint, where the weights came from)."""
+    if w.model == "default":
+        net, _ = M.load(DEFAULT_MODEL)
+        gan, _ = M.load(DEFAULT_MODEL)
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():  # no GAN fine-tune ships: a perturbed copy stands in as the endpoint set_alpha blends
+            for p in gan.parameters():
+                p.add_(0.01 * p.abs().mean() * torch.randn(p.shape, generator=g))
+        return net.eval(), gan.eval(), f"{DEFAULT_MODEL.relative_to(REPO)} (GAN endpoint: it plus 1% noise)"
+    torch.manual_seed(0)
+    net = M.create(w.model).eval()
+    torch.manual_seed(1)
+    gan = M.create(w.model).eval()
+    return net, gan, "random weights (seeds 0 and 1)"
+
+
+def inputs(w: Workload) -> tuple[list[np.ndarray], np.ndarray | None, torch.Tensor | None]:
+    """(calibration photos; the frame (H, W, 3) uint8 or None; the batch (N, 3, H, W) float or None), all from the
+    shipped example photo."""
+    photo = cv2.cvtColor(cv2.imread(str(EXAMPLE), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    ph, pw = photo.shape[:2]
+    if w.batch == 1:
+        interp = cv2.INTER_AREA if w.width <= pw else cv2.INTER_CUBIC
+        return [photo], cv2.resize(photo, (w.width, w.height), interpolation=interp), None
+    rng = np.random.default_rng(0)
+    crops = []
+    for _ in range(w.batch):
+        y, x = rng.integers(0, ph - w.height + 1), rng.integers(0, pw - w.width + 1)
+        crops.append(photo[y:y + w.height, x:x + w.width])
+    batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(255)
+    return [photo], None, batch
+
+
+def make_call(w: Workload, spec: BackendSpec | None, backend: Any, frame: np.ndarray | None,
+              batch: torch.Tensor | None) -> Callable[[], np.ndarray]:
+    """One timed unit of the workload, returning the output as numpy (uint8 frame or float batch)."""
+    if batch is not None:
+        x = batch.to(backend.device)
+        return lambda: backend.run(x).cpu().numpy()
+    fixed = spec is not None and spec.tile is not None
+    tile = None if fixed else w.tile  # a fixed-shape engine runs the tile it was built for
+    tile_batch = None if fixed else w.tile_batch
+    return lambda: engine.infer(backend, frame, tile=tile, batch=tile_batch)
+
+
+@contextlib.contextmanager
+def _fp32_reference() -> Iterator[None]:
+    """True fp32 on CUDA (no TF32), as the reference and the fp32 rows compute."""
+    if not torch.cuda.is_available():
+        yield
+        return
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def run_workload(w: Workload, specs: list[BackendSpec], args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    device = torch.device(w.device)
+    net, gan, weights = load_network(w)
+    images, frame, batch = inputs(w)
+    ctx = Context(w, device, net, gan, tmp, images)
+    scale = net.scale
+    macs = macs_per_pixel(net)
+    result: dict[str, Any] = {
+        "name": w.name, "what": w.what, "model": w.model if w.model != "default" else "default (tiny_x4)",
+        "arch": net.arch, "hparams": json.loads(json.dumps(net.hparams)), "weights": weights, "device": w.device,
+        "input": [w.batch, net.in_channels, w.height, w.width],
+        "output": [w.batch, net.out_channels, w.height * scale, w.width * scale],
+        "tile": w.tile or None, "tile_batch": w.tile_batch if w.tile else None,
+        "mode": "engine.infer on a uint8 frame" if batch is None else "backend.run on a batch on the device",
+        "macs_per_pixel": macs, "flops_per_call": 2 * macs * w.width * w.height * w.batch,
+        "rows": [], "unavailable": [],
+    }
+    print(f"\n## {w.name}: {w.what}", file=sys.stderr)
+    with _fp32_reference():
+        ref = make_call(w, None, engine.TorchBackend(copy.deepcopy(net), device=device, dtype="fp32"), frame,
+                        batch)()
+    peak_value = 255.0 if batch is None else 1.0
+
+    live: list[tuple[BackendSpec, Any, Callable[[], np.ndarray], dict[str, Any]]] = []
+    for spec in specs:
+        why = spec.unavailable(ctx)
+        if why is not None:
+            result["unavailable"].append({"backend": spec.key, "label": spec.label, "reason": why})
+            continue
+        print(f"building {spec.key}", file=sys.stderr)
+        try:
+            with _fp32_reference() if spec.dtype(w.device) == "fp32" else contextlib.nullcontext():
+                with Memory(device) as mem:
+                    start = time.perf_counter()
+                    backend = spec.build(ctx)
+                    call = make_call(w, spec, backend, frame, batch)
+                    call()
+                    sync(device)
+                    build_s = time.perf_counter() - start
+                print(f"  {spec.key}: built and ran once in {build_s:.1f} s", file=sys.stderr)
+                for _ in range(args.warmup):
+                    call()
+                alpha = []
+                for a in (0.3, 0.7, 0.0):  # ends at alpha 0, the network the reference runs
+                    alpha.append(timed(lambda a=a, b=backend: b.set_alpha(a), device)[0])
+        except Exception as e:  # a backend that fails to build is reported as such, and the others still run
+            result["unavailable"].append({"backend": spec.key, "label": spec.label,
+                                          "reason": f"failed: {type(e).__name__}: {e}"})
+            print(f"  {spec.key} failed: {e}", file=sys.stderr)
+            continue
+        tile = spec.tile(w) if spec.tile else None
+        row = {"backend": spec.key, "label": spec.label, "dtype": spec.dtype(w.device),
+               "engine_tile": list(tile) if tile else None, "build_s": build_s,
+               "set_alpha_ms": float(np.median(alpha)) * 1e3, "peak_memory_mib": None if mem.peak is None else
+               mem.peak / 2**20, "times": []}
+        live.append((spec, backend, call, row))
+
+    outputs: dict[str, np.ndarray] = {}
+    for r in range(args.repeat):  # alternating: every backend once per round, the order rotating
+        for spec, _backend, call, row in live[r % max(1, len(live)):] + live[:r % max(1, len(live))]:
+            with _fp32_reference() if row["dtype"] == "fp32" else contextlib.nullcontext():
+                seconds, out = timed(call, device)
+            row["times"].append(seconds)
+            outputs[spec.key] = out
+
+    base = next((percentiles(row["times"])["median"] for s, _, _, row in live if s.key == BASELINE), None)
+    for spec, _backend, _call, row in live:
+        lat = percentiles(row["times"])
+        seconds = lat["median"] / 1e3
+        p, largest = psnr(outputs[spec.key], ref, peak_value)
+        peak = args.peaks.get(w.device, {}).get(row["dtype"])
+        tflops = result["flops_per_call"] / seconds / 1e12
+        row.update(
+            latency_ms=lat, fps=w.frames / seconds,
+            output_mpix_s=w.frames * w.width * w.height * scale**2 / seconds / 1e6,
+            tflops=tflops, peak_tflops=peak["tflops"] if peak else None,
+            peak_fraction=tflops / peak["tflops"] if peak else None,
+            vs_baseline=base / lat["median"] if base else None,
+            psnr_db=p, max_abs_diff=largest)
+        row["times_ms"] = [t * 1e3 for t in row.pop("times")]
+        result["rows"].append(row)
+    result["baseline"] = BASELINE if base is not None else None
+    result["psnr_units"] = "8-bit output, peak 255" if batch is None else "float output in [0, 1], peak 1"
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Output
+
+
+def _num(v: float | None, digits: int = 2) -> str:
+    if v is None:
+        return "—"
+    if v == 0 or abs(v) >= 10 ** (digits + 1):
+        return f"{v:.0f}"
+    return f"{v:.{max(0, digits - int(math.floor(math.log10(abs(v)))) - 1)}f}" if abs(v) < 10**digits else f"{v:.0f}"
+
+
+def markdown(doc: dict[str, Any], level: int = 1) -> str:
+    """The run as Markdown: one table per workload, the backends that did not run with their reasons, the ratios.
+    `level` is the heading level of the title (README embeds it deeper)."""
+    c = doc["conditions"]
+    v = c["versions"]
+    h = "#" * level
+    sha = (c["commit"]["sha"] or "unknown")[:10] + (" (uncommitted changes)" if c["commit"]["dirty"] else "")
+    lines = [f"{h} {c['device']}", "",
+             f"{c['created']}, commit {sha}, `{c['command']}` ({c['seconds']:.0f} s). torch {v['torch']}, "
+             f"onnxruntime {v['onnxruntime']}, triton {v['triton']}, TensorRT {v['tensorrt'] or 'not installed'}, "
+             f"CUDA {v['cuda'] or '—'}, driver {c['driver'] or '—'}; CPU {c['cpu']} ({c['cpu_cores']} cores, "
+             f"{c['torch_threads']} torch threads). {c['repeat']} timed calls per backend, alternating, after "
+             f"{c['warmup']} warm-up call{'' if c['warmup'] == 1 else 's'}."]
+    for name, peak in doc["peaks"].items():
+        lines += ["", f"Peak, {name}: " + "; ".join(f"{d} {p['tflops']:.4g} TFLOP/s ({p['source']})"
+                                                    for d, p in peak.items()) + "."]
+    for w in doc["workloads"]:
+        lines += ["", f"{h}# {w['name']}: {w['what']}", ""]
+        if w.get("skipped"):
+            lines.append(f"Not run: {w['skipped']}.")
+            continue
+        lines += [f"{w['model']} ({w['arch']}, {w['weights']}) on {w['device']}; {w['mode']}; "
+                  f"{w['macs_per_pixel']:,.0f} multiply-adds per input pixel (counted from the model). PSNR against "
+                  f"PyTorch fp32 on the {w['psnr_units']}.", ""]
+        lines += ["| backend | dtype | median ms (p20–p80) | frames/s | out MP/s | TFLOP/s | % of peak | "
+                  "vs PyTorch fp32 | peak MiB | build s | set_alpha ms | PSNR dB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in w["rows"]:
+            lat = r["latency_ms"]
+            pct = None if r["peak_fraction"] is None else 100 * r["peak_fraction"]
+            p = "∞ (identical)" if r["psnr_db"] is None else f"{r['psnr_db']:.1f}"
+            vs = "—" if r["vs_baseline"] is None else f"{r['vs_baseline']:.2f}×"
+            lines.append(f"| {r['label']} | {r['dtype']} | {_num(lat['median'], 3)} ({_num(lat['p20'], 3)}–"
+                         f"{_num(lat['p80'], 3)}) | {_num(r['fps'])} | {_num(r['output_mpix_s'])} | "
+                         f"{_num(r['tflops'], 3)} | {_num(pct)} | {vs} | {_num(r['peak_memory_mib'], 3)} | "
+                         f"{_num(r['build_s'])} | {_num(r['set_alpha_ms'])} | {p} |")
+        reasons: dict[str, list[str]] = {}
+        for u in w["unavailable"]:
+            reasons.setdefault(u["reason"], []).append(u["label"])
+        if reasons:
+            lines += ["", "Not run here:"] + [f"- {', '.join(labels)}: {why}" for why, labels in reasons.items()]
+        others = [r for r in w["rows"] if r["backend"] != BASELINE]
+        if w["baseline"] and others:
+            lines += ["", "PyTorch eager fp32's median time ÷ each backend's: " + ", ".join(
+                f"{r['label']} {r['vs_baseline']:.2f}×" for r in others) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def chart(doc: dict[str, Any], path: Path) -> str | None:
+    """Output megapixels/s per backend, one panel per workload, as a PNG; the reason when it cannot be drawn."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install 'esrgan-engine[bench]')"
+    shown = [w for w in doc["workloads"] if w.get("rows")]
+    if not shown:
+        return "no workload ran"
+    fig, axes = plt.subplots(len(shown), 1, figsize=(8, 1.2 + 0.45 * sum(len(w["rows"]) + 2 for w in shown)),
+                             squeeze=False)
+    for ax, w in zip(axes[:, 0], shown, strict=True):
+        rows = sorted(w["rows"], key=lambda r: r["output_mpix_s"])
+        ax.barh([f"{r['label']}" for r in rows], [r["output_mpix_s"] for r in rows], color="#4c72b0")
+        for i, r in enumerate(rows):
+            ax.text(r["output_mpix_s"], i, f" {r['output_mpix_s']:.3g}", va="center", fontsize=8)
+        ax.set_title(f"{w['name']}: {w['what']}", fontsize=9, loc="left")
+        ax.set_xlabel("output megapixels / s (higher is better)", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.margins(x=0.15)
+    c = doc["conditions"]
+    fig.suptitle(f"{c['device']} — torch {c['versions']['torch']}, commit {(c['commit']['sha'] or '?')[:10]}",
+                 fontsize=9)
+    fig.tight_layout()
+
+    def write(tmp: str) -> None:
+        fig.savefig(tmp, format="png", dpi=110)
+
+    atomic_write(path, write)
+    plt.close(fig)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog="workloads: " + ", ".join(w.name for w in WORKLOADS + QUICK)
+                                + "; backends: " + ", ".join(b.key for b in BACKENDS))
+    p.add_argument("--quick", action="store_true", help="the CPU-sized set, under two minutes (default: the full set)")
+    p.add_argument("--workloads", help="comma-separated workload names (default: all of the set)")
+    p.add_argument("--backends", help="comma-separated backend keys (default: all)")
+    p.add_argument("--repeat", type=int, help="timed calls per backend (default: 10; 5 with --quick)")
+    p.add_argument("--warmup", type=int, help="untimed calls after the first (default: 3; 1 with --quick)")
+    p.add_argument("--out", default=str(REPO / "bench" / "results"),
+                   help="results folder; the JSON and PNG go to OUT/<device>/ (default: bench/results)")
+    p.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart (default: draw it)")
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.repeat = args.repeat if args.repeat is not None else (5 if args.quick else 10)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    if args.repeat < 1 or args.warmup < 0:
+        p.error("--repeat must be at least 1 and --warmup at least 0")
+    pool = QUICK if args.quick else WORKLOADS
+    known = {w.name: w for w in WORKLOADS + QUICK}
+    if args.workloads:
+        names = args.workloads.split(",")
+        if bad := [n for n in names if n not in known]:
+            p.error(f"--workloads: unknown {', '.join(bad)} (known: {', '.join(known)})")
+        pool = [known[n] for n in names]
+    args.pool = pool
+    keys = {b.key: b for b in BACKENDS}
+    if args.backends:
+        names = args.backends.split(",")
+        if bad := [n for n in names if n not in keys]:
+            p.error(f"--backends: unknown {', '.join(bad)} (known: {', '.join(keys)})")
+        args.specs = [keys[n] for n in names]
+    else:
+        args.specs = list(BACKENDS)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    cond = conditions(args)
+    cond["created"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    has_cuda = torch.cuda.is_available()
+    runnable = [w for w in args.pool if w.device == "cpu" or has_cuda]
+    dtypes = {dev: {s.dtype(dev) for s in args.specs} for dev in {w.device for w in runnable}}
+    args.peaks = {dev: device_peaks(torch.device(dev), ds) for dev, ds in dtypes.items()}
+    doc: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "conditions": cond, "peaks": args.peaks,
+                           "workloads": []}
+    with tempfile.TemporaryDirectory(prefix="esrgan-bench-") as tmp:
+        for w in args.pool:
+            if w not in runnable:
+                doc["workloads"].append({"name": w.name, "what": w.what, "model": w.model, "device": w.device,
+                                         "skipped": "no CUDA device on this machine", "rows": [], "unavailable": []})
+                continue
+            d = Path(tmp) / w.name
+            d.mkdir()
+            doc["workloads"].append(run_workload(w, args.specs, args, d))
+    cond["seconds"] = round(time.perf_counter() - start, 1)
+    print(markdown(doc))
+    out = Path(args.out) / device_slug(cond["device"])
+    stem = cond["created"].replace(":", "").replace("-", "").replace("T", "-").rstrip("Z") + ("-quick" if args.quick
+                                                                                            else "")
+    json_path = out / f"{stem}.json"
+    atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1) + "\n"))
+    print(f"wrote {json_path}")
+    if not args.no_chart:
+        why = chart(doc, out / f"{stem}.png")
+        print(f"chart not drawn: {why}" if why else f"wrote {out / f'{stem}.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""`python bench/run.py --quick` as CI runs it, its JSON against bench/schema.json, its figures against their
+definitions, and README's performance section against the committed results (bench/report.py)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+jsonschema = pytest.importorskip("jsonschema")
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = json.loads((REPO / "bench" / "schema.json").read_text())
+
+sys.path.insert(0, str(REPO / "bench"))
+import report  # noqa: E402  (bench/report.py)
+
+run = report.load_run()
+
+
+def validate(doc: dict[str, Any]) -> None:
+    jsonschema.validate(doc, SCHEMA, cls=jsonschema.Draft202012Validator)
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One `python bench/run.py --quick` in a subprocess, as a user's shell runs it (no TRITON_INTERPRET)."""
+    out = tmp_path_factory.mktemp("bench")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = sorted(out.glob("*/*-quick.json"))
+    assert len(files) == 1, f"expected one results file under {out}, found {files}"
+    return {"stdout": proc.stdout, "stderr": proc.stderr, "path": files[0], "doc": json.loads(files[0].read_text()),
+            "seconds": seconds}
+
+
+def test_quick_run_prints_the_table_with_pytorch_and_onnx_runtime_and_their_ratio(quick: dict[str, Any]) -> None:
+    out = quick["stdout"]
+    print(out)
+    print(f"bench/run.py --quick took {quick['seconds']:.0f} s")
+    for workload in run.QUICK:
+        section = out.split(f"## {workload.name}:")[1].split("\n## ")[0]
+        assert "\n| PyTorch eager fp32 | fp32 |" in section
+        assert "\n| ONNX Runtime fp32 | fp32 |" in section
+        assert "ONNX Runtime fp32 " in section.split("each backend's:")[1]  # the ratio line
+    doc = quick["doc"]
+    for w in doc["workloads"]:
+        rows = {r["backend"]: r for r in w["rows"]}
+        ratio = rows["torch-fp32"]["latency_ms"]["median"] / rows["onnxruntime-fp32"]["latency_ms"]["median"]
+        assert rows["onnxruntime-fp32"]["vs_baseline"] == pytest.approx(ratio)
+        assert f"ONNX Runtime fp32 {ratio:.2f}×" in out
+
+
+def test_quick_run_json_validates_and_the_schema_can_fail(quick: dict[str, Any]) -> None:
+    doc = quick["doc"]
+    validate(doc)
+    broken = []
+    for mutate in (lambda d: d["workloads"][0]["rows"][0].pop("tflops"),
+                   lambda d: d["workloads"][0]["rows"][0]["latency_ms"].update(median=-1.0),
+                   lambda d: d["workloads"][0]["rows"][0].update(dtype="fp8"),
+                   lambda d: d["conditions"].pop("commit"),
+                   lambda d: d["workloads"][0]["unavailable"].append({"backend": "x", "label": "x", "reason": ""})):
+        bad = copy.deepcopy(doc)
+        mutate(bad)
+        with pytest.raises(jsonschema.ValidationError):
+            validate(bad)
+        broken.append(bad)
+    assert len(broken) == 5
+
+
+def test_quick_run_figures_follow_their_definitions(quick: dict[str, Any]) -> None:
+    """Each derived figure recomputed from the raw times and the counted multiply-adds."""
+    from engine import models as M
+    from engine.models.flops import macs_per_pixel
+
+    doc = quick["doc"]
+    net, _ = M.load(REPO / "weights" / "tiny_x4.safetensors")
+    # the shipped default model: RRDBNet nf 32, gc 16, 2 blocks, ×4 (closed form in tests/test_flops.py)
+    assert macs_per_pixel(net) == 715_104
+    for w in doc["workloads"]:
+        n, c, h, wd = w["input"]
+        assert w["macs_per_pixel"] == 715_104
+        assert w["flops_per_call"] == 2 * 715_104 * n * h * wd
+        assert w["output"] == [n, 3, 4 * h, 4 * wd]
+        base = next(r for r in w["rows"] if r["backend"] == "torch-fp32")
+        for r in w["rows"]:
+            times = np.asarray(r["times_ms"])
+            assert len(times) == doc["conditions"]["repeat"]
+            median = float(np.median(times))
+            assert r["latency_ms"]["median"] == pytest.approx(median)
+            assert r["latency_ms"]["p20"] <= median <= r["latency_ms"]["p80"]
+            assert r["fps"] == pytest.approx(n / (median / 1e3))
+            assert r["output_mpix_s"] == pytest.approx(n * 16 * h * wd / (median / 1e3) / 1e6)
+            assert r["tflops"] == pytest.approx(w["flops_per_call"] / (median / 1e3) / 1e12)
+            peak = doc["peaks"]["cpu"][r["dtype"]]["tflops"]
+            assert r["peak_fraction"] == pytest.approx(r["tflops"] / peak)
+            assert r["vs_baseline"] == pytest.approx(base["latency_ms"]["median"] / median)
+            assert r["build_s"] > 0 and r["set_alpha_ms"] > 0
+            # every backend runs the same network: a wrong one would show here (fp32 rows are the reference's
+            # own numerics up to reassociation; bf16 keeps 8 mantissa bits)
+            floor = 40.0 if r["dtype"] == "bf16" else 60.0
+            assert r["psnr_db"] is None or r["psnr_db"] > floor, (r["backend"], r["psnr_db"])
+        assert base["psnr_db"] is None and base["max_abs_diff"] == 0  # the reference's own path
+
+
+def test_quick_run_lists_every_backend_that_did_not_run_with_its_reason(quick: dict[str, Any]) -> None:
+    for w in quick["doc"]["workloads"]:
+        ran = {r["backend"] for r in w["rows"]}
+        missing = {u["backend"]: u["reason"] for u in w["unavailable"]}
+        assert ran | set(missing) == {b.key for b in run.BACKENDS} and not ran & set(missing)
+        assert {"torch-fp32", "torch-bf16", "torch-channels-last", "onnxruntime-fp32"} <= ran
+        for key in ("tensorrt-fp16", "tensorrt-int8", "triton-fp16", "triton-int8", "native-fp16"):
+            assert "GPU" in missing[key]
+        assert "fp16" in missing["torch-fp16"]
+
+
+def test_quick_run_draws_its_chart(quick: dict[str, Any]) -> None:
+    pytest.importorskip("matplotlib")
+    png = quick["path"].with_suffix(".png")
+    image = cv2.imread(str(png))
+    assert image is not None and image.shape[0] > 200 and image.shape[1] > 400
+    assert image.std() > 10  # bars and text, not a blank canvas
+
+
+def test_memory_counts_an_allocation_made_inside_it() -> None:
+    with run.Memory(torch.device("cpu")) as mem:
+        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+        block.sum()
+    if mem.peak is None:
+        pytest.skip("this system has no /proc/self/clear_refs")
+    assert 60 * 2**20 < mem.peak < 200 * 2**20, mem.peak
+    with run.Memory(torch.device("cpu")) as small:
+        pass
+    assert small.peak is not None and small.peak < 16 * 2**20
+
+
+def test_psnr_and_percentiles_follow_their_definitions() -> None:
+    a = np.zeros((4, 4), np.uint8)
+    b = a.copy()
+    b[0, 0] = 16
+    value, largest = run.psnr(b, a, 255.0)
+    assert value == pytest.approx(10 * np.log10(255.0**2 / (16**2 / 16))) and largest == 16
+    assert run.psnr(a, a, 255.0) == (None, 0.0)
+    lat = run.percentiles([0.001 * k for k in range(1, 11)])
+    assert lat == {"median": pytest.approx(5.5), "p20": pytest.approx(2.8), "p80": pytest.approx(8.2)}
+
+
+def test_readme_performance_section_is_made_from_the_committed_results() -> None:
+    """README between the bench markers is exactly what bench/report.py renders from bench/results."""
+    readme = (REPO / "README.md").read_text()
+    assert report.splice(readme, report.render(REPO / "bench" / "results")) == readme, \
+        "README's performance section is out of date: run python bench/report.py"
+    runs = report.latest_runs(REPO / "bench" / "results")
+    assert runs, "no full run is committed under bench/results/<device>/"
+    for _, doc in runs:
+        validate(doc)
+
+
+def test_report_picks_the_newest_full_run_per_device(tmp_path: Path) -> None:
+    doc = {"conditions": {"created": "2026-01-01T00:00:00Z", "quick": False}}
+    for name, created, quick in (("a", "2026-01-01T00:00:00Z", False), ("b", "2026-02-01T00:00:00Z", False),
+                                 ("c-quick", "2026-03-01T00:00:00Z", True)):
+        d = copy.deepcopy(doc)
+        d["conditions"].update(created=created, quick=quick)
+        (tmp_path / "gpu").mkdir(exist_ok=True)
+        (tmp_path / "gpu" / f"{name}.json").write_text(json.dumps(d))
+    runs = report.latest_runs(tmp_path)
+    assert [p.name for p, _ in runs] == ["b.json"]
+    with pytest.raises(ValueError, match="bench:begin"):
+        report.splice("no markers", "x")
+
+
+def test_triton_rows_build_time_and_check_under_the_interpreter(tmp_path: Path) -> None:
+    """The GPU rows' code (the Triton backend in fp16 and with the calibrated INT8 trunk, set_alpha, the alternating
+    timing, PSNR) run here on a tiny frame with the kernels interpreted, so a GPU run does not find their bugs first."""
+    import argparse
+    import dataclasses
+
+    assert os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
+    w = run.Workload("tiny", "8×8 frame", "default", 8, 8, device="cpu")
+    keys = ("torch-fp32", "triton-fp16", "triton-int8")
+    specs = [dataclasses.replace(s, unavailable=lambda ctx: None) for s in run.BACKENDS if s.key in keys]
+    args = argparse.Namespace(warmup=0, repeat=1, peaks={})
+    result = run.run_workload(w, specs, args, tmp_path)
+    rows = {r["backend"]: r for r in result["rows"]}
+    assert set(rows) == set(keys), result["unavailable"]
+    assert rows["triton-fp16"]["dtype"] == "fp16" and rows["triton-int8"]["dtype"] == "int8"
+    for key in keys:
+        assert len(rows[key]["times_ms"]) == 1 and rows[key]["set_alpha_ms"] > 0
+        assert rows[key]["peak_fraction"] is None  # no peak given: no share invented
+    # 8-bit outputs of the same network: fp16 and the INT8 trunk stay close to the fp32 reference
+    assert rows["triton-fp16"]["psnr_db"] is None or rows["triton-fp16"]["psnr_db"] > 45
+    assert rows["triton-int8"]["psnr_db"] > 35 and rows["triton-int8"]["max_abs_diff"] > 0
