@@ -49,6 +49,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -381,6 +382,10 @@ def psnr(out: np.ndarray, ref: np.ndarray, peak: float) -> tuple[float | None, f
     return (None if mse == 0 else 10 * math.log10(peak**2 / mse)), largest
 
 
+def host(out: Any) -> np.ndarray:
+    return out.detach().float().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
+
+
 def percentiles(times: list[float]) -> dict[str, float]:
     ms = np.asarray(times) * 1e3
     return {"median": float(np.median(ms)), "p20": float(np.percentile(ms, 20)), "p80": float(np.percentile(ms, 80))}
@@ -476,7 +481,7 @@ def conditions(args: argparse.Namespace) -> dict[str, Any]:
         "cpu": cpu_name(), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "gpu": None, "gpu_arch": None, "gpu_memory_gib": None, "driver": None, "tf32": False,
         "versions": versions(), "commit": commit(), "platform": platform.platform(),
-        "command": "python bench/run.py " + " ".join(args.argv), "quick": args.quick, "repeat": args.repeat,
+        "command": " ".join(["python bench/run.py", *args.argv]), "quick": args.quick, "repeat": args.repeat,
         "warmup": args.warmup,
     }
     if torch.cuda.is_available():
@@ -515,7 +520,10 @@ def load_network(w: Workload) -> tuple[M.SRNet, M.SRNet, str]:
 def inputs(w: Workload) -> tuple[list[np.ndarray], np.ndarray | None, torch.Tensor | None]:
     """(calibration photos; the frame (H, W, 3) uint8 or None; the batch (N, 3, H, W) float or None), all from the
     shipped example photo."""
-    photo = cv2.cvtColor(cv2.imread(str(EXAMPLE), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    bgr = cv2.imread(str(EXAMPLE), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FileNotFoundError(f"{EXAMPLE}: the shipped example photo is missing or unreadable (git checkout it)")
+    photo = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     ph, pw = photo.shape[:2]
     if w.batch == 1:
         interp = cv2.INTER_AREA if w.width <= pw else cv2.INTER_CUBIC
@@ -530,11 +538,12 @@ def inputs(w: Workload) -> tuple[list[np.ndarray], np.ndarray | None, torch.Tens
 
 
 def make_call(w: Workload, spec: BackendSpec | None, backend: Any, frame: np.ndarray | None,
-              batch: torch.Tensor | None) -> Callable[[], np.ndarray]:
-    """One timed unit of the workload, returning the output as numpy (uint8 frame or float batch)."""
+              batch: torch.Tensor | None) -> Callable[[], Any]:
+    """One timed unit of the workload, returning its output: a uint8 frame (numpy), or a batch where the backend
+    leaves it (a tensor on the device; `host` fetches it after the timing)."""
     if batch is not None:
         x = batch.to(backend.device)
-        return lambda: backend.run(x).cpu().numpy()
+        return lambda: backend.run(x)
     fixed = spec is not None and spec.tile is not None
     tile = None if fixed else w.tile  # a fixed-shape engine runs the tile it was built for
     tile_batch = None if fixed else w.tile_batch
@@ -574,8 +583,8 @@ def run_workload(w: Workload, specs: list[BackendSpec], args: argparse.Namespace
     }
     print(f"\n## {w.name}: {w.what}", file=sys.stderr)
     with _fp32_reference():
-        ref = make_call(w, None, engine.TorchBackend(copy.deepcopy(net), device=device, dtype="fp32"), frame,
-                        batch)()
+        ref = host(make_call(w, None, engine.TorchBackend(copy.deepcopy(net), device=device, dtype="fp32"), frame,
+                             batch)())
     peak_value = 255.0 if batch is None else 1.0
 
     live: list[tuple[BackendSpec, Any, Callable[[], np.ndarray], dict[str, Any]]] = []
@@ -597,16 +606,15 @@ def run_workload(w: Workload, specs: list[BackendSpec], args: argparse.Namespace
                 print(f"  {spec.key}: built and ran once in {build_s:.1f} s", file=sys.stderr)
                 for _ in range(args.warmup):
                     call()
-                alpha = []
-                for a in (0.3, 0.7, 0.0):  # ends at alpha 0, the network the reference runs
-                    alpha.append(timed(lambda a=a, b=backend: b.set_alpha(a), device)[0])
+                alpha = [timed(partial(backend.set_alpha, a), device)[0]
+                         for a in (0.3, 0.7, 0.0)]  # ends at alpha 0, the network the reference runs
         except Exception as e:  # a backend that fails to build is reported as such, and the others still run
             result["unavailable"].append({"backend": spec.key, "label": spec.label,
                                           "reason": f"failed: {type(e).__name__}: {e}"})
             print(f"  {spec.key} failed: {e}", file=sys.stderr)
             continue
         tile = spec.tile(w) if spec.tile else None
-        row = {"backend": spec.key, "label": spec.label, "dtype": spec.dtype(w.device),
+        row: dict[str, Any] = {"backend": spec.key, "label": spec.label, "dtype": spec.dtype(w.device),
                "engine_tile": list(tile) if tile else None, "build_s": build_s,
                "set_alpha_ms": float(np.median(alpha)) * 1e3, "peak_memory_mib": None if mem.peak is None else
                mem.peak / 2**20, "times": []}
@@ -624,7 +632,7 @@ def run_workload(w: Workload, specs: list[BackendSpec], args: argparse.Namespace
     for spec, _backend, _call, row in live:
         lat = percentiles(row["times"])
         seconds = lat["median"] / 1e3
-        p, largest = psnr(outputs[spec.key], ref, peak_value)
+        p, largest = psnr(host(outputs[spec.key]), ref, peak_value)
         peak = args.peaks.get(w.device, {}).get(row["dtype"])
         tflops = result["flops_per_call"] / seconds / 1e12
         row.update(
