@@ -37,6 +37,7 @@ import argparse
 import contextlib
 import copy
 import datetime as dt
+import gc
 import json
 import math
 import os
@@ -195,12 +196,6 @@ def _ort(ctx: Context) -> Any:
     return from_network(ctx.net, gan_net=ctx.gan)
 
 
-def _frame_tile(w: Workload) -> int:
-    """The tile a fixed-shape engine is built with for a workload: its tile, the tile batch's side, or for a frame
-    in one piece its longer side (TensorRT's profile takes any shape up to it)."""
-    return w.tile or (w.width if w.batch > 1 else max(w.width, w.height))
-
-
 def _engine_build(backend: str, precision: str) -> Callable[[Context], Any]:
     def build(ctx: Context) -> Any:
         from engine.build import main as build_main
@@ -229,7 +224,7 @@ def _fixed_shape(backend: str) -> Callable[[Workload], tuple[int, int]]:
         if backend == "native":  # a plan is one square shape: two tiles of the shorter side, not the longer squared
             side = -(-min(w.width, w.height) // 16) * 16
             return side, 2
-        return _frame_tile(w), 1
+        return max(w.width, w.height), 1  # TensorRT's profile takes the whole frame: any shape up to tile × tile
     return shape
 
 
@@ -323,13 +318,15 @@ class Memory:
 
     CUDA: the torch allocator's peak above its level before the build, plus device memory taken outside the
     allocator meanwhile (TensorRT, engine._C). CPU: the process's resident peak (Linux VmHWM, reset through
-    /proc/self/clear_refs) above its resident size before the build; None where that is not available."""
+    /proc/self/clear_refs) above its resident size before the build; None where that is not available. Memory the
+    allocator already holds and reuses is not counted on the CPU, so a figure there is a lower bound."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
 
     def __enter__(self) -> Memory:
         self.peak: int | None = None
+        gc.collect()  # garbage freed inside would lower the resident size below the baseline and hide the peak
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -614,17 +611,26 @@ def run_workload(w: Workload, specs: list[BackendSpec], args: argparse.Namespace
             print(f"  {spec.key} failed: {e}", file=sys.stderr)
             continue
         tile = spec.tile(w) if spec.tile else None
-        row: dict[str, Any] = {"backend": spec.key, "label": spec.label, "dtype": spec.dtype(w.device),
-               "engine_tile": list(tile) if tile else None, "build_s": build_s,
-               "set_alpha_ms": float(np.median(alpha)) * 1e3, "peak_memory_mib": None if mem.peak is None else
-               mem.peak / 2**20, "times": []}
+        row: dict[str, Any] = {
+            "backend": spec.key, "label": spec.label, "dtype": spec.dtype(w.device),
+            "engine_tile": list(tile) if tile else None, "build_s": build_s,
+            "set_alpha_ms": float(np.median(alpha)) * 1e3,
+            "peak_memory_mib": None if mem.peak is None else mem.peak / 2**20, "times": []}
         live.append((spec, backend, call, row))
 
-    outputs: dict[str, np.ndarray] = {}
+    outputs: dict[str, Any] = {}
     for r in range(args.repeat):  # alternating: every backend once per round, the order rotating
-        for spec, _backend, call, row in live[r % max(1, len(live)):] + live[:r % max(1, len(live))]:
-            with _fp32_reference() if row["dtype"] == "fp32" else contextlib.nullcontext():
-                seconds, out = timed(call, device)
+        k = r % max(1, len(live))
+        for entry in live[k:] + live[:k]:
+            spec, _backend, call, row = entry
+            try:
+                with _fp32_reference() if row["dtype"] == "fp32" else contextlib.nullcontext():
+                    seconds, out = timed(call, device)
+            except Exception as e:  # e.g. out of memory on a large frame: reported, and the others go on
+                result["unavailable"].append({"backend": spec.key, "label": spec.label,
+                                              "reason": f"failed while timing: {type(e).__name__}: {e}"})
+                live.remove(entry)
+                continue
             row["times"].append(seconds)
             outputs[spec.key] = out
 
@@ -654,11 +660,12 @@ def run_workload(w: Workload, specs: list[BackendSpec], args: argparse.Namespace
 
 
 def _num(v: float | None, digits: int = 2) -> str:
+    """`v` to `digits` significant digits (all of its integer digits kept); — for None."""
     if v is None:
         return "—"
-    if v == 0 or abs(v) >= 10 ** (digits + 1):
-        return f"{v:.0f}"
-    return f"{v:.{max(0, digits - int(math.floor(math.log10(abs(v)))) - 1)}f}" if abs(v) < 10**digits else f"{v:.0f}"
+    if v == 0:
+        return "0"
+    return f"{v:.{max(0, digits - 1 - math.floor(math.log10(abs(v))))}f}"
 
 
 def markdown(doc: dict[str, Any], level: int = 1) -> str:
