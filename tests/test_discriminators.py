@@ -192,7 +192,7 @@ def test_srgan_backward():
 
 
 def test_registry():
-    assert set(DISCRIMINATORS) == {"vgg128", "unet", "srgan"}
+    assert set(DISCRIMINATORS) == {"vgg128", "unet", "unet-gan", "srgan"}
     d = build_discriminator("vgg128", num_feat=8)
     assert isinstance(d, VGGStyleDiscriminator) and d.input_size == 128
     assert isinstance(build_discriminator("unet", num_feat=8, skip_connection=False), UNetDiscriminatorSN)
@@ -202,3 +202,26 @@ def test_registry():
     assert "unet" in str(e.value) and "srgan" in str(e.value) and "patchgan" in str(e.value)
     with pytest.raises(ValueError, match="input_size"):
         build_discriminator("vgg128", input_size=256)
+
+
+def test_unet_gan_gives_global_and_per_pixel_logits_and_features():
+    """U-Net GAN's discriminator: the encoder's global logit is the spectral-normalized linear layer over the
+    bottleneck summed over space, the decoder's logits are the plain U-Net's, and the features are its stages."""
+    torch.manual_seed(0)
+    d = build_discriminator("unet-gan", num_feat=8).eval()
+    x = torch.rand(2, 3, 32, 24)
+    out = d.forward_all(x)
+    assert out.encoder.shape == (2, 1) and out.decoder.shape == (2, 1, 32, 24)
+    assert [tuple(f.shape[1:]) for f in out.features] == [(8, 32, 24), (16, 16, 12), (32, 8, 6), (64, 4, 3),
+                                                          (32, 8, 6), (16, 16, 12), (8, 32, 24)]
+    with torch.no_grad():
+        torch.testing.assert_close(out.decoder, d(x))
+        w = d.linear_enc.weight  # the normalized weight spectral_norm computed for this (eval) forward
+        torch.testing.assert_close(out.encoder, out.features[3].sum(dim=(2, 3)) @ w.t() + d.linear_enc.bias)
+    assert "linear_enc.weight_orig" in d.state_dict()
+    plain = build_discriminator("unet", num_feat=8)
+    assert "linear_enc.weight_orig" not in plain.state_dict()  # Real-ESRGAN's keys are unchanged
+    with pytest.raises(ValueError, match="encoder_head"):
+        plain.forward_all(x)
+    (out.encoder.sum() + out.decoder.sum()).backward()
+    assert d.conv0.weight.grad is not None and d.linear_enc.weight_orig.grad is not None

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from train.discriminators import UNetOutput
 from train.losses import (
     ESRGAN_LAYER_WEIGHTS,
     REAL_ESRGAN_LAYER_WEIGHTS,
@@ -436,3 +437,92 @@ def test_vanilla_losses():
     big = torch.tensor([80.0, -80.0])
     assert torch.isfinite(vanilla_d_loss(big, -big)) and torch.isfinite(ragan_g_loss(big, -big))
     assert vanilla_g_loss(torch.tensor([-80.0])).item() == pytest.approx(80.0, rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# U-Net discriminator, CutMix consistency and feature matching, against hand computations in numpy float64.
+
+
+def _unet_out(seed: int, n: int = 2, h: int = 4, w: int = 6) -> UNetOutput:
+    g = torch.Generator().manual_seed(seed)
+    return UNetOutput(3 * torch.randn(n, 1, generator=g, dtype=torch.float64),
+                      3 * torch.randn(n, 1, h, w, generator=g, dtype=torch.float64), [])
+
+
+def test_unet_hinge_losses_equal_their_formulas() -> None:
+    import numpy as np
+
+    from train.losses import unet_d_loss, unet_g_loss
+
+    real, fake = _unet_out(0), _unet_out(1)
+
+    def hinge(v: torch.Tensor, sign: float) -> float:  # mean of max(0, 1 − sign·v), element by element
+        return float(np.mean([max(0.0, 1.0 - sign * x) for x in v.numpy().ravel()]))
+
+    want = hinge(real.encoder, 1) + hinge(fake.encoder, -1) + hinge(real.decoder, 1) + hinge(fake.decoder, -1)
+    assert float(unet_d_loss(real, fake)) == pytest.approx(want, rel=1e-12)
+    assert float(unet_g_loss(fake)) == pytest.approx(-fake.encoder.numpy().mean() - fake.decoder.numpy().mean())
+
+
+def test_cutmix_consistency_and_mixed_image_loss_equal_their_definitions_on_a_fixed_mask() -> None:
+    import numpy as np
+
+    from train.losses import cutmix, cutmix_consistency_loss, unet_d_mix_loss
+
+    mask = torch.zeros(2, 1, 4, 6, dtype=torch.float64)
+    mask[0, :, 1:3, 2:5] = 1  # the real image shows through a box
+    mask[1, :, :, :2] = 1
+    real, fake, mixed = _unet_out(0), _unet_out(1), _unet_out(2)
+    m, dr, df, dm = (t.numpy() for t in (mask, real.decoder, fake.decoder, mixed.decoder))
+    total = 0.0
+    for idx in np.ndindex(m.shape):  # ‖D_dec(mix) − (M·D_dec(x) + (1 − M)·D_dec(G(z)))‖², pixel by pixel
+        target = dr[idx] if m[idx] == 1 else df[idx]
+        total += (dm[idx] - target) ** 2
+    got = cutmix_consistency_loss(mixed.decoder, real.decoder, fake.decoder, mask)
+    assert float(got) == pytest.approx(total / m.size, rel=1e-12)
+    # the decoder's labels follow the mask; the encoder calls the mixed image fake
+    per_pixel = [max(0.0, 1 - dm[i]) if m[i] == 1 else max(0.0, 1 + dm[i]) for i in np.ndindex(m.shape)]
+    enc = np.mean([max(0.0, 1 + v) for v in mixed.encoder.numpy().ravel()])
+    assert float(unet_d_mix_loss(mixed, mask)) == pytest.approx(enc + np.mean(per_pixel), rel=1e-12)
+    x, y = torch.ones(2, 3, 4, 6, dtype=torch.float64), torch.zeros(2, 3, 4, 6, dtype=torch.float64)
+    assert torch.equal(cutmix(x, y, mask), mask.expand(2, 3, 4, 6))
+
+
+def test_cutmix_masks_are_boxes_of_the_drawn_size_and_reproducible() -> None:
+    from train.losses import cutmix_mask
+
+    a = cutmix_mask(64, 32, 40, generator=torch.Generator().manual_seed(3))
+    b = cutmix_mask(64, 32, 40, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and set(a.unique().tolist()) <= {0.0, 1.0}
+    for m in a[:, 0]:
+        rows, cols = m.any(dim=1).nonzero(), m.any(dim=0).nonzero()
+        if len(rows):  # one axis-aligned box: every pixel between its first and last row and column is set
+            assert m[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+            assert m.sum() == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+    assert 0.2 < float(a.mean()) < 0.5  # E[1 − λ] = 1/2, less the clipping at the borders
+
+
+def test_feature_matching_equals_a_hand_computation() -> None:
+    import numpy as np
+
+    from train.losses import feature_matching_loss
+
+    g = torch.Generator().manual_seed(0)
+    fake = [(2 * torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)).requires_grad_(),
+            2 * torch.randn(2, 5, 2, 2, generator=g, dtype=torch.float64)]
+    real = [2 * torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64),
+            2 * torch.randn(2, 5, 2, 2, generator=g, dtype=torch.float64)]
+
+    def huber(a: np.ndarray, b: np.ndarray) -> float:  # δ = 1
+        d = np.abs(a - b)
+        return float(np.mean(np.where(d < 1, 0.5 * d**2, d - 0.5)))
+
+    per_layer = [huber(f.detach().numpy(), r.numpy()) for f, r in zip(fake, real, strict=True)]
+    assert float(feature_matching_loss(fake, real)) == pytest.approx(np.mean(per_layer), rel=1e-12)
+    assert float(feature_matching_loss(fake, real, [0.3, 2.0])) == pytest.approx(
+        0.3 * per_layer[0] + 2.0 * per_layer[1], rel=1e-12)
+    assert float(feature_matching_loss(real, real)) == 0.0
+    with pytest.raises(ValueError, match="one per layer"):
+        feature_matching_loss(fake, real, [1.0])
+    feature_matching_loss(fake, real).backward()
+    assert fake[0].grad is not None

@@ -3,6 +3,9 @@ logits).
 
 - `VGGStyleDiscriminator`: ESRGAN's (BasicSR's key names, so BasicSR `net_d` checkpoints load), fixed input size.
 - `UNetDiscriminatorSN`: Real-ESRGAN's U-Net with spectral normalization, per-pixel logits (Real-ESRGAN's keys).
+  With `encoder_head=True` ("unet-gan") it is also a U-Net GAN discriminator (Schönfeld et al. 2020): a global
+  logit from the encoder's bottleneck beside the decoder's per-pixel logits, and the intermediate features
+  (`forward_all`), for the ×16 perceptual-extreme losses in `train.losses`.
 - `SRGANDiscriminator`: SRGAN's, in fully convolutional form (global pooling instead of a flatten), any size.
 
 Initialization: PyTorch's defaults (Kaiming-uniform with a = sqrt(5) for convolutions and linear layers, BN weight
@@ -11,6 +14,8 @@ Initialization: PyTorch's defaults (Kaiming-uniform with a = sqrt(5) for convolu
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import spectral_norm
@@ -18,6 +23,7 @@ from torch.nn.utils import spectral_norm
 __all__ = [
     "VGGStyleDiscriminator",
     "UNetDiscriminatorSN",
+    "UNetOutput",
     "SRGANDiscriminator",
     "DISCRIMINATORS",
     "build_discriminator",
@@ -104,6 +110,15 @@ class VGGStyleDiscriminator(nn.Module):
         return self.linear2(feat)
 
 
+class UNetOutput(NamedTuple):
+    """What a U-Net discriminator says about a batch: `encoder` (N, 1) global logits, `decoder` (N, 1, H, W)
+    per-pixel logits, and `features`, the activations of every encoder and decoder stage (for feature matching)."""
+
+    encoder: Tensor
+    decoder: Tensor
+    features: list[Tensor]
+
+
 class UNetDiscriminatorSN(nn.Module):
     """Real-ESRGAN's U-Net discriminator with spectral normalization (same parameter names: conv0 .. conv9).
 
@@ -112,9 +127,15 @@ class UNetDiscriminatorSN(nn.Module):
     use `torch.nn.utils.spectral_norm` (state-dict keys `weight_orig`, `weight_u`, `weight_v`, as Real-ESRGAN's
     checkpoints); conv0 and conv9 are plain. Output: per-pixel logits (N, 1, H, W). H and W must be multiples
     of 8.
+
+    `encoder_head=True` adds U-Net GAN's encoder output: the bottleneck's activations summed over space (BigGAN's
+    global sum pooling) into a spectral-normalized linear layer `linear_enc`, one global logit per image.
+    `forward_all` returns it with the per-pixel logits and the seven stage activations (x0..x3 of the encoder,
+    x4..x6 of the decoder, each after its LeakyReLU and skip).
     """
 
-    def __init__(self, num_in_ch: int = 3, num_feat: int = 64, skip_connection: bool = True) -> None:
+    def __init__(self, num_in_ch: int = 3, num_feat: int = 64, skip_connection: bool = True,
+                 encoder_head: bool = False) -> None:
         super().__init__()
         self.skip_connection = skip_connection
         nf = num_feat
@@ -131,8 +152,22 @@ class UNetDiscriminatorSN(nn.Module):
         self.conv7 = spectral_norm(nn.Conv2d(nf, nf, 3, 1, 1, bias=False))
         self.conv8 = spectral_norm(nn.Conv2d(nf, nf, 3, 1, 1, bias=False))
         self.conv9 = nn.Conv2d(nf, 1, 3, 1, 1)
+        self.linear_enc = spectral_norm(nn.Linear(nf * 8, 1)) if encoder_head else None
 
     def forward(self, x: Tensor) -> Tensor:
+        """Per-pixel logits (N, 1, H, W)."""
+        return self._run(x)[0]
+
+    def forward_all(self, x: Tensor) -> UNetOutput:
+        """Global and per-pixel logits and the stage features; needs `encoder_head=True`."""
+        if self.linear_enc is None:
+            raise ValueError("forward_all needs the encoder head: build the discriminator with encoder_head=True "
+                             "(discriminator 'unet-gan')")
+        decoder, features = self._run(x)
+        encoder = self.linear_enc(features[3].sum(dim=(2, 3)))
+        return UNetOutput(encoder, decoder, features)
+
+    def _run(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         if x.dim() != 4 or x.shape[-2] % 8 or x.shape[-1] % 8:
             raise ValueError(
                 f"UNetDiscriminatorSN expects (N, C, H, W) input with H and W multiples of 8, got {tuple(x.shape)}"
@@ -141,23 +176,19 @@ class UNetDiscriminatorSN(nn.Module):
         x1 = _lrelu(self.conv1(x0))
         x2 = _lrelu(self.conv2(x1))
         x3 = _lrelu(self.conv3(x2))
+        features = [x0, x1, x2, x3]
 
-        x3 = F.interpolate(x3, scale_factor=2, mode="bilinear", align_corners=False)
-        x4 = _lrelu(self.conv4(x3))
-        if self.skip_connection:
-            x4 = x4 + x2
-        x4 = F.interpolate(x4, scale_factor=2, mode="bilinear", align_corners=False)
-        x5 = _lrelu(self.conv5(x4))
-        if self.skip_connection:
-            x5 = x5 + x1
-        x5 = F.interpolate(x5, scale_factor=2, mode="bilinear", align_corners=False)
-        x6 = _lrelu(self.conv6(x5))
-        if self.skip_connection:
-            x6 = x6 + x0
+        x = x3
+        for conv, skip in ((self.conv4, x2), (self.conv5, x1), (self.conv6, x0)):
+            x = _lrelu(conv(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)))
+            if self.skip_connection:
+                x = x + skip
+            features.append(x)
+        x6 = x
 
         out = _lrelu(self.conv7(x6))
         out = _lrelu(self.conv8(out))
-        return self.conv9(out)
+        return self.conv9(out), features
 
 
 class SRGANDiscriminator(nn.Module):
@@ -199,15 +230,17 @@ class SRGANDiscriminator(nn.Module):
 DISCRIMINATORS: dict[str, type[nn.Module]] = {
     "vgg128": VGGStyleDiscriminator,
     "unet": UNetDiscriminatorSN,
+    "unet-gan": UNetDiscriminatorSN,
     "srgan": SRGANDiscriminator,
 }
 
 
 def build_discriminator(name: str, **kwargs) -> nn.Module:
-    """Make a discriminator by name: "vgg128" (ESRGAN, 128x128 crops), "unet" (Real-ESRGAN), "srgan".
+    """Make a discriminator by name: "vgg128" (ESRGAN, 128x128 crops), "unet" (Real-ESRGAN), "unet-gan" (the same
+    U-Net with U-Net GAN's encoder head: global and per-pixel logits), "srgan".
 
-    kwargs go to the class (num_in_ch, num_feat, skip_connection for "unet"). "vgg128" fixes input_size=128; for
-    256x256 crops build `VGGStyleDiscriminator(input_size=256)` directly.
+    kwargs go to the class (num_in_ch, num_feat, skip_connection for "unet" and "unet-gan"). "vgg128" fixes
+    input_size=128; for 256x256 crops build `VGGStyleDiscriminator(input_size=256)` directly.
     """
     if name not in DISCRIMINATORS:
         raise ValueError(f"unknown discriminator {name!r}; known: {', '.join(DISCRIMINATORS)}")
@@ -216,4 +249,6 @@ def build_discriminator(name: str, **kwargs) -> nn.Module:
         if size != 128:
             raise ValueError(f"discriminator 'vgg128' has input_size 128, got input_size={size}")
         return VGGStyleDiscriminator(input_size=128, **kwargs)
+    if name == "unet-gan":
+        kwargs["encoder_head"] = True
     return DISCRIMINATORS[name](**kwargs)

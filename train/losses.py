@@ -1,4 +1,6 @@
-"""Losses for GAN super-resolution: VGG19 perceptual loss and (relativistic) GAN losses on logits.
+"""Losses for GAN super-resolution: VGG19 perceptual loss, (relativistic) GAN losses on logits, and the ×16
+perceptual-extreme losses: U-Net discriminator hinge terms (encoder and decoder), CutMix consistency, and feature
+matching. (LPIPS is in `train.lpips`.)
 
 The GAN losses take the raw logits C(x) of a discriminator (the discriminators in `train.discriminators` have no
 sigmoid) and use `binary_cross_entropy_with_logits`, which is stable for large logits. Every loss is a mean over
@@ -8,8 +10,9 @@ alike.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +28,13 @@ __all__ = [
     "ragan_g_loss",
     "vanilla_d_loss",
     "vanilla_g_loss",
+    "unet_d_loss",
+    "unet_g_loss",
+    "unet_d_mix_loss",
+    "cutmix_mask",
+    "cutmix",
+    "cutmix_consistency_loss",
+    "feature_matching_loss",
 ]
 
 ESRGAN_LAYER_WEIGHTS: dict[str, float] = {"conv5_4": 1.0}
@@ -155,3 +165,81 @@ def vanilla_d_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
 def vanilla_g_loss(fake_logits: Tensor) -> Tensor:
     """Non-saturating generator loss: -E[log sigma(C(x_f))] = BCEWithLogits(C(x_f), 1)."""
     return _bce_logits(fake_logits, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# U-Net discriminator (U-Net GAN, Schönfeld et al. 2020), as the ×16 perceptual-extreme system trains with it.
+# `real` and `fake` are `train.discriminators.UNetOutput`s: encoder (N, 1) global logits and decoder (N, 1, H, W)
+# per-pixel logits. Hinge losses, as BigGAN and U-Net GAN use them.
+
+
+def _hinge(logits: Tensor, real: bool) -> Tensor:
+    logits = _at_least_float32(logits)
+    return F.relu(1.0 - logits) if real else F.relu(1.0 + logits)
+
+
+def unet_d_loss(real: Any, fake: Any) -> Tensor:
+    """L_D = E[relu(1 − D_enc(x))] + E[relu(1 + D_enc(G(z)))] + the same over every decoder pixel: the encoder
+    judges whole images, the decoder each pixel. Pass the outputs of detached fakes (caller's job)."""
+    return (_hinge(real.encoder, True).mean() + _hinge(fake.encoder, False).mean()
+            + _hinge(real.decoder, True).mean() + _hinge(fake.decoder, False).mean())
+
+
+def unet_g_loss(fake: Any) -> Tensor:
+    """The generator's hinge loss against both heads: −E[D_enc(G(z))] − E[D_dec(G(z))] (mean over pixels)."""
+    return -_at_least_float32(fake.encoder).mean() - _at_least_float32(fake.decoder).mean()
+
+
+def cutmix_mask(n: int, height: int, width: int, *, generator: torch.Generator | None = None,
+                device: torch.device | str = "cpu") -> Tensor:
+    """(n, 1, height, width) CutMix masks, 1 where the mixed image shows the real one: per image a box covering
+    a fraction 1 − λ of the image, λ ~ U(0, 1), centred uniformly and clipped at the borders (CutMix's boxes)."""
+    mask = torch.zeros(n, 1, height, width)
+    lam = torch.rand(n, generator=generator)
+    centre = torch.rand(n, 2, generator=generator)
+    for i in range(n):
+        cut = float(torch.sqrt(1.0 - lam[i]))
+        ch, cw = int(height * cut), int(width * cut)
+        cy, cx = int(centre[i, 0] * height), int(centre[i, 1] * width)
+        mask[i, :, max(cy - ch // 2, 0):min(cy + ch // 2, height), max(cx - cw // 2, 0):min(cx + cw // 2, width)] = 1
+    return mask.to(device)
+
+
+def cutmix(real: Tensor, fake: Tensor, mask: Tensor) -> Tensor:
+    """mix(x, G(z), M) = M ⊙ x + (1 − M) ⊙ G(z)."""
+    return mask * real + (1 - mask) * fake
+
+
+def unet_d_mix_loss(mixed: Any, mask: Tensor) -> Tensor:
+    """The discriminator's loss on a CutMix image: the encoder calls it fake (it is not a real image), and each
+    decoder pixel gets the label of the image it came from: E[M ⊙ relu(1 − D_dec) + (1 − M) ⊙ relu(1 + D_dec)]."""
+    dec = mixed.decoder
+    per_pixel = mask * _hinge(dec, True) + (1 - mask) * _hinge(dec, False)
+    return _hinge(mixed.encoder, False).mean() + per_pixel.mean()
+
+
+def cutmix_consistency_loss(mixed_decoder: Tensor, real_decoder: Tensor, fake_decoder: Tensor, mask: Tensor) -> Tensor:
+    """U-Net GAN's consistency regularization: the decoder's output on the mixed image should be the mix of its
+    outputs on the two images, ‖D_dec(mix(x, G(z), M)) − mix(D_dec(x), D_dec(G(z)), M)‖², the mean over pixels."""
+    target = cutmix(_at_least_float32(real_decoder), _at_least_float32(fake_decoder), mask)
+    return F.mse_loss(_at_least_float32(mixed_decoder), target)
+
+
+def feature_matching_loss(fake_features: Sequence[Tensor], real_features: Sequence[Tensor],
+                          weights: Sequence[float] | None = None) -> Tensor:
+    """Σ_l w_l · Huber(φ_l(G(z)), φ_l(x)): the smooth-L1 distance (δ = 1, mean over elements) between the
+    discriminator's features of the generated and the real images, per layer, weighted. The default weights are
+    1/L (the mean over layers). Real features carry no gradient (detached here)."""
+    if len(fake_features) != len(real_features):
+        raise ValueError(f"feature matching needs as many real as fake feature maps, got {len(real_features)} and "
+                         f"{len(fake_features)}")
+    if weights is None:
+        weights = [1.0 / len(fake_features)] * len(fake_features)
+    if len(weights) != len(fake_features):
+        raise ValueError(f"feature_matching_layers gives {len(weights)} weights for {len(fake_features)} "
+                         f"discriminator layers: give one per layer")
+    loss = fake_features[0].new_zeros((), dtype=torch.float32)
+    for w, f, r in zip(weights, fake_features, real_features, strict=True):
+        if w:
+            loss = loss + w * F.smooth_l1_loss(_at_least_float32(f), _at_least_float32(r.detach()), beta=1.0)
+    return loss
