@@ -63,7 +63,7 @@ def _csv(path: Path) -> list[dict[str, str]]:
 # Each preset's stage runs a few iterations with finite losses.
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
+@pytest.mark.parametrize("name", [p for p in PRESETS if p != "x16-perceptual"])  # x16: its own test below
 def test_every_preset_runs_a_few_iterations(tmp_path: Path, photos: Path, name: str) -> None:
     gt = PRESETS[name]["gt_size"]
     data = _write_photos(tmp_path / "data", size=max(gt, 48), count=2)
@@ -109,12 +109,16 @@ def _weights(run: Path, tag: str) -> dict[str, torch.Tensor]:
     return torch.load(run / "models" / f"net_g_{tag}.pth", weights_only=True)
 
 
-@pytest.mark.parametrize("stage", ["psnr", "gan"])
+@pytest.mark.parametrize("stage", ["psnr", "gan", "unet-gan"])
 def test_resume_equals_an_uninterrupted_run(tmp_path: Path, photos: Path, stage: str) -> None:
     extra = dict(save_every=3, log_every=1)
     if stage == "gan":
         extra |= dict(stage="gan", discriminator="unet", discriminator_args={"num_feat": 8}, perceptual_weight=1.0,
                       perceptual_random_init=True, gan_weight=5e-3, pixel_weight=1e-2, lr_g=1e-4)
+    if stage == "unet-gan":  # the ×16 losses: LPIPS, U-Net hinge, feature matching, CutMix draws, clipping
+        extra |= dict(stage="gan", discriminator="unet-gan", discriminator_args={"num_feat": 8}, gan_type="unet-hinge",
+                      lpips_weight=1e-3, lpips_random_init=True, gan_weight=1e-3, feature_matching_weight=1.0,
+                      cutmix_prob=0.5, grad_clip=0.1, gan_start=1, pixel_loss="huber", lr_g=1e-4)
     torch.set_num_threads(1)
     try:
         Trainer(_tiny(photos, iters=6, **extra), tmp_path / "straight").run()
@@ -126,7 +130,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path: Path, photos: Path, stage:
     for wrapper in ("params", "params_ema"):
         for key, t in a[wrapper].items():
             assert torch.equal(t, b[wrapper][key]), (wrapper, key)
-    if stage == "gan":
+    if stage != "psnr":
         da = torch.load(tmp_path / "straight" / "models" / "net_d_6.pth", weights_only=True)["params"]
         db = torch.load(tmp_path / "split" / "models" / "net_d_6.pth", weights_only=True)["params"]
         assert all(torch.equal(t, db[k]) for k, t in da.items())
@@ -306,6 +310,50 @@ def test_presets_follow_the_published_recipes() -> None:
     srgan = preset("srgan")
     assert (srgan.model, srgan.pixel_loss) == ("srgan", "mse")
     assert preset("srgan-gan").perceptual_layers == {"relu5_4": 1.0}
+
+
+def test_unet_gan_settings_are_checked(tmp_path: Path, photos: Path) -> None:
+    for overrides, match in ((dict(discriminator="unet"), "discriminator=unet-gan"),
+                             (dict(gan_type="ragan"), "unet-hinge"),
+                             (dict(cutmix_prob=1.5), "cutmix_prob"),
+                             (dict(model="rrdb23x16", scale=4), "scale=16"),
+                             (dict(lpips_random_init=False), "alexnet-owt-7be5be79.pth")):
+        cfg = preset("x16-perceptual", data=str(photos / "train"), **{"lpips_random_init": True, **overrides})
+        with pytest.raises(TrainError, match=match):
+            Trainer(cfg, tmp_path / "run").run()
+
+
+def test_x16_perceptual_preset_follows_the_paper_and_trains_on_the_cpu(tmp_path: Path, photos: Path) -> None:
+    """The ×16 preset's recipe, then a few iterations of it with small random-init networks: pixel loss only
+    before gan_start, then LPIPS + U-Net GAN + feature matching + pixel loss, the discriminator with CutMix and
+    consistency; every loss finite, a resumable ×16 checkpoint, and validation LPIPS."""
+    x16 = preset("x16-perceptual")
+    assert (x16.model, x16.scale, x16.gt_size, x16.batch_size) == ("rrdb23x16", 16, 384, 4)
+    assert (x16.iters, x16.gan_start, x16.lr_g, x16.lr_d, x16.grad_clip) == (150_000, 75_000, 1e-5, 1e-5, 0.1)
+    assert (x16.pixel_loss, x16.lpips_weight, x16.lpips_net, x16.gan_weight, x16.feature_matching_weight) == (
+        "huber", 1e-3, "alex", 1e-3, 1.0)
+    assert (x16.discriminator, x16.gan_type, x16.cutmix_prob, x16.perceptual_weight) == (
+        "unet-gan", "unet-hinge", 0.5, 0.0)
+    assert x16.ema_decay > 0
+
+    stage = {"arch": "rrdbnet", "hparams": {"num_block": 1, "num_feat": 8, "num_grow_ch": 4, "scale": 4}}
+    data = _write_photos(tmp_path / "data", size=72, count=2)
+    val = _write_photos(tmp_path / "val", size=64, count=1)
+    cfg = preset("x16-perceptual", data=str(data), val=str(val), gt_size=64, batch_size=2, num_workers=0,
+                 iters=5, gan_start=2, log_every=1, val_every=5, save_every=5, lpips_random_init=True,
+                 model_args={"stages": [stage, stage]}, discriminator_args={"num_feat": 8}, cutmix_prob=1.0)
+    out = Trainer(cfg, tmp_path / "run").run()
+    rows = _csv(tmp_path / "run" / "train.csv")
+    assert [int(r["iter"]) for r in rows] == [1, 2, 3, 4, 5]
+    for r in rows[:2]:  # PSNR pre-training: the pixel loss alone
+        assert np.isfinite(float(r["l_pix"])) and r["l_lpips"] == r["l_gan"] == r["l_d"] == ""
+    for r in rows[2:]:
+        for k in ("l_pix", "l_lpips", "l_gan", "l_fm", "l_d", "l_d_cons"):
+            assert np.isfinite(float(r[k])), (k, r)
+    val_rows = _csv(tmp_path / "run" / "val.csv")
+    assert len(val_rows) == 1 and 0 <= float(val_rows[0]["lpips"])
+    net, info = models.load(out)
+    assert info.scale == 16 and info.arch == "cascade"
 
 
 def test_cosine_restart_matches_basicsr() -> None:

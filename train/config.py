@@ -8,7 +8,11 @@ Sources: ESRGAN (Wang et al. 2018) and BasicSR's `train_ESRGAN_x4.yml` / `train_
 (PSNR stage: L1, Adam 2e-4, betas (0.9, 0.99), cosine restarts every 250k for 1M iterations, EMA 0.999; GAN
 stage: 1.0·perceptual(conv5_4, L1) + 5e-3·RaGAN + 1e-2·L1, Adam 1e-4 for both nets, halved at 50k/100k/200k/
 300k of 400k); SRGAN (Ledig et al. 2017: SRResNet trained with MSE, Adam 1e-4, betas (0.9, 0.999); then VGG54
-(after activation, rescaled) + 1e-3·adversarial, 1e-4 for 100k then 1e-5 for 100k).
+(after activation, rescaled) + 1e-3·adversarial, 1e-4 for 100k then 1e-5 for 100k); the ×16 perceptual-extreme
+system (Jo, Yang and Kim, "Investigating Loss Functions for Extreme Super-Resolution", NTIRE 2020 workshop, and
+its public training script: two ×4 RRDBNets in a cascade, 384² HR crops in batches of 4, 75k iterations of
+pixel loss (Huber) then 75k more adding 1e-3·LPIPS (AlexNet) + 1e-3·U-Net GAN + 1·feature matching, Adam 1e-5
+for both nets, gradient norms clipped at 0.1, CutMix on half of the discriminator steps).
 """
 
 from __future__ import annotations
@@ -51,15 +55,26 @@ class TrainConfig:
     eta_min: float = 1e-7
     ema_decay: float = 0.999  # 0 disables the EMA generator
     # losses
-    pixel_loss: str = "l1"  # "l1" | "mse"
+    pixel_loss: str = "l1"  # "l1" | "mse" | "huber" (smooth L1, δ = 1)
     pixel_weight: float = 1.0
     perceptual_weight: float = 0.0
     perceptual_layers: dict[str, float] = field(default_factory=lambda: {"conv5_4": 1.0})
     perceptual_criterion: str = "l1"
-    gan_type: str = "ragan"  # "ragan" | "vanilla"
+    gan_type: str = "ragan"  # "ragan" | "vanilla" | "unet-hinge" (discriminator "unet-gan": encoder + decoder)
     gan_weight: float = 0.0
-    discriminator: str = ""  # "vgg128" | "unet" | "srgan" (train.discriminators)
+    gan_start: int = 0  # GAN stage: iterations of pixel loss only (PSNR pre-training) before the rest starts
+    discriminator: str = ""  # "vgg128" | "unet" | "unet-gan" | "srgan" (train.discriminators)
     discriminator_args: dict[str, Any] = field(default_factory=dict)
+    feature_matching_weight: float = 0.0  # Huber between the discriminator's features of G(z) and x ("unet-gan")
+    feature_matching_layers: list[float] = field(default_factory=list)  # a weight per layer; empty: their mean
+    cutmix_prob: float = 0.0  # "unet-gan": share of discriminator steps that add a CutMix image and consistency
+    consistency_weight: float = 1.0  # weight of the CutMix consistency term in the discriminator's loss
+    lpips_weight: float = 0.0
+    lpips_net: str = "alex"  # "alex" | "vgg" (train.lpips)
+    lpips_backbone_weights: str = ""  # torchvision's alexnet-owt-7be5be79.pth / vgg16-397923af.pth
+    lpips_lin_weights: str = ""  # the LPIPS release's weights/v0.1/alex.pth / vgg.pth
+    lpips_random_init: bool = False  # tests only: random LPIPS networks
+    grad_clip: float = 0.0  # clip each network's gradient norm to this (0: off)
     pretrained: str = ""  # generator checkpoint to start from (the PSNR net for a GAN stage)
     vgg19_weights: str = ""
     perceptual_random_init: bool = False  # tests only: a randomly initialised VGG19
@@ -127,6 +142,14 @@ _TINY_GAN = dict(
     save_every=500,
 )
 
+_X16_PERCEPTUAL = dict(
+    stage="gan", model="rrdb23x16", scale=16, gt_size=384, batch_size=4, iters=150_000, gan_start=75_000,
+    lr_g=1e-5, lr_d=1e-5, betas=(0.9, 0.999), scheduler="constant", pixel_loss="huber", pixel_weight=1.0,
+    lpips_weight=1e-3, lpips_net="alex", gan_type="unet-hinge", gan_weight=1e-3, discriminator="unet-gan",
+    feature_matching_weight=1.0, cutmix_prob=0.5, consistency_weight=1.0, grad_clip=0.1, ema_decay=0.999,
+    val_every=1_000, save_every=1_000,
+)
+
 PRESETS: dict[str, dict[str, Any]] = {
     "esrgan-psnr": _ESRGAN_PSNR,
     "esrgan-gan": _ESRGAN_GAN,
@@ -134,6 +157,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "srgan-gan": _SRGAN_GAN,
     "tiny": _TINY,
     "tiny-gan": _TINY_GAN,
+    "x16-perceptual": _X16_PERCEPTUAL,  # PSNR pre-training (gan_start) then the ×16 perceptual-extreme losses
 }
 
 

@@ -47,15 +47,31 @@ from engine.models.registry import same_network
 
 from .config import TrainConfig, learning_rate
 from .data import TrainDataset, ValDataset, build_train_loader
-from .discriminators import build_discriminator
+from .discriminators import UNetDiscriminatorSN, build_discriminator
 from .evaluate import evaluate_model, mean, sample_grid, upscale
-from .losses import PerceptualLoss, ragan_d_loss, ragan_g_loss, vanilla_d_loss, vanilla_g_loss
+from .losses import (
+    PerceptualLoss,
+    cutmix,
+    cutmix_consistency_loss,
+    cutmix_mask,
+    feature_matching_loss,
+    ragan_d_loss,
+    ragan_g_loss,
+    unet_d_loss,
+    unet_d_mix_loss,
+    unet_g_loss,
+    vanilla_d_loss,
+    vanilla_g_loss,
+)
 
 log = logging.getLogger("train")
 
 
 class TrainError(RuntimeError):
     """A run cannot start or continue; the message says why and what to do."""
+
+
+_PIXEL_LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss, "huber": F.smooth_l1_loss}  # huber: δ = 1
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -197,7 +213,11 @@ def all_reduce_grads(module: nn.Module, world_size: int) -> None:
 
 
 def build_generator(cfg: TrainConfig) -> models.SRNet:
-    return models.create(cfg.model, **{**cfg.model_args, "scale": cfg.scale})
+    net = models.create(cfg.model, **{**cfg.model_args, "scale": cfg.scale})
+    if net.scale != cfg.scale:  # a cascade's scale is its stages' product, not an argument
+        raise TrainError(f"model {cfg.model} upscales ×{net.scale}, but the run is set to scale {cfg.scale}: set "
+                         f"scale={net.scale} or choose a ×{cfg.scale} model")
+    return net
 
 
 def load_pretrained(net: models.SRNet, path: str) -> None:
@@ -278,6 +298,19 @@ class Trainer:
             if cfg.perceptual_random_init and self.dist.main:
                 log.warning("perceptual loss on a RANDOMLY INITIALISED VGG19 (--perceptual-random-init): for "
                             "tests only, the results are not a perceptual-loss training")
+        self.lpips = None
+        if cfg.lpips_weight > 0 or cfg.lpips_backbone_weights:
+            from .lpips import LPIPS
+
+            try:
+                self.lpips = LPIPS(cfg.lpips_net, backbone_weights=cfg.lpips_backbone_weights or None,
+                                   lin_weights=cfg.lpips_lin_weights or None,
+                                   random_init=cfg.lpips_random_init).to(self.device)
+            except (FileNotFoundError, ValueError) as e:
+                raise TrainError(f"the LPIPS loss/metric (lpips_weight={cfg.lpips_weight}): {e}\nPass them with "
+                                 "--set lpips_backbone_weights=PATH --set lpips_lin_weights=PATH") from None
+            if cfg.lpips_random_init and self.dist.main:
+                log.warning("LPIPS with RANDOMLY INITIALISED networks (lpips_random_init): for tests only")
         self.opt_g = torch.optim.Adam(self.net_g.parameters(), lr=cfg.lr_g, betas=cfg.betas)
         self.opt_d = (torch.optim.Adam(self.net_d.parameters(), lr=cfg.lr_d, betas=cfg.betas)
                       if self.net_d is not None else None)
@@ -309,8 +342,9 @@ class Trainer:
         self.train_csv = self.val_csv = None
         if self.dist.main:
             self.train_csv = CsvLog(self.out / "train.csv",
-                                    ["iter", "lr_g", "l_pix", "l_percep", "l_gan", "l_d", "iters_per_s"], resumed)
-            self.val_csv = CsvLog(self.out / "val.csv", ["iter", "psnr_y", "ssim_y", "images"], resumed)
+                                    ["iter", "lr_g", "l_pix", "l_percep", "l_lpips", "l_gan", "l_fm", "l_d",
+                                     "l_d_cons", "iters_per_s"], resumed)
+            self.val_csv = CsvLog(self.out / "val.csv", ["iter", "psnr_y", "ssim_y", "lpips", "images"], resumed)
         self.tensorboard = self._tensorboard() if self.dist.main else None
         log.info("%s %s stage: %s ×%d, %d training images, batch %d × %d process(es), %s, amp %s, iterations "
                  "%d → %d", cfg.preset or "custom", cfg.stage, cfg.model, cfg.scale, len(dataset), cfg.batch_size,
@@ -330,10 +364,21 @@ class Trainer:
             raise TrainError(f"amp must be none, bf16 or fp16, got {cfg.amp!r}")
         if cfg.amp == "fp16" and not (cfg.device != "cpu" and torch.cuda.is_available()):
             raise TrainError("--amp fp16 needs a GPU (it trains with a gradient scaler); use --amp bf16 on the CPU")
-        if cfg.pixel_loss not in ("l1", "mse"):
-            raise TrainError(f"pixel_loss must be l1 or mse, got {cfg.pixel_loss!r}")
-        if cfg.gan_type not in ("ragan", "vanilla"):
-            raise TrainError(f"gan_type must be ragan or vanilla, got {cfg.gan_type!r}")
+        if cfg.pixel_loss not in ("l1", "mse", "huber"):
+            raise TrainError(f"pixel_loss must be l1, mse or huber, got {cfg.pixel_loss!r}")
+        if cfg.gan_type not in ("ragan", "vanilla", "unet-hinge"):
+            raise TrainError(f"gan_type must be ragan, vanilla or unet-hinge, got {cfg.gan_type!r}")
+        unet_gan = cfg.gan_type == "unet-hinge" or cfg.feature_matching_weight > 0 or cfg.cutmix_prob > 0
+        if cfg.stage == "gan" and unet_gan and cfg.discriminator != "unet-gan":
+            raise TrainError("unet-hinge, feature matching and CutMix need the U-Net GAN discriminator's two heads and "
+                             f"features: --set discriminator=unet-gan (got {cfg.discriminator!r})")
+        if cfg.discriminator == "unet-gan" and cfg.gan_type != "unet-hinge":
+            raise TrainError("discriminator unet-gan trains with gan_type=unet-hinge (its encoder and decoder terms)")
+        if not 0.0 <= cfg.cutmix_prob <= 1.0 or cfg.gan_start < 0 or cfg.grad_clip < 0:
+            raise TrainError(f"cutmix_prob must be in [0, 1], gan_start and grad_clip at least 0; got "
+                             f"{cfg.cutmix_prob}, {cfg.gan_start}, {cfg.grad_clip}")
+        if cfg.lpips_random_init and (cfg.lpips_backbone_weights or cfg.lpips_lin_weights):
+            raise TrainError("lpips_random_init excludes lpips_backbone_weights and lpips_lin_weights; pass one")
         if cfg.vgg19_weights and cfg.perceptual_random_init:
             raise TrainError("--vgg19-weights and --perceptual-random-init exclude each other; pass one")
         if cfg.perceptual_weight > 0 and not cfg.vgg19_weights and not cfg.perceptual_random_init:
@@ -413,11 +458,18 @@ class Trainer:
         samples = [self.val[i] for i in range(len(self.val))]
         scores = evaluate_model(net, samples, self.cfg.scale, self.device)
         psnr_y, ssim_y = mean(scores)
+        row: dict[str, Any] = {"iter": it, "psnr_y": psnr_y, "ssim_y": ssim_y, "images": len(scores)}
+        if self.lpips is not None:  # LPIPS of the EMA net's outputs, when its weights are given
+            from .lpips import lpips_distance
+
+            row["lpips"] = float(np.mean([lpips_distance(self.lpips, upscale(net, s["lr"], self.device).clamp(0, 1),
+                                                         s["hr"], crop_border=self.cfg.scale) for s in samples]))
         assert self.val_csv is not None
-        self.val_csv.add({"iter": it, "psnr_y": psnr_y, "ssim_y": ssim_y, "images": len(scores)})
+        self.val_csv.add(row)
         if self.tensorboard is not None:
-            self.tensorboard.add_scalar("val/psnr_y", psnr_y, it)
-            self.tensorboard.add_scalar("val/ssim_y", ssim_y, it)
+            for key in ("psnr_y", "ssim_y", "lpips"):
+                if key in row:
+                    self.tensorboard.add_scalar(f"val/{key}", row[key], it)
         rows = [(s["lr"], upscale(net, s["lr"], self.device), s["hr"]) for s in samples[: self.cfg.sample_count]]
         if rows:
             write_image(self.out / "samples" / f"iter_{it:08d}.png", sample_grid(rows))
@@ -427,26 +479,43 @@ class Trainer:
     # -----------------------------------------------------------------------------------------------------
 
     def step(self, lr: torch.Tensor, hr: torch.Tensor, it: int = 0) -> dict[str, float]:
-        """Iteration `it` (0-based): one generator update, one discriminator update in the GAN stage, the EMA
-        update; returns the loss values."""
+        """Iteration `it` (0-based): one generator update, one discriminator update in the GAN stage (from
+        `gan_start` on), the EMA update; returns the loss values."""
         cfg = self.cfg
         losses: dict[str, float] = {}
-        d_net = self.net_d
-        if d_net is not None:
-            d_net.requires_grad_(False)
+        d_net = self.net_d if it >= cfg.gan_start else None  # before gan_start: PSNR pre-training, pixel loss only
+        unet = cfg.gan_type == "unet-hinge"
+        if self.net_d is not None:
+            self.net_d.requires_grad_(False)
         with self._autocast():
             out = self.g_train(lr)
             total = out.new_zeros((), dtype=torch.float32)
             if cfg.pixel_weight > 0:
-                pixel = F.l1_loss if cfg.pixel_loss == "l1" else F.mse_loss
-                l_pix = cfg.pixel_weight * pixel(out.float(), hr.float())
+                l_pix = cfg.pixel_weight * _PIXEL_LOSSES[cfg.pixel_loss](out.float(), hr.float())
                 total = total + l_pix
                 losses["l_pix"] = l_pix.item()
-            if self.perceptual is not None:
+            if self.perceptual is not None and (cfg.stage == "psnr" or d_net is not None):
                 l_percep = cfg.perceptual_weight * self.perceptual(out, hr)
                 total = total + l_percep
                 losses["l_percep"] = l_percep.item()
-            if d_net is not None:
+            if self.lpips is not None and cfg.lpips_weight > 0 and (cfg.stage == "psnr" or d_net is not None):
+                l_lpips = cfg.lpips_weight * self.lpips(out, hr)
+                total = total + l_lpips
+                losses["l_lpips"] = l_lpips.item()
+            if d_net is not None and unet:
+                assert isinstance(d_net, UNetDiscriminatorSN)
+                fake = d_net.forward_all(out)
+                l_gan = cfg.gan_weight * unet_g_loss(fake)
+                total = total + l_gan
+                losses["l_gan"] = l_gan.item()
+                if cfg.feature_matching_weight > 0:
+                    with torch.no_grad():
+                        real_features = d_net.forward_all(hr).features
+                    l_fm = cfg.feature_matching_weight * feature_matching_loss(
+                        fake.features, real_features, cfg.feature_matching_layers or None)
+                    total = total + l_fm
+                    losses["l_fm"] = l_fm.item()
+            elif d_net is not None:
                 fake_logits = d_net(out).float()
                 if cfg.gan_type == "ragan":
                     real_logits = d_net(hr).detach().float()
@@ -455,29 +524,58 @@ class Trainer:
                     l_gan = cfg.gan_weight * vanilla_g_loss(fake_logits)
                 total = total + l_gan
                 losses["l_gan"] = l_gan.item()
-        self.opt_g.zero_grad(set_to_none=True)
-        self.scaler_g.scale(total).backward()
-        self.scaler_g.step(self.opt_g)
-        self.scaler_g.update()
+        self._update(self.net_g, self.opt_g, self.scaler_g, total)
 
         if d_net is not None:
             assert self.opt_d is not None
             d_net.requires_grad_(True)
             with self._autocast():
-                real_logits = d_net(hr).float()
-                fake_logits = d_net(out.detach()).float()
-                loss_d = ragan_d_loss if cfg.gan_type == "ragan" else vanilla_d_loss
-                l_d = loss_d(real_logits, fake_logits)
-            self.opt_d.zero_grad(set_to_none=True)
-            self.scaler_d.scale(l_d).backward()
-            all_reduce_grads(d_net, self.dist.world_size)
-            self.scaler_d.step(self.opt_d)
-            self.scaler_d.update()
+                if unet:
+                    assert isinstance(d_net, UNetDiscriminatorSN)
+                    l_d, l_cons = self._unet_d_loss(d_net, hr, out.detach(), it)
+                    if l_cons is not None:
+                        losses["l_d_cons"] = l_cons.item()
+                else:
+                    real_logits = d_net(hr).float()
+                    fake_logits = d_net(out.detach()).float()
+                    loss_d = ragan_d_loss if cfg.gan_type == "ragan" else vanilla_d_loss
+                    l_d = loss_d(real_logits, fake_logits)
+            self._update(d_net, self.opt_d, self.scaler_d, l_d, reduce_grads=True)
             losses["l_d"] = l_d.item()
 
         if self.net_ema is not None:
             ema_update(self.net_ema, self.net_g, ema_decay(cfg.ema_decay, it))
         return losses
+
+    def _unet_d_loss(self, d_net: UNetDiscriminatorSN, hr: torch.Tensor, fake_images: torch.Tensor,
+                     it: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The U-Net discriminator's hinge loss on real and fake images and, on a `cutmix_prob` share of the steps,
+        on a CutMix of the two with the consistency term (U-Net GAN). The draw is a pure function of (seed, rank,
+        iteration), so a resumed run makes the same draws."""
+        cfg = self.cfg
+        real, fake = d_net.forward_all(hr), d_net.forward_all(fake_images)
+        l_d = unet_d_loss(real, fake)
+        g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + self.dist.rank) * 1_000_003 + it)
+        if cfg.cutmix_prob <= 0 or float(torch.rand(1, generator=g)) >= cfg.cutmix_prob:
+            return l_d, None
+        n, _, h, w = hr.shape
+        mask = cutmix_mask(n, h, w, generator=g, device=hr.device).to(hr.dtype)
+        mixed = d_net.forward_all(cutmix(hr, fake_images, mask))
+        l_cons = cfg.consistency_weight * cutmix_consistency_loss(mixed.decoder, real.decoder, fake.decoder, mask)
+        return l_d + unet_d_mix_loss(mixed, mask) + l_cons, l_cons
+
+    def _update(self, net: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss: torch.Tensor,
+                *, reduce_grads: bool = False) -> None:
+        """Backward, (for the discriminator) the gradient average over processes, clipping, the optimizer step."""
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if reduce_grads:
+            all_reduce_grads(net, self.dist.world_size)
+        if self.cfg.grad_clip > 0:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), self.cfg.grad_clip)
+        scaler.step(opt)
+        scaler.update()
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         memory = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
