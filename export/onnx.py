@@ -36,6 +36,7 @@ from engine.atomic import atomic_write
 from engine.models import SRNet
 from engine.models.cascade import Cascade
 from engine.models.edsr import EDSR
+from engine.models.rcan import RCAN
 from engine.models.rrdbnet import RRDBNet
 from engine.models.srresnet import MSRResNet, SRResNet
 
@@ -203,10 +204,12 @@ def _msrresnet(g: _Graph, net: MSRResNet, p: str, x: str) -> str:
     return g.add(out, g.resize(x, net.scale, "linear"))
 
 
-def _edsr(g: _Graph, net: EDSR, p: str, x: str) -> str:
+def _mean_shifted(g: _Graph, net: EDSR | RCAN, p: str, x: str, trunk: Callable[[str], str]) -> str:
+    """EDSR's and RCAN's frame: (x − mean)·img_range ─ conv_first ─ trunk (+ long skip) ─ conv_after_body ─
+    upsample (conv, PixelShuffle pairs) ─ conv_last ─ /img_range + mean."""
     mean = g.const(net.mean.detach().cpu().double().numpy())
     feat = g.conv(net.conv_first, f"{p}conv_first", g.scaled(g.op("Sub", [x, mean]), float(net.img_range)))
-    feat = g.add(feat, g.conv(net.conv_after_body, f"{p}conv_after_body", _res_blocks(g, net.body, p, feat)))
+    feat = g.add(feat, g.conv(net.conv_after_body, f"{p}conv_after_body", trunk(feat)))
     for i, layer in enumerate(net.upsample):
         if isinstance(layer, nn.Conv2d):
             feat = g.conv(layer, f"{p}upsample.{i}", feat)
@@ -216,6 +219,28 @@ def _edsr(g: _Graph, net: EDSR, p: str, x: str) -> str:
     return g.op("Add", [g.op("Div", [out, g.const(float(net.img_range))]), mean])
 
 
+def _edsr(g: _Graph, net: EDSR, p: str, x: str) -> str:
+    return _mean_shifted(g, net, p, x, lambda feat: _res_blocks(g, net.body, p, feat))
+
+
+def _rcan_groups(g: _Graph, net: RCAN, p: str, x: str) -> str:
+    for i, group in enumerate(net.body):
+        group_in = x
+        for j, block in enumerate(group.residual_group):
+            q = f"{p}body.{i}.residual_group.{j}.rcab"
+            y = g.conv(block.rcab[2], f"{q}.2", g.relu(g.conv(block.rcab[0], f"{q}.0", x)))
+            att = block.rcab[3].attention  # pool, squeeze conv, ReLU, excite conv, sigmoid
+            w = g.relu(g.conv(att[1], f"{q}.3.attention.1", g.op("GlobalAveragePool", [y])))
+            w = g.op("Sigmoid", [g.conv(att[3], f"{q}.3.attention.3", w)])
+            x = g.add(x, g.op("Mul", [y, w]))  # (N, C, H, W) · (N, C, 1, 1)
+        x = g.add(group_in, g.conv(group.conv, f"{p}body.{i}.conv", x))
+    return x
+
+
+def _rcan(g: _Graph, net: RCAN, p: str, x: str) -> str:
+    return _mean_shifted(g, net, p, x, lambda feat: _rcan_groups(g, net, p, feat))
+
+
 def _cascade(g: _Graph, net: Cascade, p: str, x: str) -> str:
     for i, stage in enumerate(net.stages):
         x = _emit(g, stage, f"{p}stages.{i}.", x)
@@ -223,7 +248,7 @@ def _cascade(g: _Graph, net: Cascade, p: str, x: str) -> str:
 
 
 _EMITTERS: dict[type, Callable[..., str]] = {
-    RRDBNet: _rrdbnet, SRResNet: _srresnet, MSRResNet: _msrresnet, EDSR: _edsr, Cascade: _cascade,
+    RRDBNet: _rrdbnet, SRResNet: _srresnet, MSRResNet: _msrresnet, EDSR: _edsr, RCAN: _rcan, Cascade: _cascade,
 }
 
 

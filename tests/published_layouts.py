@@ -3,7 +3,7 @@
 Two kinds, both written from the papers' descriptions and the published key layouts, sharing no code with
 `engine.models`:
 - modules with the exact names of the foreign layouts (ESRGAN 2018 `nn.Sequential`, ESRGAN 2019 / BSRGAN,
-  EDSR-PyTorch), so that their `state_dict()` is a checkpoint in that format;
+  EDSR-PyTorch, RCAN's `model/rcan.py`), so that their `state_dict()` is a checkpoint in that format;
 - functional float64 forwards over a state dict in BasicSR's key names (RRDBNet, MSRResNet, EDSR, and our
   SRResNet layout), to check our modules against the math.
 """
@@ -149,6 +149,60 @@ class EDSROfficial(nn.Module):
         self.sub_mean = _MeanShift(rgb_range, mean, -1)
         self.head = nn.Sequential(nn.Conv2d(3, nf, 3, 1, 1))
         self.body = nn.Sequential(*(_ResBlock(nf, res_scale) for _ in range(nb)), nn.Conv2d(nf, nf, 3, 1, 1))
+        stages: list[nn.Module] = []
+        for f in ([3] if scale == 3 else [2] * (scale.bit_length() - 1)):
+            stages += [nn.Conv2d(nf, f * f * nf, 3, 1, 1), nn.PixelShuffle(f)]
+        self.tail = nn.Sequential(nn.Sequential(*stages), nn.Conv2d(nf, 3, 3, 1, 1))
+        self.add_mean = _MeanShift(rgb_range, mean, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(self.sub_mean(x))
+        return self.add_mean(self.tail(self.body(x) + x))
+
+
+class _CALayer(nn.Module):
+    """Channel attention: x · sigmoid(conv(ReLU(conv(global average of x))))."""
+
+    def __init__(self, nf: int, reduction: int) -> None:
+        super().__init__()
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.conv_du = nn.Sequential(nn.Conv2d(nf, nf // reduction, 1), nn.ReLU(True),
+                                     nn.Conv2d(nf // reduction, nf, 1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.conv_du(self.avg_pool(x))
+
+
+class _RCAB(nn.Module):
+    def __init__(self, nf: int, reduction: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(nf, nf, 3, 1, 1), nn.ReLU(True), nn.Conv2d(nf, nf, 3, 1, 1),
+                                  _CALayer(nf, reduction))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + x
+
+
+class _ResidualGroup(nn.Module):
+    def __init__(self, nf: int, nb: int, reduction: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*(_RCAB(nf, reduction) for _ in range(nb)), nn.Conv2d(nf, nf, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + x
+
+
+class RCANOfficial(nn.Module):
+    """RCAN_TrainCode / EDSR-PyTorch `model/rcan.py`: sub_mean, head.0, body.{g}.body.{b}.body.{0,2} (RCAB convs),
+    body.{g}.body.{b}.body.3.conv_du.{0,2} (attention), body.{g}.body.{nb}, body.{ng}, tail.0.{2k}, tail.1,
+    add_mean; images in [0, rgb_range]."""
+
+    def __init__(self, nf: int, ng: int, nb: int, reduction: int, scale: int, rgb_range: float = 255.0) -> None:
+        super().__init__()
+        mean = (0.4488, 0.4371, 0.4040)
+        self.sub_mean = _MeanShift(rgb_range, mean, -1)
+        self.head = nn.Sequential(nn.Conv2d(3, nf, 3, 1, 1))
+        self.body = nn.Sequential(*(_ResidualGroup(nf, nb, reduction) for _ in range(ng)), nn.Conv2d(nf, nf, 3, 1, 1))
         stages: list[nn.Module] = []
         for f in ([3] if scale == 3 else [2] * (scale.bit_length() - 1)):
             stages += [nn.Conv2d(nf, f * f * nf, 3, 1, 1), nn.PixelShuffle(f)]

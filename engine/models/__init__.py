@@ -12,12 +12,13 @@ from .checkpoint import CheckpointError, ModelInfo, load, save
 from .edsr import EDSR
 from .formats import ACCEPTED as ACCEPTED_FORMATS
 from .interpolation import InterpolationError, interpolate, interpolated
+from .rcan import RCAN
 from .registry import ARCHS, VARIANTS, build, create
 from .rrdbnet import RRDB, ResidualDenseBlock, RRDBNet
 from .srresnet import MSRResNet, SRResNet
 
 __all__ = [
     "ACCEPTED_FORMATS", "ARCHS", "VARIANTS", "Cascade", "CheckpointError", "EDSR", "InterpolationError",
-    "MSRResNet", "ModelInfo", "RRDB", "RRDBNet", "ResidualDenseBlock", "SRNet", "SRResNet", "build", "create",
+    "MSRResNet", "ModelInfo", "RCAN", "RRDB", "RRDBNet", "ResidualDenseBlock", "SRNet", "SRResNet", "build", "create",
     "interpolate", "interpolated", "load", "save",
 ]

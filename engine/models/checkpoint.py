@@ -45,7 +45,8 @@ class ModelInfo:
     scale: int
     in_channels: int
     out_channels: int
-    format: str  # "esrgan-2018", "esrgan-2019", "basicsr", "edsr-official", "srresnet", "cascade", "safetensors"
+    format: str  # "esrgan-2018", "esrgan-2019", "basicsr", "edsr-official", "rcan-official", "srresnet", "cascade",
+    #              "safetensors"
     name: str | None = None  # the registered variant with exactly these hyper-parameters, if any
     path: str | None = None
     wrapper: str | None = None  # "params_ema", "params" or "state_dict" when the tensors were wrapped
@@ -146,9 +147,9 @@ def load(source: str | os.PathLike[str] | Mapping[str, Any], *, device: str | to
     """Load a generator from a checkpoint file or an in-memory state dict.
 
     Accepts ESRGAN 2018/2019, BasicSR/Real-ESRGAN (bare or in `params`/`params_ema`, preferring
-    `params_ema`), SRResNet/MSRResNet/EDSR layouts and our safetensors. Returns the network in eval mode on
-    `device` (float32) and a `ModelInfo`. Raises `CheckpointError` naming the file when it is empty, damaged,
-    not a checkpoint, refused as unsafe, or holds an unknown network.
+    `params_ema`), SRResNet/MSRResNet/EDSR/RCAN layouts (BasicSR's and the authors'), and our safetensors.
+    Returns the network in eval mode on `device` (float32) and a `ModelInfo`. Raises `CheckpointError` naming
+    the file when it is empty, damaged, not a checkpoint, refused as unsafe, or holds an unknown network.
     """
     metadata: dict[str, str] = {}
     if isinstance(source, Mapping):

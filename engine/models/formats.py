@@ -85,13 +85,18 @@ def _msrresnet_hparams(sd: StateDict) -> dict[str, Any]:
                 num_block=_count(sd, r"body\.(\d+)\.conv1\.weight"))
 
 
-def _edsr_hparams(sd: StateDict) -> dict[str, Any]:
-    num_feat, in_ch = sd["conv_first.weight"].shape[:2]
+def _upsample_scale(sd: StateDict, num_feat: int, arch: str) -> int:
+    """Scale of an `upsample` Sequential of (conv, PixelShuffle) pairs, convs at upsample.0, upsample.2, …"""
     convs = _indices(sd, r"upsample\.(\d+)\.weight")
     if convs != list(range(0, 2 * len(convs), 2)):
-        raise FormatError(f"EDSR upsampler convs at unexpected positions {convs} (expected 0, 2, …)")
-    scale = math.prod(_shuffle_factor(sd[f"upsample.{i}.weight"].shape[0], num_feat, f"upsample.{i}")
-                      for i in convs)
+        raise FormatError(f"{arch} upsampler convs at unexpected positions {convs} (expected 0, 2, …)")
+    return math.prod(_shuffle_factor(sd[f"upsample.{i}.weight"].shape[0], num_feat, f"upsample.{i}")
+                     for i in convs)
+
+
+def _edsr_hparams(sd: StateDict) -> dict[str, Any]:
+    num_feat, in_ch = sd["conv_first.weight"].shape[:2]
+    scale = _upsample_scale(sd, num_feat, "EDSR")
     # res_scale is not stored in the weights: EDSR's published wide model (256 features, 32 blocks) uses
     # 0.1, the baseline (64 features) 1.0.
     return dict(num_in_ch=in_ch, num_out_ch=sd["conv_last.weight"].shape[0], scale=scale, num_feat=num_feat,
@@ -108,11 +113,25 @@ def _srresnet_hparams(sd: StateDict) -> dict[str, Any]:
                 prelu_per_channel=sd["prelu_first.weight"].numel() > 1)
 
 
+def _rcan_hparams(sd: StateDict) -> dict[str, Any]:
+    num_feat, in_ch = sd["conv_first.weight"].shape[:2]
+    squeezed = sd["body.0.residual_group.0.rcab.3.attention.1.weight"].shape[0]  # the attention's nf // r
+    reduction = num_feat // squeezed
+    if num_feat // reduction != squeezed:
+        raise FormatError(f"RCAN channel attention squeezes {num_feat} features to {squeezed}: not "
+                          f"num_feat // reduction for any integer reduction")
+    return dict(num_in_ch=in_ch, num_out_ch=sd["conv_last.weight"].shape[0],
+                scale=_upsample_scale(sd, num_feat, "RCAN"), num_feat=num_feat,
+                num_group=_count(sd, r"body\.(\d+)\.conv\.weight"),
+                num_block=_count(sd, r"body\.0\.residual_group\.(\d+)\.rcab\.0\.weight"), reduction=reduction)
+
+
 HPARAMS: dict[str, Callable[[StateDict], dict[str, Any]]] = {
     "rrdbnet": _rrdbnet_hparams,
     "msrresnet": _msrresnet_hparams,
     "edsr": _edsr_hparams,
     "srresnet": _srresnet_hparams,
+    "rcan": _rcan_hparams,
 }
 
 # ---------------------------------------------------------------------------------------------------------
@@ -187,8 +206,51 @@ def _edsr_official_rules(sd: StateDict) -> list[Rule]:
     ]
 
 
+def _rcan_official_rules(sd: StateDict) -> list[Rule]:
+    """RCAN_TrainCode / EDSR-PyTorch `model/rcan.py` (the authors' code), ng groups of nb RCABs:
+
+        sub_mean, add_mean               fixed mean-shift 1×1 convs (dropped; their bias gives img_range, rgb_mean)
+        head.0                           conv_first
+        body.{g}.body.{b}.body.0, .2     RCAB b of group g: conv, (ReLU at .1), conv
+        body.{g}.body.{b}.body.3.conv_du.0, .2   its channel attention: squeeze and excite 1×1 convs
+        body.{g}.body.{nb}               the group's last conv
+        body.{ng}                        conv_after_body (the trunk conv before the long skip)
+        tail.0.{0,2,…}, tail.1           upsampler convs, last conv
+
+    Every tensor of that network must be present: the first one missing is named.
+    """
+    blocks = _indices(sd, r"body\.\d+\.body\.(\d+)\.body\..+")
+    tails = _indices(sd, r"body\.\d+\.body\.(\d+)\.(?:weight|bias)")
+    groups = _indices(sd, r"body\.(\d+)\.body\..+")
+    trunks = _indices(sd, r"body\.(\d+)\.(?:weight|bias)")
+    ups = _indices(sd, r"tail\.0\.(\d+)\.(?:weight|bias)")
+    nb = max(blocks[-1] + 1 if blocks else 0, tails[-1] if tails else 0)  # a lost last block or tail conv
+    ng = max(groups[-1] + 1 if groups else 0, trunks[-1] if trunks else 0)  # still leaves the count right
+    block = ("body.0", "body.2", "body.3.conv_du.0", "body.3.conv_du.2")
+    layers = ["head.0", *(f"body.{g}.body.{b}.{m}" for g in range(ng) for b in range(nb) for m in block),
+              *(f"body.{g}.body.{nb}" for g in range(ng)), f"body.{ng}",
+              *(f"tail.0.{k}" for k in range(0, (ups[-1] if ups else 0) + 1, 2)), "tail.1"]
+    missing = next((f"{m}.{p}" for m in layers for p in ("weight", "bias") if f"{m}.{p}" not in sd), None)
+    if missing is not None:
+        raise FormatError(f"rcan-official layout without the tensor {missing!r} (its keys make {ng} residual "
+                          f"groups of {nb} RCABs); the checkpoint is truncated or not a complete RCAN")
+    return [
+        (r"(sub_mean|add_mean)\.(weight|bias)", ""),
+        (r"head\.0\.(weight|bias)", r"conv_first.\1"),
+        (r"body\.(\d+)\.body\.(\d+)\.body\.([02])\.(weight|bias)", r"body.\1.residual_group.\2.rcab.\3.\4"),
+        (r"body\.(\d+)\.body\.(\d+)\.body\.3\.conv_du\.0\.(weight|bias)",
+         r"body.\1.residual_group.\2.rcab.3.attention.1.\3"),
+        (r"body\.(\d+)\.body\.(\d+)\.body\.3\.conv_du\.2\.(weight|bias)",
+         r"body.\1.residual_group.\2.rcab.3.attention.3.\3"),
+        (rf"body\.(\d+)\.body\.{nb}\.(weight|bias)", r"body.\1.conv.\2"),
+        (rf"body\.{ng}\.(weight|bias)", r"conv_after_body.\1"),
+        (r"tail\.0\.(\d+)\.(weight|bias)", r"upsample.\1.\2"),
+        (r"tail\.1\.(weight|bias)", r"conv_last.\1"),
+    ]
+
+
 def _edsr_mean_shift(sd: StateDict) -> dict[str, Any]:
-    """EDSR-PyTorch's add_mean conv has bias = rgb_range · rgb_mean (std 1): its published models use
+    """EDSR-PyTorch's (and RCAN's) add_mean conv has bias = rgb_range · rgb_mean (std 1): its published models use
     rgb_range 255; a bias below 1 means a model trained with rgb_range 1."""
     if "add_mean.bias" not in sd:
         return {}
@@ -235,6 +297,15 @@ FORMATS: list[Format] = [
            ("conv_first.weight", "body.0.conv1.weight", "conv_after_body.weight"), "edsr", lambda sd: _SAME),
     Format("edsr-official", "EDSR-PyTorch (head.0, body.N.body.0, tail.0.0, tail.1)",
            ("head.0.weight", "body.0.body.0.weight", "tail.1.weight"), "edsr", _edsr_official_rules,
+           _edsr_mean_shift),
+    Format("basicsr", "BasicSR RCAN (conv_first, body.G.residual_group.B.rcab.0, body.G.conv, conv_after_body, "
+           "upsample.0, conv_last)",
+           ("conv_first.weight", "body.0.residual_group.0.rcab.0.weight", "conv_after_body.weight"), "rcan",
+           lambda sd: _SAME),
+    # Told apart from EDSR-PyTorch by the nested body.G.body.B.body.0 (EDSR's blocks are body.N.body.0).
+    Format("rcan-official", "RCAN (head.0, body.G.body.B.body.0, body.G.body.B.body.3.conv_du.0, tail.0.0, "
+           "tail.1)",
+           ("head.0.weight", "body.0.body.0.body.0.weight", "tail.1.weight"), "rcan", _rcan_official_rules,
            _edsr_mean_shift),
     Format("srresnet", "SRGAN SRResNet in this project's layout (conv_first 9×9, body.N.bn1, bn_body, "
            "upsample.N.conv)",

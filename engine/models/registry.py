@@ -8,6 +8,7 @@ from typing import Any
 from .base import SRNet
 from .cascade import Cascade
 from .edsr import EDSR
+from .rcan import RCAN
 from .rrdbnet import RRDBNet
 from .srresnet import MSRResNet, SRResNet
 
@@ -16,6 +17,7 @@ ARCHS: dict[str, type[SRNet]] = {
     "srresnet": SRResNet,
     "msrresnet": MSRResNet,
     "edsr": EDSR,
+    "rcan": RCAN,
     "cascade": Cascade,
 }
 
@@ -26,6 +28,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "srgan": ("srresnet", dict(num_block=16, num_feat=64, scale=4)),
     "msrresnet": ("msrresnet", dict(num_block=16, num_feat=64, scale=4)),
     "edsr": ("edsr", dict(num_block=16, num_feat=64, res_scale=1.0, scale=4)),  # EDSR-baseline
+    # RCAN as published (10 groups × 20 RCABs, reduction 16): 15,592,355 parameters (the authors' count,
+    # 15,592,379, adds the two fixed 24-parameter mean-shift convs that we keep as a buffer).
+    "rcan": ("rcan", dict(num_group=10, num_block=20, num_feat=64, reduction=16, scale=4)),
     # The ×16 perceptual-extreme setting: two ×4 ESRGAN generators in a row.
     "rrdb23x16": ("cascade", dict(stages=["rrdb23", "rrdb23"])),
 }
