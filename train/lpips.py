@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from train.vgg import load_vgg19_state_dict
+from train.vgg import load_vgg19_state_dict, vgg_layers
 
 __all__ = ["LPIPS", "LPIPS_NETS", "LPIPSBackbone", "LPIPSLinear", "LPIPSNet", "lpips_distance"]
 
@@ -51,16 +51,7 @@ _REDUCTIONS = ("mean", "none")
 
 def _vgg16_features() -> list[nn.Module]:
     """torchvision's `vgg16().features` (configuration "D"): indices 0..30."""
-    layers: list[nn.Module] = []
-    in_ch = 3
-    for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"):
-        if v == "M":
-            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-        else:
-            assert isinstance(v, int)
-            layers += [nn.Conv2d(in_ch, v, kernel_size=3, padding=1), nn.ReLU(inplace=False)]
-            in_ch = v
-    return layers
+    return vgg_layers((64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"))
 
 
 def _alexnet_features() -> list[nn.Module]:

@@ -61,17 +61,24 @@ _WEIGHTS_HELP = (
 )
 
 
-def _build_features(num_modules: int) -> nn.Sequential:
-    """The first `num_modules` modules of torchvision's `vgg19().features`, with the same indices."""
+def vgg_layers(cfg: Sequence[int | str]) -> list[nn.Module]:
+    """torchvision's `vgg*().features` modules for a configuration (output channels, "M" for a 2x2 max-pool), with
+    torchvision's indices: 3x3 convolutions with padding 1, each followed by a ReLU (not in place)."""
     layers: list[nn.Module] = []
     in_ch = 3
-    for v in _VGG19_CFG:
+    for v in cfg:
         if v == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
             assert isinstance(v, int)
             layers += [nn.Conv2d(in_ch, v, kernel_size=3, padding=1), nn.ReLU(inplace=False)]
             in_ch = v
+    return layers
+
+
+def _build_features(num_modules: int) -> nn.Sequential:
+    """The first `num_modules` modules of torchvision's `vgg19().features`, with the same indices."""
+    layers = vgg_layers(_VGG19_CFG)
     assert len(layers) == len(VGG19_LAYERS)
     return nn.Sequential(*layers[:num_modules])
 
