@@ -10,6 +10,8 @@ The upsampler is an `nn.Sequential` of (conv, PixelShuffle) pairs, so its convs 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 from torch import nn
 
@@ -19,7 +21,45 @@ from .srresnet import ResidualBlockNoBN, _stage_factors
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 
 
-class EDSR(SRNet):
+class MeanShiftSR(SRNet):
+    """The frame EDSR and RCAN share: the DIV2K mean subtracted and the input scaled to `img_range`, conv_first, a
+    body with a long skip through conv_after_body, the pixel-shuffle upsampler, conv_last, and back. Subclasses
+    call `_frame` with a factory of their body (called after conv_first, so seeded weights keep their order)."""
+
+    img_range: float
+    mean: torch.Tensor
+
+    def _frame(self, name: str, body: Callable[[], nn.Module], *, num_in_ch: int, num_out_ch: int, scale: int,
+               num_feat: int, img_range: float, rgb_mean: tuple[float, ...]) -> None:
+        factors = _stage_factors(scale, name)
+        self.img_range = img_range
+        self.register_buffer("mean", torch.tensor(rgb_mean).view(1, -1, 1, 1), persistent=False)
+        self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
+        self.body = body()
+        self.conv_after_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        stages: list[nn.Module] = []
+        for f in factors:
+            stages += [nn.Conv2d(num_feat, num_feat * f * f, 3, 1, 1), nn.PixelShuffle(f)]
+        self.upsample = nn.Sequential(*stages)
+        self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = self.mean.to(x.dtype)
+        feat = self.conv_first((x - mean) * self.img_range)
+        feat = feat + self.conv_after_body(self.body(feat))
+        return self.conv_last(self.upsample(feat)) / self.img_range + mean
+
+
+def mean_per_channel(name: str, rgb_mean: Sequence[float], num_in_ch: int, num_out_ch: int) -> tuple[float, ...]:
+    """`rgb_mean` as floats, refused unless it has one value per input channel and the output has as many."""
+    mean = tuple(float(m) for m in rgb_mean)
+    if len(mean) != num_in_ch or num_in_ch != num_out_ch:
+        raise ValueError(f"{name} subtracts a mean per channel: rgb_mean has {len(mean)} values for "
+                         f"num_in_ch={num_in_ch}, num_out_ch={num_out_ch}; they must all agree")
+    return mean
+
+
+class EDSR(MeanShiftSR):
     """EDSR. Input (N, C, H, W) in [0, 1] → (N, C_out, H·scale, W·scale); `scale` ∈ {2, 3, 4, 8}."""
 
     arch = "edsr"
@@ -37,28 +77,10 @@ class EDSR(SRNet):
         rgb_mean: tuple[float, ...] = DIV2K_RGB_MEAN,
     ) -> None:
         super().__init__()
-        factors = _stage_factors(scale, "EDSR")
-        rgb_mean = tuple(float(m) for m in rgb_mean)
-        if len(rgb_mean) != num_in_ch or num_in_ch != num_out_ch:
-            raise ValueError(f"EDSR subtracts a mean per channel: rgb_mean has {len(rgb_mean)} values for "
-                             f"num_in_ch={num_in_ch}, num_out_ch={num_out_ch}; they must all agree")
+        rgb_mean = mean_per_channel("EDSR", rgb_mean, num_in_ch, num_out_ch)
         self._set_hparams(num_in_ch=num_in_ch, num_out_ch=num_out_ch, scale=scale, num_feat=num_feat,
                            num_block=num_block, res_scale=res_scale, img_range=img_range, rgb_mean=rgb_mean)
-        self.img_range = img_range
-        self.mean: torch.Tensor
-        self.register_buffer("mean", torch.tensor(rgb_mean).view(1, -1, 1, 1), persistent=False)
-        self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
-        self.body = nn.Sequential(
-            *(ResidualBlockNoBN(num_feat, res_scale, pytorch_init=True) for _ in range(num_block)))
-        self.conv_after_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        stages: list[nn.Module] = []
-        for f in factors:
-            stages += [nn.Conv2d(num_feat, num_feat * f * f, 3, 1, 1), nn.PixelShuffle(f)]
-        self.upsample = nn.Sequential(*stages)
-        self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = self.mean.to(x.dtype)
-        feat = self.conv_first((x - mean) * self.img_range)
-        feat = feat + self.conv_after_body(self.body(feat))
-        return self.conv_last(self.upsample(feat)) / self.img_range + mean
+        self._frame("EDSR", lambda: nn.Sequential(
+            *(ResidualBlockNoBN(num_feat, res_scale, pytorch_init=True) for _ in range(num_block))),
+            num_in_ch=num_in_ch, num_out_ch=num_out_ch, scale=scale, num_feat=num_feat, img_range=img_range,
+            rgb_mean=rgb_mean)

@@ -23,9 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import SRNet
-from .edsr import DIV2K_RGB_MEAN
-from .srresnet import _stage_factors
+from .edsr import DIV2K_RGB_MEAN, MeanShiftSR, mean_per_channel
 
 
 class ChannelAttention(nn.Module):
@@ -66,7 +64,7 @@ class ResidualGroup(nn.Module):
         return x + self.conv(self.residual_group(x))
 
 
-class RCAN(SRNet):
+class RCAN(MeanShiftSR):
     """RCAN. Input (N, C, H, W) in [0, 1] → (N, C_out, H·scale, W·scale); `scale` ∈ {2, 3, 4, 8}."""
 
     arch = "rcan"
@@ -85,31 +83,14 @@ class RCAN(SRNet):
         rgb_mean: tuple[float, ...] = DIV2K_RGB_MEAN,
     ) -> None:
         super().__init__()
-        factors = _stage_factors(scale, "RCAN")
-        rgb_mean = tuple(float(m) for m in rgb_mean)
-        if len(rgb_mean) != num_in_ch or num_in_ch != num_out_ch:
-            raise ValueError(f"RCAN subtracts a mean per channel: rgb_mean has {len(rgb_mean)} values for "
-                             f"num_in_ch={num_in_ch}, num_out_ch={num_out_ch}; they must all agree")
+        rgb_mean = mean_per_channel("RCAN", rgb_mean, num_in_ch, num_out_ch)
         if not 1 <= reduction <= num_feat:
             raise ValueError(f"RCAN reduction must be between 1 and num_feat={num_feat} (the attention squeezes "
                              f"num_feat // reduction channels), got {reduction}")
         self._set_hparams(num_in_ch=num_in_ch, num_out_ch=num_out_ch, scale=scale, num_feat=num_feat,
                            num_group=num_group, num_block=num_block, reduction=reduction, img_range=img_range,
                            rgb_mean=rgb_mean)
-        self.img_range = img_range
-        self.mean: torch.Tensor
-        self.register_buffer("mean", torch.tensor(rgb_mean).view(1, -1, 1, 1), persistent=False)
-        self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
-        self.body = nn.Sequential(*(ResidualGroup(num_feat, num_block, reduction) for _ in range(num_group)))
-        self.conv_after_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        stages: list[nn.Module] = []
-        for f in factors:
-            stages += [nn.Conv2d(num_feat, num_feat * f * f, 3, 1, 1), nn.PixelShuffle(f)]
-        self.upsample = nn.Sequential(*stages)
-        self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = self.mean.to(x.dtype)
-        feat = self.conv_first((x - mean) * self.img_range)
-        feat = feat + self.conv_after_body(self.body(feat))
-        return self.conv_last(self.upsample(feat)) / self.img_range + mean
+        self._frame("RCAN", lambda: nn.Sequential(
+            *(ResidualGroup(num_feat, num_block, reduction) for _ in range(num_group))),
+            num_in_ch=num_in_ch, num_out_ch=num_out_ch, scale=scale, num_feat=num_feat, img_range=img_range,
+            rgb_mean=rgb_mean)
