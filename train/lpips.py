@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from train.vgg import load_vgg19_state_dict, vgg_layers
+from train.vgg import he_init_, load_vgg19_state_dict, vgg_layers
 
 __all__ = ["LPIPS", "LPIPS_NETS", "LPIPSBackbone", "LPIPSLinear", "LPIPSNet", "lpips_distance"]
 
@@ -160,12 +160,7 @@ class LPIPSBackbone(nn.Module):
 
     def random_init(self, generator: torch.Generator) -> None:
         """He-normal weights (fan-in, so activations keep their scale) and zero biases, as train.vgg."""
-        with torch.no_grad():
-            for m in self.features:
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu", generator=generator)
-                    if m.bias is not None:
-                        nn.init.zeros_(m.bias)
+        he_init_(self.features, generator)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         out: list[Tensor] = []

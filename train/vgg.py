@@ -61,6 +61,17 @@ _WEIGHTS_HELP = (
 )
 
 
+def he_init_(modules: nn.Module, generator: torch.Generator) -> None:
+    """He-normal weights (fan-in, so ReLU activations keep their scale) and zero biases for every conv of
+    `modules`: the random networks that stand in for ImageNet weights in tests."""
+    with torch.no_grad():
+        for m in modules.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu", generator=generator)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+
 def vgg_layers(cfg: Sequence[int | str]) -> list[nn.Module]:
     """torchvision's `vgg*().features` modules for a configuration (output channels, "M" for a 2x2 max-pool), with
     torchvision's indices: 3x3 convolutions with padding 1, each followed by a ReLU (not in place)."""
@@ -170,13 +181,7 @@ class VGG19Features(nn.Module):
 
     def _random_init(self, seed: int = 0) -> None:
         """Deterministic He-normal weights (fan-in, so activations keep their scale) and zero biases."""
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for m in self.features:
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu", generator=g)
-                    if m.bias is not None:
-                        nn.init.zeros_(m.bias)
+        he_init_(self.features, torch.Generator().manual_seed(seed))
 
     def _load(self, weights: str | Path) -> None:
         sd = load_vgg19_state_dict(weights)
