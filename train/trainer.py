@@ -48,7 +48,7 @@ from engine.models.registry import same_network
 from .config import TrainConfig, learning_rate
 from .data import TrainDataset, ValDataset, build_train_loader
 from .discriminators import UNetDiscriminatorSN, build_discriminator
-from .evaluate import evaluate_model, mean, sample_grid, upscale
+from .evaluate import mean, sample_grid, score, upscale
 from .losses import (
     PerceptualLoss,
     cutmix,
@@ -456,21 +456,28 @@ class Trainer:
             return None
         net = self.net_ema if self.net_ema is not None else self.net_g
         samples = [self.val[i] for i in range(len(self.val))]
-        scores = evaluate_model(net, samples, self.cfg.scale, self.device)
+        was_training = net.training
+        net.eval()  # each image is upscaled once, in eval mode, for the scores, LPIPS and the sample grid
+        try:
+            outs = [upscale(net, s["lr"], self.device) for s in samples]
+        finally:
+            net.train(was_training)
+        scores = [score(s["name"], out, s["hr"], self.cfg.scale) for s, out in zip(samples, outs, strict=True)]
         psnr_y, ssim_y = mean(scores)
         row: dict[str, Any] = {"iter": it, "psnr_y": psnr_y, "ssim_y": ssim_y, "images": len(scores)}
         if self.lpips is not None:  # LPIPS of the EMA net's outputs, when its weights are given
             from .lpips import lpips_distance
 
-            row["lpips"] = float(np.mean([lpips_distance(self.lpips, upscale(net, s["lr"], self.device).clamp(0, 1),
-                                                         s["hr"], crop_border=self.cfg.scale) for s in samples]))
+            row["lpips"] = float(np.mean([lpips_distance(self.lpips, out.clamp(0, 1), s["hr"],
+                                                         crop_border=self.cfg.scale)
+                                          for s, out in zip(samples, outs, strict=True)]))
         assert self.val_csv is not None
         self.val_csv.add(row)
         if self.tensorboard is not None:
             for key in ("psnr_y", "ssim_y", "lpips"):
                 if key in row:
                     self.tensorboard.add_scalar(f"val/{key}", row[key], it)
-        rows = [(s["lr"], upscale(net, s["lr"], self.device), s["hr"]) for s in samples[: self.cfg.sample_count]]
+        rows = [(s["lr"], out, s["hr"]) for s, out in list(zip(samples, outs, strict=True))[: self.cfg.sample_count]]
         if rows:
             write_image(self.out / "samples" / f"iter_{it:08d}.png", sample_grid(rows))
         log.info("iter %d: validation Y-PSNR %.3f dB, Y-SSIM %.4f on %d images", it, psnr_y, ssim_y, len(scores))
