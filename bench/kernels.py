@@ -31,12 +31,12 @@ sys.path.insert(0, str(REPO))
 from engine import models  # noqa: E402
 from engine.atomic import atomic_write  # noqa: E402
 
-# Dense tensor-core FP16/BF16 peaks from NVIDIA's datasheets (FACTS.md), TFLOP/s.
-PEAKS = {"H100": 989.0, "H200": 989.0}
 
+def peak_tflops(name: str, dtype: str) -> float | None:
+    """Dense tensor-core peak of this GPU for `dtype` from NVIDIA's datasheets (bench/run.py's table), TFLOP/s."""
+    from run import datasheet  # bench/run.py: this script's folder is on sys.path
 
-def peak_tflops(name: str) -> float | None:
-    return next((v for k, v in PEAKS.items() if k in name), None)
+    return (datasheet(name) or {}).get(dtype)
 
 
 def time_ms(fn: Callable[[], object], repeat: int, warmup: int = 3) -> float:
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     w, h = (int(v) for v in args.size.lower().split("x"))
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     device = torch.cuda.get_device_name()
-    peak = peak_tflops(device)
+    peak = peak_tflops(device, args.dtype)
     conv_rows = [bench_conv(c, dtype, args.repeat) for c in conv_cases(64, 32, h, w)]
     network = bench_network(args.model, h, w, dtype, max(3, args.repeat // 4))
     for row in conv_rows + [network]:

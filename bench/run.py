@@ -399,6 +399,11 @@ DATASHEET = {
 }
 
 
+def datasheet(gpu_name: str) -> dict[str, float] | None:
+    """The datasheet peaks of a GPU by its name (the first entry of DATASHEET its name contains), or None."""
+    return next((v for k, v in DATASHEET.items() if k in gpu_name), None)
+
+
 def measured_gemm_tflops(device: torch.device, dtype: torch.dtype, n: int) -> float:
     """The best of ten n×n×n matmuls, TFLOP/s: the peak this device reaches in practice where no datasheet is
     known (the CPU)."""
@@ -414,7 +419,7 @@ def device_peaks(device: torch.device, dtypes: set[str]) -> dict[str, dict[str, 
     """Per dtype: {"tflops", "source"}."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        sheet = next((v for k, v in DATASHEET.items() if k in name), None)
+        sheet = datasheet(name)
         if sheet is not None:
             return {d: {"tflops": sheet[d], "source": "datasheet (dense)"} for d in dtypes if d in sheet}
     torch_dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
