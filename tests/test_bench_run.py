@@ -218,3 +218,11 @@ def test_triton_rows_build_time_and_check_under_the_interpreter(tmp_path: Path) 
     # 8-bit outputs of the same network: fp16 and the INT8 trunk stay close to the fp32 reference
     assert rows["triton-fp16"]["psnr_db"] is None or rows["triton-fp16"]["psnr_db"] > 45
     assert rows["triton-int8"]["psnr_db"] > 35 and rows["triton-int8"]["max_abs_diff"] > 0
+
+
+def test_datasheet_peaks_are_looked_up_by_gpu_name() -> None:
+    """The PCIe H100 is told apart from the SXM one (names as torch.cuda.get_device_name gives them)."""
+    assert run.datasheet("NVIDIA H100 PCIe") == {"fp16": 756.0, "bf16": 756.0, "int8": 1513.0, "fp32": 51.0}
+    assert run.datasheet("NVIDIA H100 80GB HBM3")["fp16"] == 989.0
+    assert run.datasheet("NVIDIA H200")["int8"] == 1979.0
+    assert run.datasheet("NVIDIA GeForce RTX 4090") is None  # measured instead, and the report says so
