@@ -251,7 +251,7 @@ def build_fused(args: argparse.Namespace, precision: str, backend: str) -> Path:
     net, gan, entries = _networks(args)
     if not isinstance(net, (models.RRDBNet, models.SRResNet)):
         raise BuildError(f"--backend {backend} runs RRDBNet and SRResNet, not {net.arch}: use onnxruntime or tensorrt")
-    multiple = int(getattr(net, "unshuffle", 1))
+    multiple = net.input_multiple
     if args.tile % multiple:
         raise BuildError(f"--tile {args.tile} must be a multiple of {multiple} for this ×{net.scale} network")
     quant: dict[str, Any] = {}

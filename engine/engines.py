@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import _UMASK
+from .atomic import dir_mode
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -86,7 +86,7 @@ def write_engine(directory: str | os.PathLike[str], manifest: dict[str, Any],
             files[name] = {"sha256": sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
         manifest = {"format_version": FORMAT_VERSION, **manifest, "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it private (0o700)
+        os.chmod(tmp, dir_mode())  # mkdtemp makes it private (0o700)
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -80,7 +80,7 @@ class TorchBackend:
         if channels_last:
             self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.scale, self.in_channels, self.out_channels = net.scale, net.in_channels, net.out_channels
-        self.multiple = int(getattr(net, "unshuffle", 1))
+        self.multiple = net.input_multiple
         self._endpoints = None
         if gan_net is not None:
             self._endpoints = ({k: v.detach().clone() for k, v in net.state_dict().items()},

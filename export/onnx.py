@@ -261,15 +261,8 @@ def _emit(g: _Graph, net: SRNet, prefix: str, x: str) -> str:
 
 
 def input_multiple(net: SRNet) -> int:
-    """Height and width of the input must be multiples of this (pixel-unshuffle networks: 2 or 4)."""
-    if isinstance(net, Cascade):
-        m, s = 1, 1
-        for stage in net.stages:  # a later stage's multiple applies to the earlier stages' upscaled output
-            need = input_multiple(stage)
-            m = np.lcm(m, need // np.gcd(need, s))
-            s *= stage.scale
-        return int(m)
-    return int(getattr(net, "unshuffle", 1))
+    """Height and width of the input must be multiples of this (`SRNet.input_multiple`)."""
+    return net.input_multiple
 
 
 def export_onnx(net: SRNet, *, precision: str = "fp32", io_dtype: str = "fp32", opset: int = OPSET) -> onnx.ModelProto:

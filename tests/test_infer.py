@@ -94,6 +94,22 @@ def test_pixel_unshuffle_networks_pad_odd_sizes() -> None:
     assert engine.infer(net, image, tile=8, tile_overlap=2).shape == (30, 42, 3)
 
 
+@pytest.mark.parametrize("scales, multiple", [((2, 4), 2), ((1, 2), 4), ((4, 1), 1), ((2, 1), 2)])
+def test_cascades_keep_their_stages_input_multiple(scales: tuple[int, int], multiple: int) -> None:
+    """A stage that pixel-unshuffles needs its own input, the earlier stages' upscaled output, to be a multiple of
+    2 or 4; the cascade's input multiple carries that back, and odd images are padded to it."""
+    net = M.Cascade(*(_small_net(seed=i, scale=s) for i, s in enumerate(scales)))
+    assert net.input_multiple == multiple
+    image = np.random.default_rng(2).random((15, 21, 3)).astype(np.float32)
+    s = net.scale
+    out = engine.infer(net, image, tile=0)
+    assert out.shape == (15 * s, 21 * s, 3)
+    padded = np.pad(image, ((0, (-15) % multiple), (0, (-21) % multiple), (0, 0)), mode="reflect")
+    with torch.no_grad():
+        ref = net(torch.from_numpy(padded).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(out, ref[: 15 * s, : 21 * s], atol=1e-5)
+
+
 def test_tensor_input_keeps_layout_and_dtype(shipped: TorchBackend) -> None:
     x = torch.rand(2, 3, 10, 12, dtype=torch.float64)
     out = engine.infer(shipped, x, tile=0)

@@ -36,7 +36,7 @@ def upscale(model: nn.Module, lr: torch.Tensor, device: torch.device | str = "cp
     Inputs whose sides the model cannot take (a pixel-unshuffle ×1/×2 RRDBNet needs multiples of 4/2) are
     padded by reflection and the output is cropped back.
     """
-    multiple = int(getattr(model, "unshuffle", 1))
+    multiple = int(getattr(model, "input_multiple", 1))
     h, w = lr.shape[-2:]
     pad_h, pad_w = (-h) % multiple, (-w) % multiple
     x = lr.unsqueeze(0).to(device, torch.float32)

@@ -20,6 +20,12 @@ class SRNet(nn.Module):
     in_channels: int
     out_channels: int
 
+    @property
+    def input_multiple(self) -> int:
+        """Height and width of an input must be multiples of this (1 for most networks; a pixel-unshuffle ×2/×1
+        RRDBNet: 2/4; a cascade: what every stage needs of its input, carried back through the earlier scales)."""
+        return 1
+
     def _set_hparams(self, **hparams: Any) -> None:
         """Record the constructor's keyword arguments; `scale`, `num_in_ch` and `num_out_ch` are among them."""
         self.hparams = hparams

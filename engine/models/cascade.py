@@ -32,6 +32,17 @@ class Cascade(SRNet):
         self.scale = math.prod(s.scale for s in stages)
         self.in_channels, self.out_channels = stages[0].in_channels, stages[-1].out_channels
 
+    @property
+    def input_multiple(self) -> int:
+        """The least side multiple m such that every stage's input is a multiple of what that stage needs: stage k
+        sees the input upscaled by s = the product of the earlier stages' scales, so it asks need / gcd(need, s)."""
+        m, s = 1, 1
+        for stage in self.stages:
+            need = stage.input_multiple
+            m = math.lcm(m, need // math.gcd(need, s))
+            s *= stage.scale
+        return m
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for stage in self.stages:
             x = stage(x)

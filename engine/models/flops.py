@@ -45,7 +45,7 @@ def count_macs(net: nn.Module, x: torch.Tensor) -> int:
 def macs_per_pixel(net: SRNet, side: int = 16) -> float:
     """Multiply-adds per input pixel: counted on a (1, C, side, side) probe (side rounded up to the network's input
     multiple) and divided by its pixels. Exact for fully convolutional networks."""
-    multiple = int(getattr(net, "unshuffle", 1))
+    multiple = net.input_multiple
     side = -(-side // multiple) * multiple
     param = next(net.parameters())
     x = torch.zeros(1, net.in_channels, side, side, dtype=param.dtype, device=param.device)

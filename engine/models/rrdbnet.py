@@ -105,6 +105,10 @@ class RRDBNet(SRNet):
         self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
 
+    @property
+    def input_multiple(self) -> int:
+        return self.unshuffle
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.unshuffle > 1:
             h, w = x.shape[-2:]
