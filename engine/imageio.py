@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "SUPPORTED_EXTENSIONS",
     "ImageError",
+    "image_format",
     "image_size",
     "list_inputs",
     "output_extension",
@@ -31,6 +32,9 @@ DEFAULT_MAX_PIXELS = 16384 * 16384 // 2  # ~134 MP; bigger images are refused (d
 _OUTPUT_CHOICES = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "webp": ".webp", "tif": ".tif", "tiff": ".tif"}
 _NORMALIZED = {".jpeg": ".jpg", ".tiff": ".tif"}
 _JPEG_MAX_SEGMENTS = 4096  # markers walked before giving up on a JPEG header
+_SIZED_FORMATS = ("PNG", "JPEG", "WebP", "BMP", "TIFF")  # what image_size reads from the header
+# Largest uncompressed pixel in a file we decode (4 channels of float64); a bigger file hides something else
+_MAX_BYTES_PER_PIXEL = 32
 
 StrPath = str | os.PathLike[str]
 
@@ -42,25 +46,54 @@ class ImageError(ValueError):
 # --------------------------------------------------------------------------------------------- header parsing
 
 
+def image_format(head: bytes) -> str | None:
+    """The format of a file from its first bytes (its content, whatever its name says): "PNG", "JPEG", "WebP",
+    "BMP", "TIFF", or a few others by name ("GIF", ...); None when not recognised."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head.startswith(b"\xff\xd8"):
+        return "JPEG"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    if head.startswith(b"BM"):
+        return "BMP"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    for magic, name in _OTHER_FORMATS:
+        if head.startswith(magic):
+            return name
+    return None
+
+
+_OTHER_FORMATS = [(b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"II+\x00", "BigTIFF"), (b"MM\x00+", "BigTIFF"),
+                  (b"\x76\x2f\x31\x01", "OpenEXR"), (b"#?RADIANCE", "Radiance HDR"), (b"#?RGBE", "Radiance HDR"),
+                  (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"), (b"\xff\x4f\xff\x51", "JPEG 2000"),
+                  (b"\x59\xa6\x6a\x95", "Sun raster"), (b"\x00\x00\x00\x1cftypavif", "AVIF"),
+                  (b"\x00\x00\x00\x20ftypavif", "AVIF"), (b"\xff\x0a", "JPEG XL"),
+                  (b"\x00\x00\x00\x0cJXL ", "JPEG XL")] + [(f"P{i}".encode(), "PNM") for i in range(1, 8)] + [
+                  (b"PF", "PFM"), (b"Pf", "PFM")]
+
+
 def image_size(path: StrPath) -> tuple[int, int] | None:
     """(height, width) of the image at `path`, from its header only (the pixels are not decoded).
 
-    Understands PNG, JPEG, WebP (VP8, VP8L, VP8X), BMP and TIFF (first IFD). Returns None when the header is not
-    understood or cannot be read; the caller then decodes the image and checks its shape afterwards. For JPEG this
-    is the stored size, before any EXIF rotation.
+    Understands PNG, JPEG, WebP (VP8, VP8L, VP8X), BMP and TIFF (first IFD), told apart by their content, not their
+    name. Returns None when the format is another one or the header is not understood or cannot be read. For JPEG
+    this is the stored size, before any EXIF rotation.
     """
     try:
         with open(path, "rb") as f:
             head = f.read(64)
-            if head.startswith(b"\x89PNG\r\n\x1a\n"):
+            kind = image_format(head)
+            if kind == "PNG":
                 size = _png_size(head)
-            elif head.startswith(b"\xff\xd8"):
+            elif kind == "JPEG":
                 size = _jpeg_size(f)
-            elif head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+            elif kind == "WebP":
                 size = _webp_size(head)
-            elif head.startswith(b"BM"):
+            elif kind == "BMP":
                 size = _bmp_size(head)
-            elif head[:4] in (b"II*\x00", b"MM\x00*"):
+            elif kind == "TIFF":
                 size = _tiff_size(f, head)
             else:
                 size = None
@@ -175,38 +208,63 @@ def _check_pixels(path: StrPath, height: int, width: int, max_pixels: int | None
 
 
 def read_image(path: StrPath, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read an image as (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA; dtype uint8, uint16 or float, as stored.
+    """Read an image as (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA; dtype uint8, uint16 or float32, as stored
+    (float64 TIFFs come back as float32).
 
-    Images with more than `max_pixels` pixels (None: no limit) are refused, before decoding when the header gives
-    the size. Gray+alpha files come back as RGBA (OpenCV expands them). JPEGs are turned upright by their EXIF
-    orientation. Non-ASCII paths work. Raises ImageError naming the file and the reason.
+    The size is read from the header before anything is decoded: a file whose content is not PNG, JPEG, WebP, BMP
+    or TIFF, or whose header cannot be sized, is refused (decoding it could take any amount of memory), and so is
+    an image with more than `max_pixels` pixels (None: no limit). Gray+alpha files come back as RGBA (OpenCV
+    expands them). JPEGs are turned upright by their EXIF orientation. Non-ASCII paths work. Raises ImageError
+    naming the file and the reason.
     """
     p = Path(path)
     if not p.exists():
         raise ImageError(f"{path}: no such file")
     if not p.is_file():
-        raise ImageError(f"{path}: not a file")
+        raise ImageError(f"{path}: not a regular file")
     ext = p.suffix.lower()
     if ext not in SUPPORTED_EXTENSIONS:
         raise ImageError(f"{path}: unsupported extension {p.suffix or '(none)'!r}; supported: "
                          + ", ".join(SUPPORTED_EXTENSIONS))
+    try:
+        with open(p, "rb") as f:
+            head = f.read(64)
+        file_bytes = p.stat().st_size
+    except OSError as e:
+        raise ImageError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if not head:
+        raise ImageError(f"{path}: the file is empty")
+    kind = image_format(head)
+    if kind not in _SIZED_FORMATS:
+        found = f"its content is {kind}" if kind else "its content is not an image format this tool reads"
+        raise ImageError(f"{path}: {found}, not PNG, JPEG, WebP, BMP or TIFF as the name says; convert it to one of "
+                         "those (its size cannot be checked before decoding, so it is not decoded)")
     size = image_size(p)
-    if size is not None:
-        _check_pixels(path, *size, max_pixels)
+    if size is None:
+        raise ImageError(f"{path}: a {kind} file whose header does not give its size (damaged or truncated); it is "
+                         "not decoded")
+    _check_pixels(path, *size, max_pixels)
+    if max_pixels is not None and file_bytes > max_pixels * _MAX_BYTES_PER_PIXEL + 2**20:
+        raise ImageError(f"{path}: {file_bytes / 2**20:.0f} MiB is more than any {kind} of at most --max-pixels "
+                         f"{_megapixels(max_pixels)} can hold; raise --max-pixels if you trust this file")
 
     # IMREAD_UNCHANGED keeps alpha and 16-bit depth but ignores EXIF orientation; JPEG has no alpha, so decode
     # it with ANYCOLOR | ANYDEPTH, which keeps gray as gray and applies the orientation.
-    flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH if ext in (".jpg", ".jpeg") else cv2.IMREAD_UNCHANGED
+    flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH if kind == "JPEG" else cv2.IMREAD_UNCHANGED
     try:
         data = np.fromfile(p, np.uint8)
         image = cv2.imdecode(data, flags) if data.size else None
-    except (OSError, cv2.error) as e:
-        raise ImageError(f"{path}: cannot be read ({e})") from e
+    except OSError as e:
+        raise ImageError(f"{path}: cannot be read ({e.strerror or e})") from None
+    except cv2.error as e:
+        raise ImageError(f"{path}: cannot be decoded ({_cv2_reason(e)})") from None
     if image is None:
         raise ImageError(f"{path}: cannot be decoded (corrupt, truncated or unsupported)")
     _check_pixels(path, image.shape[0], image.shape[1], max_pixels)
 
-    if image.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
+    if image.dtype == np.float64:  # OpenCV's colour conversions take 8-, 16-bit and float32 images
+        image = image.astype(np.float32)
+    if image.dtype not in (np.uint8, np.uint16, np.float32):
         raise ImageError(f"{path}: unsupported pixel type {image.dtype} (uint8, uint16 or float expected)")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
@@ -217,6 +275,13 @@ def read_image(path: StrPath, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
     if image.ndim == 3 and image.shape[2] == 4:
         return cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
     raise ImageError(f"{path}: unsupported layout {image.shape} (gray, RGB or RGBA expected)")
+
+
+def _cv2_reason(e: Exception) -> str:
+    """OpenCV's error without its source location: the line after "error: (...)"."""
+    text = str(e).strip()
+    reason = text.rsplit(") ", 1)[-1] if "error: (" in text else text
+    return reason.split(" in function ")[0].strip() or text
 
 
 # --------------------------------------------------------------------------------------------- writing

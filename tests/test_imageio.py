@@ -320,12 +320,62 @@ def test_max_pixels_small_limit_and_none(tmp_path):
     assert DEFAULT_MAX_PIXELS == 16384 * 16384 // 2
 
 
-def test_max_pixels_checked_after_decoding_when_header_unknown(tmp_path, monkeypatch):
+def test_max_pixels_checked_after_decoding_too(tmp_path, monkeypatch):
     path = tmp_path / "a.png"
     write_image(path, _image(3, np.uint8))
-    monkeypatch.setattr(imageio, "image_size", lambda p: None)
+    monkeypatch.setattr(imageio, "image_size", lambda p: (1, 1))  # a header that lies
     with pytest.raises(ImageError, match="more than --max-pixels"):
         read_image(path, max_pixels=10)
+
+
+def _no_decoding(*args, **kwargs):
+    raise AssertionError("decoded a file whose size was not checked first")
+
+
+@pytest.mark.parametrize("content, found", [
+    (b"GIF89a" + struct.pack("<HH", 65535, 65535) + bytes(100), "its content is GIF"),  # a GIF named .png
+    (b"P6\n60000 60000\n255\n" + bytes(100), "its content is PNM"),
+    (b"II+\x00" + bytes(100), "its content is BigTIFF"),
+    (b"\x00\x01\x02\x03" * 30, "not an image format this tool reads"),
+])
+def test_formats_the_header_parser_cannot_size_are_refused_before_decoding(tmp_path, monkeypatch, content, found):
+    """A 650 KB GIF named .png decoded to 7 GiB before --max-pixels could refuse it: what cannot be sized from its
+    header is never decoded."""
+    path = tmp_path / "bomb.png"
+    path.write_bytes(content)
+    monkeypatch.setattr(cv2, "imdecode", _no_decoding)
+    with pytest.raises(ImageError, match=found):
+        read_image(path)
+
+
+def test_a_header_that_cannot_be_sized_is_refused_before_decoding(tmp_path, monkeypatch):
+    path = tmp_path / "cut.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(8) + b"XXXX")  # PNG signature, no IHDR
+    monkeypatch.setattr(cv2, "imdecode", _no_decoding)
+    with pytest.raises(ImageError, match="header does not give its size"):
+        read_image(path)
+
+
+def test_a_file_larger_than_max_pixels_allows_is_refused_before_reading(tmp_path, monkeypatch):
+    path = tmp_path / "padded.png"
+    write_image(path, _image(3, np.uint8))
+    with open(path, "ab") as f:
+        f.write(bytes(2 * 2**20))  # 2 MiB of trailing bytes behind a 13×17 PNG
+    monkeypatch.setattr(cv2, "imdecode", _no_decoding)
+    with pytest.raises(ImageError, match="MiB is more than any PNG"):
+        read_image(path, max_pixels=1000)
+
+
+def test_float64_tiff_reads_as_float32(tmp_path):
+    """OpenCV's colour conversion has no float64: a float64 TIFF stopped a folder run with a raw cv2.error."""
+    path = tmp_path / "f64.tif"
+    image = np.random.default_rng(0).random((9, 11, 3))
+    ok, buf = cv2.imencode(".tif", image[..., ::-1].copy())
+    assert ok
+    path.write_bytes(buf.tobytes())
+    got = read_image(path)
+    assert got.dtype == np.float32 and got.shape == (9, 11, 3)
+    np.testing.assert_allclose(got, image, rtol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------- read errors
@@ -338,7 +388,7 @@ def test_read_missing(tmp_path):
 
 def test_read_folder(tmp_path):
     (tmp_path / "dir.png").mkdir()
-    with pytest.raises(ImageError, match="not a file"):
+    with pytest.raises(ImageError, match="not a regular file"):
         read_image(tmp_path / "dir.png")
 
 
@@ -349,10 +399,19 @@ def test_read_unsupported_extension(tmp_path):
         read_image(path)
 
 
-@pytest.mark.parametrize("content", [b"", b"this is not an image" * 10])
-def test_read_corrupt(tmp_path, content):
+@pytest.mark.parametrize("content, message", [(b"", "the file is empty"),
+                                              (b"this is not an image" * 10, "not an image format this tool reads")])
+def test_read_corrupt(tmp_path, content, message):
     path = tmp_path / "bad.png"
     path.write_bytes(content)
+    with pytest.raises(ImageError, match=message):
+        read_image(path)
+
+
+def test_read_truncated(tmp_path):
+    path = tmp_path / "cut.png"
+    ok, buf = cv2.imencode(".png", _image(3, np.uint8))
+    path.write_bytes(buf.tobytes()[:60])
     with pytest.raises(ImageError, match="cannot be decoded"):
         read_image(path)
 
