@@ -287,12 +287,13 @@ def _cv2_reason(e: Exception) -> str:
 # --------------------------------------------------------------------------------------------- writing
 
 
-def _write_bytes(tmp: str, data: bytes) -> None:
+def _write_bytes(tmp: str, data: bytes | np.ndarray) -> None:
     with open(tmp, "wb") as f:
         f.write(data)
 
 
-def write_image(path: StrPath, image: np.ndarray, *, quality: int = 95) -> None:
+def write_image(path: StrPath, image: np.ndarray, *, quality: int = 95, overwrite: bool = True,
+                reuse: bool = False) -> None:
     """Write an image atomically (parent folders are created); the format comes from the extension.
 
     `image`: (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA; uint8 or uint16 (PNG, TIFF), float32 (TIFF only).
@@ -300,6 +301,9 @@ def write_image(path: StrPath, image: np.ndarray, *, quality: int = 95) -> None:
     applies to JPEG and WebP; 101 means lossless WebP (and 100 for JPEG). PNG uses compression level 3.
     Lossless WebP keeps the colour under fully transparent pixels only with OpenCV >= 4.12 (PRESERVE_COLOR).
     Raises ImageError naming the file and the fix; an existing file at `path` is untouched on error.
+    `overwrite=False`: the file is created only if `path` does not exist when it is moved into place (FileExistsError
+    otherwise; two writers racing for one name never both succeed). `reuse=True` lets the colour conversion to
+    OpenCV's BGR order happen in `image` itself, saving a copy of a large image the caller no longer needs.
     """
     ext = Path(path).suffix.lower()
     if ext not in SUPPORTED_EXTENSIONS:
@@ -326,7 +330,9 @@ def write_image(path: StrPath, image: np.ndarray, *, quality: int = 95) -> None:
                          "or drop the alpha channel")
 
     if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA if alpha else cv2.COLOR_RGB2BGR)
+        code = cv2.COLOR_RGBA2BGRA if alpha else cv2.COLOR_RGB2BGR
+        in_place = reuse and image.flags.c_contiguous and image.flags.writeable
+        image = cv2.cvtColor(image, code, dst=image) if in_place else cv2.cvtColor(image, code)
     else:
         image = np.ascontiguousarray(image)
     if ext in (".jpg", ".jpeg"):
@@ -346,8 +352,8 @@ def write_image(path: StrPath, image: np.ndarray, *, quality: int = 95) -> None:
         raise ImageError(f"{path}: cannot be encoded as {name} ({e})") from e
     if not ok:
         raise ImageError(f"{path}: cannot be encoded as {name}")
-    data = buf.tobytes()
-    atomic_write(path, lambda tmp: _write_bytes(tmp, data))
+    del image
+    atomic_write(path, lambda tmp: _write_bytes(tmp, buf), overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------------------------- paths

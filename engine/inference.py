@@ -210,15 +210,40 @@ def auto_tile(backend: Backend, height: int, width: int, batch: int, budget: int
     return max(step, side // step * step)
 
 
+def check_tiling(tile: int | None, tile_overlap: int, batch: int) -> None:
+    """Validate tiling arguments up front: ValueError naming the argument and the fix."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a whole number of tiles per call, at least 1, got {batch!r}")
+    if isinstance(tile_overlap, bool) or not isinstance(tile_overlap, int) or tile_overlap < 0:
+        raise ValueError(f"tile_overlap must be a whole number of pixels, 0 or more, got {tile_overlap!r}")
+    if tile is None or tile == 0:
+        return
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 0:
+        raise ValueError(f"tile must be a side in pixels (0: no tiling), got {tile!r}")
+    if tile < 2 * tile_overlap:
+        raise ValueError(f"tile {tile} is less than twice the tile overlap {tile_overlap}: such tiles see too little "
+                         f"context and blend badly; use a tile of at least {2 * tile_overlap}, a smaller tile overlap, "
+                         "or 0 for no tiling")
+
+
+RowSink = Callable[[int, np.ndarray], None]
+
+
 def upscale_planes(backend: Backend, planes: np.ndarray | torch.Tensor, *, tile: int | None = None,
                    tile_overlap: int = DEFAULT_TILE_OVERLAP, batch: int = DEFAULT_BATCH, threads: int = 0,
-                   progress: Callable[[int], None] | None = None) -> np.ndarray | torch.Tensor:
+                   progress: Callable[[int], None] | None = None, sink: RowSink | None = None
+                   ) -> np.ndarray | torch.Tensor | None:
     """float32 planes (C, H, W) in [0, 1] → (C, H·scale, W·scale), tiled and blended.
 
-    On a CPU backend the result is numpy, blended by the host code of `engine._C`. On a CUDA backend the tiles
-    stay on the device: the result is a CUDA tensor blended by `engine._C.accumulate_cuda` on the current stream.
-    `tile` is the tile side in input pixels (None: chosen from the memory budget; 0: no tiling).
-    `progress(n)` is called after each batch with the number of tiles done in it.
+    On a CPU backend the tiles are blended by the host code of `engine._C` into a band of one row of tiles, and
+    every output row is final as soon as the last tile over it is in: with `sink`, `sink(y0, rows)` receives them
+    in order (rows: float32 (C, r, W·scale), output rows y0 … y0 + r − 1, a view to copy before returning) and
+    nothing is returned, so memory stays bounded by one row of tiles; without `sink` they are collected into the
+    returned array. On a CUDA backend the tiles stay on the device: the result is a CUDA tensor blended by
+    `engine._C.accumulate_cuda` on the current stream (handed to `sink` whole, if given).
+    `tile` is the tile side in input pixels (None: chosen from the memory budget; 0: no tiling); a tile smaller
+    than twice `tile_overlap` gets the overlap lowered to half the tile, with a warning (check_tiling refuses it
+    where the user chose it). `progress(n)` is called after each batch with the number of tiles done in it.
 
     A backend with its own `upscale_planes` (a native plan, `engine.native`) does all of this itself, in `engine._C`.
     """
@@ -227,7 +252,7 @@ def upscale_planes(backend: Backend, planes: np.ndarray | torch.Tensor, *, tile:
         out = native(planes, tile=tile, tile_overlap=tile_overlap)
         if progress is not None:
             progress(1)
-        return out
+        return _deliver(out, sink)
     C = load_C()
     on_device = backend.device.type == "cuda"
     source = torch.as_tensor(planes, dtype=torch.float32).to(backend.device if on_device else "cpu")
@@ -274,13 +299,53 @@ def upscale_planes(backend: Backend, planes: np.ndarray | torch.Tensor, *, tile:
                 C.accumulate_cuda(canvas.data_ptr(), result[k].data_ptr(), wy[i].data_ptr(), wx[j].data_ptr(),
                                   backend.out_channels, H * s, W * s, plan.tile_h * s, plan.tile_w * s,
                                   plan.ys[i] * s, plan.xs[j] * s, stream)
-        return canvas[:, : h * s, : w * s]
-    out = np.zeros((backend.out_channels, H * s, W * s), np.float32)
+        return _deliver(canvas[:, : h * s, : w * s], sink)
+
+    collected = None
+    if sink is None:
+        collected = np.empty((backend.out_channels, h * s, w * s), np.float32)
+
+        def sink(y0: int, rows: np.ndarray) -> None:
+            collected[:, y0:y0 + rows.shape[1]] = rows
+
+    band = np.zeros((backend.out_channels, plan.tile_h * s, W * s), np.float32)  # output rows [top, top + tile_h·s)
+    top, row = 0, 0
+
+    def advance(new_top: int) -> None:
+        """Hand the final rows [top, new_top) (cropped to the image) to the sink and move the band down."""
+        nonlocal top
+        done = new_top - top
+        end = min(new_top, h * s)
+        if end > top:
+            sink(top, band[:, : end - top, : w * s])
+        band[:, : band.shape[1] - done] = band[:, done:]
+        band[:, band.shape[1] - done:] = 0.0
+        top = new_top
+
     for chunk, result in batches():
-        C.blend_tiles(out, result.cpu().numpy(), [plan.ys[i] * s for i, _ in chunk],
-                      [plan.xs[j] * s for _, j in chunk], [plan.wy[i] for i, _ in chunk],
-                      [plan.wx[j] for _, j in chunk], threads=threads)
-    return out[:, : h * s, : w * s]
+        tiles = result.cpu().numpy()
+        k = 0
+        while k < len(chunk):
+            i = chunk[k][0]
+            if i != row:  # the rows above this row of tiles are complete
+                advance(plan.ys[i] * s)
+                row = i
+            n = 1
+            while k + n < len(chunk) and chunk[k + n][0] == i:
+                n += 1
+            cols = [j for _, j in chunk[k:k + n]]
+            C.blend_tiles(band, tiles[k:k + n], [plan.ys[i] * s - top] * n, [plan.xs[j] * s for j in cols],
+                          [plan.wy[i]] * n, [plan.wx[j] for j in cols], threads=threads)
+            k += n
+    advance(top + band.shape[1])
+    return collected
+
+
+def _deliver(out: np.ndarray | torch.Tensor, sink: RowSink | None) -> np.ndarray | torch.Tensor | None:
+    if sink is None:
+        return out
+    sink(0, _host(out))
+    return None
 
 
 def _host(planes: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -322,6 +387,7 @@ def infer(net: Any, image: np.ndarray | torch.Tensor, *, tile: int | None = None
         The upscaled image with the input's dtype and channel layout (a tensor on the input's device for tensors).
     """
     backend = as_backend(net)
+    check_tiling(tile, tile_overlap, batch if batch is not None else DEFAULT_BATCH)
     if tile is None:
         tile = getattr(backend, "tile", None)
     if batch is None:
@@ -334,8 +400,8 @@ def infer(net: Any, image: np.ndarray | torch.Tensor, *, tile: int | None = None
             set_alpha(alpha)
     if alpha_upsampler not in ("model", "bicubic"):
         raise ValueError(f"alpha_upsampler must be model or bicubic, got {alpha_upsampler!r}")
-    if outscale is not None and not outscale > 0:
-        raise ValueError(f"outscale must be positive, got {outscale}")
+    if outscale is not None and not (math.isfinite(outscale) and outscale > 0):
+        raise ValueError(f"outscale must be positive and finite, got {outscale}")
     if isinstance(image, torch.Tensor):
         return _infer_tensor(backend, image, tile, tile_overlap, batch, outscale, threads, progress)
 
@@ -348,39 +414,89 @@ def infer(net: Any, image: np.ndarray | torch.Tensor, *, tile: int | None = None
         image = image.astype(np.float32)
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[..., 0]
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (2, 3, 4)):
-        raise ValueError(f"image must have shape (H, W) or (H, W, C) with C in 1..4, got {image.shape}")
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (2, 3, 4)) or 0 in image.shape[:2]:
+        raise ValueError(f"image must have shape (H, W) or (H, W, C) with C in 1..4 and H, W ≥ 1, got {image.shape}")
+    h, w = image.shape[:2]
+    s = backend.scale
+    out_h, out_w = output_size(h, w, s, outscale)
     planes = C.to_planar(np.ascontiguousarray(image), threads=threads)  # (C, H, W) float32
+    if image.dtype == np.float32:
+        _check_float_range(planes)
     channels = planes.shape[0]
     color, alpha_plane = (planes[:-1], planes[-1:]) if channels in (2, 4) else (planes, None)
     gray = color.shape[0] == 1
+    out_dtype = np.dtype(dtype) if dtype in (np.uint8, np.uint16) else np.dtype(np.float32)
+    result = np.empty((h * s, w * s, channels), out_dtype)
 
-    def run(p: np.ndarray) -> np.ndarray:
-        if p.shape[0] == 1 and backend.in_channels == 3:
-            return (_GRAY[:, None, None] * _host(upscale_planes(
-                backend, np.repeat(p, 3, axis=0), tile=tile, tile_overlap=tile_overlap, batch=batch, threads=threads,
-                progress=progress))).sum(axis=0, keepdims=True)
-        return _host(upscale_planes(backend, p, tile=tile, tile_overlap=tile_overlap, batch=batch, threads=threads,
-                                    progress=progress))
+    def run(p: np.ndarray, first: int) -> None:
+        """Upscale planes p into the result's channels first, first + 1, …, row band by row band."""
+        def sink(y0: int, rows: np.ndarray) -> None:
+            if rows.shape[0] != p.shape[0]:  # gray through a colour network: its luma
+                rows = (_GRAY[:, None, None] * rows).sum(axis=0, keepdims=True, dtype=np.float32)
+            result[y0:y0 + rows.shape[1], :, first:first + rows.shape[0]] = _to_dtype(C, rows, out_dtype, threads)
 
-    out = run(np.ascontiguousarray(color))
-    h, w = image.shape[:2]
-    s = backend.scale
+        source = np.repeat(p, 3, axis=0) if p.shape[0] == 1 and backend.in_channels == 3 else p
+        upscale_planes(backend, np.ascontiguousarray(source), tile=tile, tile_overlap=tile_overlap, batch=batch,
+                       threads=threads, progress=progress, sink=sink)
+
+    run(color, 0)
+    del planes
     if alpha_plane is not None:
         if alpha_upsampler == "model":
-            up_alpha = run(np.ascontiguousarray(alpha_plane))
+            run(alpha_plane, channels - 1)
         else:
             up_alpha = _resize(alpha_plane, h * s, w * s, cv2.INTER_CUBIC)
-        out = np.concatenate([out, up_alpha])
-    if outscale is not None and outscale != s:
-        out = _resize(out, round(h * outscale), round(w * outscale), cv2.INTER_LANCZOS4)
-    if dtype in (np.uint8, np.uint16):
-        result = C.from_planar(np.ascontiguousarray(out, dtype=np.float32), dtype.name, threads=threads)
-    else:
-        result = np.ascontiguousarray(out.transpose(1, 2, 0)).astype(dtype, copy=False)
+            result[..., channels - 1:] = _to_dtype(C, up_alpha, out_dtype, threads)
+    if (out_h, out_w) != (h * s, w * s):
+        result = _resize_image(result, out_h, out_w)
+    if dtype not in (np.uint8, np.uint16):
+        result = result.astype(dtype, copy=False)
     if gray and alpha_plane is None and not keep_axis:
         return result[..., 0]
     return result
+
+
+def output_size(height: int, width: int, scale: int, outscale: float | None) -> tuple[int, int]:
+    """(height, width) of the output of an (height, width) image: ×scale, or ×outscale when given. Raises
+    ValueError when outscale makes an empty image."""
+    if outscale is None or outscale == scale:
+        return height * scale, width * scale
+    out_h, out_w = round(height * outscale), round(width * outscale)
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"outscale {outscale} makes a {out_w}×{out_h} image of this {width}×{height} one; use a "
+                         "larger outscale")
+    return out_h, out_w
+
+
+def _check_float_range(planes: np.ndarray) -> None:
+    """Float images are [0, 1]: NaN/Inf are refused (one spreads over the whole output), values outside are
+    clipped with a warning."""
+    finite = np.isfinite(planes)
+    if not finite.all():
+        bad = planes.size - int(np.count_nonzero(finite))
+        raise ValueError(f"the image holds {bad} NaN or infinite value(s); float images must be finite, in [0, 1]")
+    low, high = float(planes.min()), float(planes.max())
+    if low < 0.0 or high > 1.0:
+        outside = int(np.count_nonzero((planes < 0.0) | (planes > 1.0)))
+        log.warning("float image values span [%.4g, %.4g]; the networks read [0, 1]: %d value(s) clipped", low, high,
+                    outside)
+        np.clip(planes, 0.0, 1.0, out=planes)
+
+
+def _to_dtype(C: Any, planes: np.ndarray, dtype: np.dtype, threads: int) -> np.ndarray:
+    """float32 planes (c, r, W) → (r, W, c) of dtype: integers clamped and rounded by engine._C, floats as they are."""
+    if dtype == np.float32:
+        return planes.transpose(1, 2, 0)
+    return C.from_planar(np.ascontiguousarray(planes, dtype=np.float32), dtype.name, threads=threads)
+
+
+def _resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize an (H, W, C) image in its own dtype with Lanczos (OpenCV saturates integer types)."""
+    if image.shape[2] <= 4:
+        out = cv2.resize(image, (width, height), interpolation=cv2.INTER_LANCZOS4)
+        return out[..., None] if out.ndim == 2 else out
+    return np.stack([cv2.resize(image[..., c], (width, height), interpolation=cv2.INTER_LANCZOS4)
+                     for c in range(image.shape[2])], axis=-1)
 
 
 def _infer_tensor(backend: Backend, image: torch.Tensor, tile: int | None, tile_overlap: int, batch: int,

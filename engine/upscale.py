@@ -1,30 +1,68 @@
 """`python -m engine.upscale -i FILE_OR_DIR -o OUT_DIR [-n MODEL_OR_CHECKPOINT] [-s 4] [-t 0] ...`
 
-Upscales images with seam-free blended tiles. With no -n it uses the shipped default model (weights/). Outputs
-are written to a temporary file and renamed; existing outputs are kept unless --overwrite; --skip-existing
-resumes an interrupted folder run. A file that fails is reported by name with the reason, the others are still
-written, and the exit code is 1 at the end. Real-ESRGAN's spellings --model_path and --tile_pad are accepted.
+Upscales images with seam-free blended tiles. With no -n it uses the shipped default model (weights/). Every output
+is written to a temporary file and renamed; existing outputs are kept unless --overwrite, and --skip-existing
+resumes an interrupted folder run. An input is never written over. A file that fails is reported by name with the
+reason and the others are still written. Real-ESRGAN's spellings --model_path and --tile_pad are accepted.
+
+Exit status: 0 every image written (or skipped); 1 the run went through but some files failed (each is named);
+2 the run could not start (bad arguments, model, output folder; nothing written); 130 interrupted (Ctrl-C: the
+current file is cleaned up, the summary printed).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import math
+import os
+import re
+import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from . import models
+from .atomic import remove_stale_temps, temp_path
 from .engines import load as load_engine
-from .imageio import DEFAULT_MAX_PIXELS, ImageError, list_inputs, output_extension, read_image, write_image
-from .inference import DEFAULT_BATCH, DEFAULT_TILE_OVERLAP, Backend, TorchBackend, infer
+from .imageio import (
+    DEFAULT_MAX_PIXELS,
+    ImageError,
+    image_size,
+    list_inputs,
+    output_extension,
+    read_image,
+    write_image,
+)
+from .inference import (
+    CPU_MEMORY_BUDGET,
+    DEFAULT_BATCH,
+    DEFAULT_TILE_OVERLAP,
+    Backend,
+    TorchBackend,
+    check_tiling,
+    infer,
+    output_size,
+)
 from .ort import from_network as ort_backend
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT_MODEL = "tiny_x4"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+MAX_OUTSCALE = 64.0
+_SUFFIX = re.compile(r"[\w.+=@,-]{0,64}")  # letters, digits, _ . + = @ , - (no path separators)
+
+log = logging.getLogger("engine")
+
+
+class UsageError(ValueError):
+    """The run cannot start: an argument, the model or the output folder; the message names it and the fix."""
 
 
 def shipped_models() -> list[str]:
@@ -39,15 +77,23 @@ def resolve_model(name_or_path: str | None) -> Path:
     if path.is_file() or (path / "manifest.json").is_file():
         return path
     shipped = WEIGHTS_DIR / f"{name}.safetensors"
-    if shipped.is_file():
+    if re.fullmatch(r"[\w.-]+", name) and shipped.is_file():
         return shipped
-    raise FileNotFoundError(f"-n {name}: neither a checkpoint file, an engine directory nor a shipped model (shipped: "
-                            f"{', '.join(shipped_models()) or 'none found in ' + str(WEIGHTS_DIR)})")
+    raise UsageError(f"-n {name}: neither a checkpoint file, an engine directory nor a shipped model (shipped: "
+                     f"{', '.join(shipped_models()) or 'none found in ' + str(WEIGHTS_DIR)})")
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m engine.upscale", description=__doc__.split("\n\n")[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=__doc__.split("\n\n")[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-i", "--input", required=True, help="an image file or a folder of images")
     p.add_argument("-o", "--output", default="results", help="output folder (default: results)")
     p.add_argument("-n", "--model", "--model_path", "--model-path", dest="model",
@@ -58,19 +104,20 @@ def parser() -> argparse.ArgumentParser:
                    "triton = our fused kernels on a GPU (RRDBNet, SRResNet) (default: auto)")
     p.add_argument("-s", "--outscale", type=float, help="final scale, resized after the network (default: the "
                    "model's scale)")
-    p.add_argument("-t", "--tile", type=int, help="tile side in input pixels; 0 = no tiling (default: chosen "
-                   "from the memory budget)")
+    p.add_argument("-t", "--tile", type=int, help="tile side in input pixels, at least twice --tile-overlap; 0 = no "
+                   "tiling (default: chosen from the memory budget)")
     p.add_argument("--tile-overlap", "--tile_pad", dest="tile_overlap", type=int, default=DEFAULT_TILE_OVERLAP,
                    help=f"overlap of neighbouring tiles in input pixels (default: {DEFAULT_TILE_OVERLAP})")
-    p.add_argument("--batch", type=int, help=f"tiles per network call (default: an engine's own, else "
+    p.add_argument("--batch", type=int, help=f"tiles per network call, at least 1 (default: an engine's own, else "
                    f"{DEFAULT_BATCH})")
     precision = p.add_mutually_exclusive_group()
     for flag, help_text in (("--fp32", "float32 (default on the CPU)"), ("--fp16", "float16 (default on CUDA)"),
                             ("--bf16", "bfloat16")):
         precision.add_argument(flag, dest="precision", action="store_const", const=flag[2:], help=help_text)
-    p.add_argument("--device", default="auto", help="cpu or cuda[:N] (default: cuda when available)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto = cuda when available)")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format on CUDA (default: off)")
-    p.add_argument("--suffix", default="out", help="output name suffix: NAME_SUFFIX.EXT (default: out)")
+    p.add_argument("--suffix", default="out", help="output name suffix: NAME_SUFFIX.EXT; letters, digits and "
+                   "_ . + = @ , - only; empty: the input's name (default: out)")
     p.add_argument("--ext", default="auto", help="auto (the input's), png, jpg, webp or tif (default: auto)")
     p.add_argument("--alpha", type=float, help="network interpolation weight of --gan-weights, in [0, 1] "
                    "(default: none, the model as it is)")
@@ -78,103 +125,357 @@ def parser() -> argparse.ArgumentParser:
                    "(default: none)")
     p.add_argument("--alpha-upsampler", choices=["model", "bicubic"], default="model",
                    help="how the alpha channel of RGBA images is upscaled (default: model)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: keep them)")
-    p.add_argument("--skip-existing", action="store_true", help="skip inputs whose output exists (resume a run)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input) "
+                   "(default: keep them)")
+    p.add_argument("--skip-existing", action="store_true", help="skip inputs whose complete output exists (resume a "
+                   "run) (default: off)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                   help=f"refuse larger images (decompression bombs) (default: {DEFAULT_MAX_PIXELS})")
+                   help=f"refuse larger input images, from their header (decompression bombs) (default: "
+                   f"{DEFAULT_MAX_PIXELS})")
     p.add_argument("--threads", type=int, default=0, help="host threads for conversion and blending, and ONNX "
-                   "Runtime's intra-op threads (default: 0 = all cores)")
+                   "Runtime's intra-op threads, at most the CPU count (default: 0 = all cores)")
     return p
 
 
-def _backend(args: argparse.Namespace) -> Backend:
+# ---------------------------------------------------------------------------------------------------------
+# Checks before any work
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every argument that can be checked without the model or the images; UsageError naming it."""
+    if args.overwrite and args.skip_existing:
+        raise UsageError("--overwrite and --skip-existing exclude each other")
+    cpus = cpu_count()
+    if not 0 <= args.threads <= cpus:
+        raise UsageError(f"--threads {args.threads}: this machine has {cpus} CPU(s); give 0 (all of them) or 1..{cpus}")
+    if args.max_pixels < 1:
+        raise UsageError(f"--max-pixels {args.max_pixels}: give the largest input image to accept, in pixels "
+                         f"(default {DEFAULT_MAX_PIXELS}, about {DEFAULT_MAX_PIXELS / 1e6:.0f} MP)")
+    try:
+        check_tiling(args.tile, args.tile_overlap, DEFAULT_BATCH if args.batch is None else args.batch)
+    except ValueError as e:
+        flags = {"batch": "--batch", "tile_overlap": "--tile-overlap", "tile": "-t/--tile"}
+        first = str(e).split()[0]
+        raise UsageError(f"{flags.get(first, first)}: {e}") from None
+    if args.outscale is not None and not (math.isfinite(args.outscale) and 0 < args.outscale <= MAX_OUTSCALE):
+        raise UsageError(f"-s/--outscale {args.outscale}: give a final scale above 0 and at most {MAX_OUTSCALE:g}")
+    if args.alpha is not None and not (math.isfinite(args.alpha) and 0.0 <= args.alpha <= 1.0):
+        raise UsageError(f"--alpha {args.alpha}: give a weight in [0, 1] (0: the model, 1: --gan-weights)")
+    if not _SUFFIX.fullmatch(args.suffix) or args.suffix.startswith(".") or ".." in args.suffix:
+        raise UsageError(f"--suffix {args.suffix!r}: use up to 64 letters, digits and _ . + = @ , - (no path "
+                         "separators, not starting with a dot)")
+    try:
+        output_extension("x.png", args.ext)
+    except ValueError as e:
+        raise UsageError(f"--ext: {e}") from None
+    device_of(args)
+
+
+def device_of(args: argparse.Namespace) -> str:
+    """--device resolved: "cpu" or "cuda[:N]"; UsageError for one that is not there."""
+    device = args.device.strip().lower()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    m = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if m is None:
+        raise UsageError(f"--device {args.device}: give auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: no CUDA device on this machine (torch {torch.__version__}); use "
+                         "--device cpu")
+    if m[1] is not None and int(m[1]) >= torch.cuda.device_count():
+        raise UsageError(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def plan_outputs(inputs: list[Path], out_dir: Path, suffix: str, ext: str) -> tuple[list[tuple[Path, Path]],
+                                                                                       list[Path]]:
+    """(input, output) pairs, and the inputs left out because they are outputs of other inputs (a rerun into the
+    input folder). UsageError when two inputs map to one output name or an output would replace an input."""
+    def target(path: Path) -> Path:
+        name = f"{path.stem}_{suffix}" if suffix else path.stem
+        return out_dir / f"{name}{output_extension(path, ext)}"
+
+    targets = {p: target(p) for p in inputs}
+    produced = {t.resolve() for t in targets.values()}
+    ours = [p for p in inputs if p.resolve() in produced and suffix]
+    pairs = [(p, targets[p]) for p in inputs if p not in ours]
+    by_name: dict[str, Path] = {}
+    for src, dst in pairs:
+        key = str(dst.resolve())
+        if key in by_name:
+            raise UsageError(f"{by_name[key].name} and {src.name} would both be written to {dst}; give --ext auto "
+                             "(each keeps its own extension), or rename one of them")
+        by_name[key] = src
+    for src, dst in pairs:
+        clash = next((p for p in inputs if _same_file(p, dst)), None)
+        if clash is not None:
+            raise UsageError(f"the output {dst} of {src.name} would replace the input {clash}: inputs are never written "
+                             "over; choose another -o or a --suffix")
+    return pairs, ours
+
+
+def check_output_folder(out_dir: Path) -> None:
+    """Create the output folder and prove it writable, before the model is loaded."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = temp_path(out_dir / "write-test")
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"-o {out_dir}: cannot write there ({e.strerror or e}); choose a folder you can write to") \
+            from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The model
+
+
+def make_backend(args: argparse.Namespace) -> Backend:
     source = resolve_model(args.model)
     if source.is_dir():  # a built engine: its precision, backend and endpoints are fixed by the build
         if args.gan_weights or args.precision or args.backend != "auto":
-            raise ValueError(f"-n {source} is a built engine: --gan-weights, --fp32/--fp16/--bf16 and --backend "
+            raise UsageError(f"-n {source} is a built engine: --gan-weights, --fp32/--fp16/--bf16 and --backend "
                              f"were chosen when it was built (python -m engine.build)")
         eng = load_engine(source, threads=args.threads)
         if args.alpha is not None:
             seconds = eng.set_alpha(args.alpha)
             print(f"alpha {args.alpha}: weights refitted in {seconds * 1e3:.0f} ms")
         return eng
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device_of(args)
     precision = args.precision or ("fp16" if device.startswith("cuda") else "fp32")
-    net, info = models.load(source)
-    gan = None
-    if args.alpha is not None or args.gan_weights:
-        if args.alpha is None or not args.gan_weights:
-            raise ValueError("--alpha and --gan-weights go together: the blend of the model (alpha 0) and its GAN "
-                             "fine-tune (alpha 1)")
-        gan, _ = models.load(args.gan_weights)
+    if precision == "fp16" and device == "cpu":
+        raise UsageError("--fp16 needs a CUDA device; on the CPU use --bf16 or --fp32")
     kind = args.backend
     if kind == "auto":
         kind = "onnxruntime" if device == "cpu" and precision == "fp32" else "torch"
+    if kind == "onnxruntime" and (device != "cpu" or precision != "fp32"):
+        raise UsageError("--backend onnxruntime runs fp32 on the CPU here; for GPUs or other precisions build an "
+                         "engine (python -m engine.build) or use --backend torch")
+    if kind == "triton" and device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise UsageError("--backend triton runs our fused kernels on a CUDA GPU, and this run is on the CPU; use "
+                         "--backend auto (ONNX Runtime on the CPU)")
+    if (args.alpha is None) != (args.gan_weights is None):
+        raise UsageError("--alpha and --gan-weights go together: the blend of the model (alpha 0) and its GAN "
+                         "fine-tune (alpha 1)")
+    net, _ = models.load(source)
+    gan = models.load(args.gan_weights)[0] if args.gan_weights else None
     if kind == "triton":
         from .fused import TritonBackend
 
-        backend: Backend = TritonBackend(net, device=device, dtype=precision, gan_net=gan)
+        backend: Any = TritonBackend(net, device=device, dtype=precision, gan_net=gan)
     elif kind == "onnxruntime":
-        if device != "cpu" or precision != "fp32":
-            raise ValueError("--backend onnxruntime runs fp32 on the CPU here; for GPUs or other precisions build "
-                             "an engine (python -m engine.build) or use --backend torch")
         backend = ort_backend(net, threads=args.threads, gan_net=gan)
     else:
         backend = TorchBackend(net, device=device, dtype=precision, channels_last=args.channels_last, gan_net=gan)
     if args.alpha is not None:
-        backend.set_alpha(args.alpha)  # type: ignore[attr-defined]
+        backend.set_alpha(args.alpha)
     return backend
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if args.overwrite and args.skip_existing:
-        print("error: --overwrite and --skip-existing exclude each other", file=sys.stderr)
-        return 2
-    try:
-        inputs = list_inputs(args.input)
-        backend = _backend(args)
-        output_extension(inputs[0], args.ext)  # validate --ext once, before any work
-    except (ImageError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+# ---------------------------------------------------------------------------------------------------------
+# Memory
 
-    out_dir = Path(args.output)
+
+def available_memory() -> int | None:
+    """Bytes this process can still take: MemAvailable, or what its cgroup's limit leaves, the smaller; None if
+    neither can be read."""
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def memory_needed(backend: Backend, image: np.ndarray, out_h: int, out_w: int, tile: int | None,
+                  batch: int) -> dict[str, int]:
+    """The large allocations of upscaling a decoded `image` (bytes, by what they are): its float32 planes, the
+    tiles in flight with the network's activations, the band of blended rows, the output, the resized output and
+    the encoded file."""
+    h, w = image.shape[:2]
+    c = 1 if image.ndim == 2 else image.shape[2]
+    s = backend.scale
+    item = image.itemsize if image.dtype in (np.uint8, np.uint16) else 4
+    side = tile or max(h, w)
+    if tile is None:  # auto_tile fills the CPU budget at most
+        side = min(max(h, w), int(math.sqrt(CPU_MEMORY_BUDGET / (batch * backend.bytes_per_pixel()))) + 1)
+    side = min(side, max(h, w))
+    n = batch if side < max(h, w) else 1
+    tiles = n * side * side * (backend.in_channels + backend.out_channels * s * s) * 4
+    need = {"input planes": 4 * h * w * (c + 2 * (c in (1, 2))),
+            "tiles and activations": tiles + int(n * side * side * backend.bytes_per_pixel()),
+            "blend band": backend.out_channels * min(side, h) * s * w * s * 4,
+            "output": h * s * w * s * c * item}
+    if (out_h, out_w) != (h * s, w * s):
+        need["resized output"] = out_h * out_w * c * item
+    need["encoded file"] = out_h * out_w * c * item
+    return need
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def check_memory(backend: Backend, image: np.ndarray, out_h: int, out_w: int, tile: int | None, batch: int) -> None:
+    """ImageError, with the numbers, for an image whose upscaling cannot fit in the memory left."""
+    available = available_memory()
+    if available is None or backend.device.type != "cpu":
+        return
+    need = memory_needed(backend, image, out_h, out_w, tile, batch)
+    total = sum(need.values())
+    if total > available:
+        parts = ", ".join(f"{k} {_gib(v)}" for k, v in need.items())
+        h, w = image.shape[:2]
+        raise ImageError(f"upscaling this {w}×{h} image to {out_w}×{out_h} needs about {_gib(total)} of memory "
+                         f"({parts}), and {_gib(available)} is available: use a smaller image or -s, or a machine "
+                         "with more memory")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The run
+
+
+def _complete(target: Path, source: Path, scale: int, outscale: float | None) -> bool:
+    """Whether `target` is a whole output of `source`: its header gives the expected size (transposed too, for
+    EXIF-rotated JPEGs). A 0-byte or damaged file is not."""
+    got, size = image_size(target), image_size(source)
+    if got is None or size is None:
+        return False
+    try:
+        want = output_size(*size, scale, outscale)
+    except ValueError:
+        return False
+    return got in (want, want[::-1])
+
+
+def _reason(path: Path, e: BaseException) -> str:
+    """An error's message without the file name it may start with (the caller prints it once)."""
+    text = str(e) or e.__class__.__name__
+    for prefix in (f"{path}: ", f"{path.name}: "):
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror} ({e.filename or path})" if e.filename and Path(e.filename) != path else e.strerror
+    if isinstance(e, (ImageError, ValueError)):
+        return text
+    return f"{e.__class__.__name__}: {text}"
+
+
+def upscale_file(backend: Backend, src: Path, dst: Path, args: argparse.Namespace, batch: int, replace: bool) -> None:
+    """Upscale one file into `dst` (atomically; exclusively unless `replace`)."""
+    image = read_image(src, max_pixels=args.max_pixels)
+    out_h, out_w = output_size(*image.shape[:2], backend.scale, args.outscale)
+    check_memory(backend, image, out_h, out_w, args.tile, batch)
+    with tqdm(unit="tile", leave=False, dynamic_ncols=True, desc=src.name, disable=None) as bar:
+        result = infer(backend, image, tile=args.tile, tile_overlap=args.tile_overlap, batch=args.batch,
+                       outscale=args.outscale, alpha_upsampler=args.alpha_upsampler, threads=args.threads,
+                       progress=bar.update)
+    del image
+    assert isinstance(result, np.ndarray)  # numpy in, numpy out
+    write_image(dst, result, overwrite=replace, reuse=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        check_arguments(args)
+        inputs = list_inputs(args.input)
+        out_dir = Path(args.output)
+        pairs, ours = plan_outputs(inputs, out_dir, args.suffix, args.ext)
+        if not pairs:
+            raise UsageError(f"-i {args.input}: every image there is an output of this tool ({len(ours)} named "
+                             f"*_{args.suffix}.*); nothing to upscale")
+        check_output_folder(out_dir)
+        for folder in {dst.parent for _, dst in pairs}:
+            remove_stale_temps(folder, {dst.name for _, dst in pairs})
+        backend = make_backend(args)
+    except KeyboardInterrupt:
+        print("interrupted before any image was upscaled", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (UsageError, ImageError, ValueError, RuntimeError, OSError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if ours:
+        print(f"note: {len(ours)} image(s) in {args.input} are outputs of the others (named *_{args.suffix}.*) and "
+              "are not upscaled again")
+
+    batch = args.batch or getattr(backend, "batch", None) or DEFAULT_BATCH
     written, skipped, failed = 0, 0, []
+    interrupted = False
     start = time.perf_counter()
-    files = tqdm(inputs, unit="image", disable=len(inputs) < 2, dynamic_ncols=True)
-    for path in files:
-        files.set_postfix_str(path.name)
-        name = f"{path.stem}_{args.suffix}" if args.suffix else path.stem
-        target = out_dir / f"{name}{output_extension(path, args.ext)}"
-        if target.exists() and not args.overwrite:
-            if args.skip_existing:
-                skipped += 1
-                continue
-            failed.append((path, f"{target} exists; pass --overwrite to replace it or --skip-existing to keep it"))
-            continue
-        try:
-            image = read_image(path, max_pixels=args.max_pixels)
-            with tqdm(unit="tile", leave=False, dynamic_ncols=True, desc=path.name, disable=None) as bar:
-                result = infer(backend, image, tile=args.tile, tile_overlap=args.tile_overlap, batch=args.batch,
-                               outscale=args.outscale, alpha_upsampler=args.alpha_upsampler, threads=args.threads,
-                               progress=bar.update)
-            assert isinstance(result, np.ndarray)  # numpy in, numpy out
-            write_image(target, result)
-            written += 1
-        except (ImageError, ValueError) as e:
-            failed.append((path, str(e)))
-        except (MemoryError, torch.OutOfMemoryError) as e:
-            failed.append((path, f"out of memory ({e.__class__.__name__}); use a smaller --tile"))
-    files.close()
+    files = tqdm(pairs, unit="image", disable=len(pairs) < 2, dynamic_ncols=True)
+    try:
+        for src, dst in files:
+            files.set_postfix_str(src.name)
+            replace = args.overwrite
+            if dst.exists() and not args.overwrite:
+                if not args.skip_existing:
+                    failed.append((src, f"{dst} exists; pass --overwrite to replace it or --skip-existing to keep "
+                                        "it"))
+                    continue
+                if _complete(dst, src, backend.scale, args.outscale):
+                    skipped += 1
+                    continue
+                replace = True  # --skip-existing: an incomplete output (empty, damaged, wrong size) is redone
+            try:
+                upscale_file(backend, src, dst, args, batch, replace)
+                written += 1
+            except FileExistsError:
+                failed.append((src, f"{dst} was created meanwhile (another run?); kept it"))
+            except (MemoryError, torch.OutOfMemoryError) as e:
+                failed.append((src, f"out of memory ({e.__class__.__name__}) with tiles of {args.tile or 'auto'} "
+                                    f"and batch {batch}; use a smaller -t/--tile or --batch"))
+            except Exception as e:  # one bad file never stops the run: it is named, the others go on
+                failed.append((src, _reason(src, e)))
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        files.close()
 
     elapsed = time.perf_counter() - start
-    print(f"{written} written to {out_dir}, {skipped} skipped, {len(failed)} failed, in {elapsed:.1f} s")
+    print(f"{written} written to {args.output}, {skipped} skipped, {len(failed)} failed, in {elapsed:.1f} s"
+          + (" (interrupted)" if interrupted else ""))
     for path, reason in failed:
         print(f"failed: {path}: {reason}", file=sys.stderr)
-    return 1 if failed else 0
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if hasattr(signal, "SIGXFSZ"):  # over a file-size limit, a write fails with EFBIG instead of killing the run
+        try:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+    import cv2
+
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # our messages name the file and the reason
+    try:
+        return run(args)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
 
 
 if __name__ == "__main__":

@@ -235,7 +235,8 @@ def test_cli_reports_a_corrupt_file_and_writes_the_others(tmp_path: Path, capsys
     (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(100))
     assert upscale_main(["-i", str(src), "-o", str(tmp_path / "out")]) == 1
     captured = capsys.readouterr()
-    assert "broken.png" in captured.err and "cannot be decoded" in captured.err
+    failures = [line for line in captured.err.splitlines() if line.startswith("failed:")]
+    assert len(failures) == 1 and failures[0].count("broken.png") == 1 and "header does not give its size" in failures[0]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["img0_out.png", "img1_out.png"]
 
 
@@ -243,11 +244,14 @@ def test_cli_keeps_existing_outputs_and_resumes_with_skip_existing(tmp_path: Pat
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     src, out = _folder(tmp_path), tmp_path / "out"
     out.mkdir()
-    (out / "img0_out.png").write_bytes(b"finished before the interruption")
+    write_image(out / "img0_out.png", np.zeros((96, 80, 3), np.uint8))  # finished before the interruption
+    (out / "img1_out.png").write_bytes(b"")  # an empty file is not a finished output: it is redone
+    done = (out / "img0_out.png").read_bytes()
     assert upscale_main(["-i", str(src), "-o", str(out), "--skip-existing"]) == 0
     summary = capsys.readouterr().out
     assert "2 written" in summary and "1 skipped" in summary
-    assert (out / "img0_out.png").read_bytes() == b"finished before the interruption"
+    assert (out / "img0_out.png").read_bytes() == done
+    assert read_image(out / "img1_out.png").shape == (96, 80, 3)
 
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert upscale_main(["-i", str(src), "-o", str(out)]) == 1  # nothing is replaced without --overwrite
@@ -317,7 +321,8 @@ def test_cli_reports_out_of_memory_and_goes_on(tmp_path: Path, monkeypatch: pyte
 
     monkeypatch.setattr(cli, "infer", infer_or_oom)
     assert upscale_main(["-i", str(src), "-o", str(tmp_path / "out")]) == 1
-    assert "img0.png: out of memory (MemoryError); use a smaller --tile" in capsys.readouterr().err
+    assert "img0.png: out of memory (MemoryError) with tiles of auto and batch 4; use a smaller -t/--tile or --batch" \
+        in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["img1_out.png"]
 
 
