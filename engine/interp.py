@@ -8,11 +8,20 @@ metadata.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from pathlib import Path
 
 from .models import CheckpointError, InterpolationError, interpolate, load, save
 from .models.registry import same_network
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output)
     if out.suffix != ".safetensors":
         parser.error(f"-o/--output {out}: the blend is written as safetensors; name it *.safetensors")
+    if not (math.isfinite(args.alpha) and 0.0 <= args.alpha <= 1.0):
+        parser.error(f"--alpha {args.alpha}: give a weight in [0, 1] (0: A, 1: B)")
+    for name, source in (("A", args.a), ("B", args.b)):
+        if _same_file(out, Path(source)):
+            print(f"error: -o {out} is the input {name} ({source}): inputs are never written over; choose another -o",
+                  file=sys.stderr)
+            return 2
     try:
         net_a, info_a = load(args.a)
         net_b, info_b = load(args.b)
@@ -33,10 +49,13 @@ def main(argv: list[str] | None = None) -> int:
             raise InterpolationError(f"{args.a} is a {info_a.arch} {info_a.hparams} but {args.b} is a "
                                      f"{info_b.arch} {info_b.hparams}: only two versions of one network blend")
         net_a.load_state_dict(interpolate(net_a, net_b, args.alpha))
+        save(net_a, out, metadata={"alpha": repr(args.alpha), "interp_a": str(args.a), "interp_b": str(args.b)})
     except (CheckpointError, InterpolationError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    save(net_a, out, metadata={"alpha": repr(args.alpha), "interp_a": str(args.a), "interp_b": str(args.b)})
+    except OSError as e:
+        print(f"error: -o {out}: cannot be written ({e.strerror or e}); nothing was changed there", file=sys.stderr)
+        return 2
     name = info_a.name or info_a.arch
     print(f"{out}: {name} ×{info_a.scale}, alpha={args.alpha} ({args.a} → {args.b})")
     return 0

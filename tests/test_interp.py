@@ -98,6 +98,32 @@ def test_cli_refuses_different_networks(tmp_path: Path, capsys: pytest.CaptureFi
     assert not (tmp_path / "out.safetensors").exists()
 
 
+@pytest.mark.parametrize("which", ["a", "b", "b-by-another-path"])
+def test_cli_never_writes_over_an_input(tmp_path: Path, capsys: pytest.CaptureFixture[str], which: str) -> None:
+    a, b = _pair()
+    M.save(a, tmp_path / "a.safetensors")
+    M.save(b, tmp_path / "b.safetensors")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    out = {"a": tmp_path / "a.safetensors", "b": tmp_path / "b.safetensors",
+           "b-by-another-path": tmp_path / "." / "b.safetensors"}[which]
+    code = interp_main([str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"), "--alpha", "0.5",
+                        "-o", str(out)])
+    assert code == 2 and "inputs are never written over" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize("alpha", ["nan", "1.5", "-0.1", "inf"])
+def test_cli_refuses_alpha_outside_0_1(tmp_path: Path, capsys: pytest.CaptureFixture[str], alpha: str) -> None:
+    a, b = _pair()
+    M.save(a, tmp_path / "a.safetensors")
+    M.save(b, tmp_path / "b.safetensors")
+    with pytest.raises(SystemExit) as e:
+        interp_main([str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"), "--alpha", alpha,
+                     "-o", str(tmp_path / "out.safetensors")])
+    assert e.value.code == 2 and "give a weight in [0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "out.safetensors").exists()
+
+
 def test_cli_runs_as_a_module(tmp_path: Path) -> None:
     M.save(M.build("msrresnet", dict(num_feat=8, num_block=1)), tmp_path / "a.safetensors")
     result = subprocess.run([sys.executable, "-m", "engine.interp", str(tmp_path / "a.safetensors"),
