@@ -51,6 +51,23 @@ def test_every_dtype_and_layout_round_trips(shipped: TorchBackend, dtype: type, 
     out = engine.infer(shipped, image, tile=0)
     assert out.dtype == dtype
     assert out.shape == (52, 68, *shape[2:])
+    # the reference, computed independently: each plane set through the network in float, gray as its luma
+    full = 1.0 if dtype in (np.float32, np.float64) else float(np.iinfo(dtype).max)
+    planes = (image.reshape(13, 17, -1).astype(np.float64) / full).transpose(2, 0, 1)
+    color, alpha = (planes[:-1], planes[-1:]) if planes.shape[0] in (2, 4) else (planes, planes[:0])
+
+    def network(p: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.repeat(p, 3 // p.shape[0], axis=0)).float()[None]
+        with torch.no_grad():
+            y = shipped.net(x)[0].double().numpy()
+        return y if p.shape[0] == 3 else np.tensordot([0.299, 0.587, 0.114], y, axes=1)[None]
+
+    expected = np.concatenate([network(color)] + ([network(alpha)] if alpha.size else [])).transpose(1, 2, 0)
+    got = out.reshape(52, 68, -1).astype(np.float64)
+    if dtype in (np.float32, np.float64):
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    else:
+        assert np.abs(got - np.clip(np.rint(expected * full), 0, full)).max() <= 1  # float32 sums, rounding
 
 
 def test_rgb_matches_the_network_and_gray_uses_luma(shipped: TorchBackend) -> None:
@@ -81,10 +98,65 @@ def test_rgba_alpha_by_model_or_bicubic(shipped: TorchBackend) -> None:
 def test_outscale_odd_sizes_and_images_smaller_than_a_tile(shipped: TorchBackend) -> None:
     image = skimage.data.astronaut()[:37, :23]
     assert engine.infer(shipped, image, tile=64).shape == (148, 92, 3)
-    assert engine.infer(shipped, image, outscale=2).shape == (74, 46, 3)
-    assert engine.infer(shipped, image, outscale=3.5).shape == (130, 80, 3)
-    with pytest.raises(ValueError, match="outscale must be positive"):
-        engine.infer(shipped, image, outscale=0)
+    full = engine.infer(shipped, image, tile=0)
+    for outscale, size in ((2, (74, 46)), (3.5, (130, 80))):
+        out = engine.infer(shipped, image, outscale=outscale)
+        assert out.shape == (*size, 3)
+        expected = cv2.resize(full.astype(np.float32), size[::-1], interpolation=cv2.INTER_LANCZOS4)
+        assert np.abs(out - np.clip(np.rint(expected), 0, 255)).max() <= 1
+    for bad in (0, -1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="outscale must be positive and finite"):
+            engine.infer(shipped, image, outscale=bad)
+    with pytest.raises(ValueError, match="outscale 0.01 makes a 0×0 image"):
+        engine.infer(shipped, image, outscale=0.01)
+
+
+def test_non_finite_float_input_is_refused_and_out_of_range_clipped(shipped: TorchBackend,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """One NaN pixel made the whole output NaN, and floats outside [0, 1] passed silently."""
+    image = np.random.default_rng(3).random((12, 14, 3)).astype(np.float32)
+    for bad in (np.nan, np.inf):
+        broken = image.copy()
+        broken[5, 6, 1] = bad
+        with pytest.raises(ValueError, match="1 NaN or infinite value"):
+            engine.infer(shipped, broken, tile=0)
+    wide = image * 1.6 - 0.3
+    with caplog.at_level("WARNING", logger="engine"):
+        out = engine.infer(shipped, wide, tile=0)
+    assert "clipped" in caplog.text
+    np.testing.assert_array_equal(out, engine.infer(shipped, np.clip(wide, 0, 1), tile=0))
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(batch=0), "batch must be"), (dict(batch=-1), "batch must be"), (dict(tile=1), "less than twice"),
+    (dict(tile=-8), "tile must be"), (dict(tile_overlap=-1), "tile_overlap must be"),
+])
+def test_nonsense_tiling_is_refused(shipped: TorchBackend, kw: dict, message: str) -> None:
+    """--batch -1 wrote a black image and -t 1 degraded silently."""
+    with pytest.raises(ValueError, match=message):
+        engine.infer(shipped, np.zeros((20, 20, 3), np.uint8), **kw)
+
+
+def test_streamed_rows_equal_the_whole_canvas(shipped: TorchBackend) -> None:
+    """Output rows leave the blend band as soon as no later tile covers them; what arrives is the whole canvas."""
+    planes = np.ascontiguousarray(skimage.data.coffee()[:70, :50].transpose(2, 0, 1) / 255, np.float32)
+    whole = upscale_planes(shipped, planes, tile=24, tile_overlap=6, batch=3)
+    rows: list[tuple[int, np.ndarray]] = []
+    assert upscale_planes(shipped, planes, tile=24, tile_overlap=6, batch=3,
+                          sink=lambda y0, r: rows.append((y0, r.copy()))) is None
+    assert [y0 for y0, _ in rows] == sorted(y0 for y0, _ in rows) and rows[0][0] == 0 and len(rows) > 2
+    np.testing.assert_array_equal(np.concatenate([r for _, r in rows], axis=1), whole)
+    assert max(r.shape[1] for _, r in rows) <= 24 * 4
+    # the reference: every tile accumulated into one whole canvas, in the same order
+    from engine._ext import load_C
+
+    C, plan = load_C(), plan_tiles(70, 50, 24, 6, 4)
+    canvas = np.zeros((3, 280, 200), np.float32)
+    for i, j in plan.tiles():
+        tile = planes[:, plan.ys[i]:plan.ys[i] + 24, plan.xs[j]:plan.xs[j] + 24]
+        out = shipped.run(torch.from_numpy(np.ascontiguousarray(tile))[None])[0].numpy()
+        C.accumulate(canvas, out, plan.ys[i] * 4, plan.xs[j] * 4, plan.wy[i], plan.wx[j])
+    np.testing.assert_allclose(whole, canvas, atol=1e-6)
 
 
 def test_pixel_unshuffle_networks_pad_odd_sizes() -> None:
