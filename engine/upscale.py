@@ -217,7 +217,7 @@ def plan_outputs(inputs: list[Path], out_dir: Path, suffix: str, ext: str) -> tu
                              "(each keeps its own extension), or rename one of them")
         by_name[key] = src
     for src, dst in pairs:
-        clash = next((p for p in inputs if _same_file(p, dst)), None)
+        clash = next((p for p, _ in pairs if _same_file(p, dst)), None)
         if clash is not None:
             raise UsageError(f"the output {dst} of {src.name} would replace the input {clash}: inputs are never written "
                              "over; choose another -o or a --suffix")
@@ -333,7 +333,11 @@ def memory_needed(backend: Backend, image: np.ndarray, out_h: int, out_w: int, t
 
 
 def _gib(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB"
+    """Bytes in the unit that reads best: GiB, MiB or KiB."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n / 2**10:.1f} KiB"
 
 
 def check_memory(backend: Backend, image: np.ndarray, out_h: int, out_w: int, tile: int | None, batch: int) -> None:
