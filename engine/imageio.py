@@ -379,7 +379,9 @@ def output_extension(input_path: StrPath, requested: str) -> str:
 
 def list_inputs(path: StrPath) -> list[Path]:
     """The images to process: a file → [file] (whatever its extension; read_image reports unsupported ones);
-    a folder → its supported image files (not recursive, hidden files skipped), sorted by name.
+    a folder → its entries with a supported image extension (not recursive; hidden names and folders skipped),
+    sorted by name. Entries that are not regular files (a FIFO, a device, a dangling link) are listed too, so that
+    reading them reports them by name rather than leaving them out silently.
 
     Raises ImageError for a missing path or a folder without images.
     """
@@ -389,10 +391,14 @@ def list_inputs(path: StrPath) -> list[Path]:
     if not p.exists():
         raise ImageError(f"{path}: no such file or folder")
     if not p.is_dir():
-        raise ImageError(f"{path}: not a file or folder")
+        raise ImageError(f"{path}: not a regular file or folder")
+    try:
+        entries = list(p.iterdir())
+    except OSError as e:
+        raise ImageError(f"{path}: cannot be listed ({e.strerror or e})") from None
     files = sorted(
-        (f for f in p.iterdir()
-         if f.suffix.lower() in SUPPORTED_EXTENSIONS and not f.name.startswith(".") and f.is_file()),
+        (f for f in entries
+         if f.suffix.lower() in SUPPORTED_EXTENSIONS and not f.name.startswith(".") and not f.is_dir()),
         key=lambda f: f.name,
     )
     if not files:

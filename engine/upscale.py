@@ -412,6 +412,10 @@ def run(args: argparse.Namespace) -> int:
         for folder in {dst.parent for _, dst in pairs}:
             remove_stale_temps(folder, {dst.name for _, dst in pairs})
         backend = make_backend(args)
+        if args.tile and args.tile % backend.multiple:
+            fit = max(backend.multiple, args.tile // backend.multiple * backend.multiple)
+            raise UsageError(f"-t/--tile {args.tile}: this ×{backend.scale} network needs tiles whose side is a "
+                             f"multiple of {backend.multiple}; use -t {fit}")
     except KeyboardInterrupt:
         print("interrupted before any image was upscaled", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -82,7 +82,13 @@ def _broken_and_good(folder: Path) -> tuple[list[str], dict[str, str]]:
     for name, (content, _) in bad.items():
         if content is not None:
             (folder / name).write_bytes(content)
-    (folder / "folder.png").mkdir()  # not a file: not an input
+    (folder / "folder.png").mkdir()  # a folder: not an input
+    os.mkfifo(folder / "fifo.png")  # opening it would block forever
+    (folder / "device.png").symlink_to("/dev/zero")  # reading it would never end
+    (folder / "dangling.png").symlink_to(folder / "gone.png")
+    (folder / "passwd.png").symlink_to("/etc/passwd")
+    bad |= {"fifo.png": (None, "not a regular file"), "device.png": (None, "not a regular file"),
+            "dangling.png": (None, "no such file"), "passwd.png": (None, "not an image format this tool reads")}
     names = [*good, "float32.tif", "float64.tif", "bright.tif"]
     return names, {name: message for name, (_, message) in bad.items()}
 
