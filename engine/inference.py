@@ -507,6 +507,13 @@ def _infer_tensor(backend: Backend, image: torch.Tensor, tile: int | None, tile_
         raise ValueError(f"a tensor image must be float (C, H, W) or (N, C, H, W), got {image.dtype} "
                          f"{tuple(image.shape)}")
     frames = image.unsqueeze(0) if image.ndim == 3 else image
+    if not bool(torch.isfinite(frames).all()):
+        bad = int((~torch.isfinite(frames)).sum())
+        raise ValueError(f"the image holds {bad} NaN or infinite value(s); float images must be finite, in [0, 1]")
+    low, high = float(frames.min()), float(frames.max())
+    if low < 0.0 or high > 1.0:
+        log.warning("float image values span [%.4g, %.4g]; the networks read [0, 1]: values clipped", low, high)
+        frames = frames.clamp(0.0, 1.0)
     outs = []
     for frame in frames:
         up = upscale_planes(backend, frame.detach().float(), tile=tile, tile_overlap=tile_overlap, batch=batch,

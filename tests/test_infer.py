@@ -125,6 +125,11 @@ def test_non_finite_float_input_is_refused_and_out_of_range_clipped(shipped: Tor
         out = engine.infer(shipped, wide, tile=0)
     assert "clipped" in caplog.text
     np.testing.assert_array_equal(out, engine.infer(shipped, np.clip(wide, 0, 1), tile=0))
+    tensor = torch.from_numpy(wide).permute(2, 0, 1)
+    np.testing.assert_array_equal(engine.infer(shipped, tensor, tile=0).permute(1, 2, 0).numpy(), out)
+    tensor[1, 5, 6] = float("nan")
+    with pytest.raises(ValueError, match="1 NaN or infinite value"):
+        engine.infer(shipped, tensor, tile=0)
 
 
 @pytest.mark.parametrize("kw, message", [
