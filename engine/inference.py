@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -212,13 +213,16 @@ def auto_tile(backend: Backend, height: int, width: int, batch: int, budget: int
 
 def check_tiling(tile: int | None, tile_overlap: int, batch: int) -> None:
     """Validate tiling arguments up front: ValueError naming the argument and the fix."""
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+    def whole(n: object) -> bool:  # int or numpy integer, not bool
+        return isinstance(n, numbers.Integral) and not isinstance(n, (bool, np.bool_))
+
+    if not whole(batch) or batch < 1:
         raise ValueError(f"batch must be a whole number of tiles per call, at least 1, got {batch!r}")
-    if isinstance(tile_overlap, bool) or not isinstance(tile_overlap, int) or tile_overlap < 0:
+    if not whole(tile_overlap) or tile_overlap < 0:
         raise ValueError(f"tile_overlap must be a whole number of pixels, 0 or more, got {tile_overlap!r}")
     if tile is None or tile == 0:
         return
-    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 0:
+    if not whole(tile) or tile < 0:
         raise ValueError(f"tile must be a side in pixels (0: no tiling), got {tile!r}")
     if tile < 2 * tile_overlap:
         raise ValueError(f"tile {tile} is less than twice the tile overlap {tile_overlap}: such tiles see too little "
