@@ -5,6 +5,10 @@ are detected from shapes; our safetensors round-trip; damaged and unknown files 
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -202,14 +206,15 @@ def test_save_is_atomic_and_leaves_no_temporary(tmp_path: Path, monkeypatch: pyt
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Errors name the file, what was found and what is accepted.
+# Errors name the file and what was found; a file that is no checkpoint we know also lists what is accepted.
 
 
-def _load_error(path: Path) -> str:
+def _load_error(path: Path, *, unrecognised: bool = False) -> str:
     with pytest.raises(M.CheckpointError) as e:
         M.load(path)
     message = str(e.value)
-    assert str(path) in message and "Accepted formats:" in message and "ESRGAN 2018" in message
+    assert message.startswith(f"{path}: ")
+    assert ("Accepted formats:" in message and "ESRGAN 2018" in message) == unrecognised, message
     return message
 
 
@@ -221,7 +226,14 @@ def test_empty_file(tmp_path: Path) -> None:
 def test_truncated_pth(tmp_path: Path) -> None:
     path = _save_pth(M.create("msrresnet", num_block=1).state_dict(), tmp_path / "t.pth")
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    assert "truncated or damaged PyTorch checkpoint" in _load_error(path)
+    assert "truncated or damaged zip archive" in _load_error(path)
+
+
+def test_truncated_legacy_pth(tmp_path: Path) -> None:
+    path = tmp_path / "old.pth"
+    torch.save(M.create("msrresnet", num_block=1).state_dict(), path, _use_new_zipfile_serialization=False)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert "truncated or damaged PyTorch checkpoint (legacy format" in _load_error(path)
 
 
 def test_truncated_safetensors(tmp_path: Path) -> None:
@@ -233,29 +245,123 @@ def test_truncated_safetensors(tmp_path: Path) -> None:
 
 def test_text_file(tmp_path: Path) -> None:
     (tmp_path / "notes.pth").write_text("these are not weights\n")
-    assert "text file" in _load_error(tmp_path / "notes.pth")
+    assert "a text file (it begins with 'these are not weights" in _load_error(tmp_path / "notes.pth",
+                                                                               unrecognised=True)
+
+
+def _safetensors_bytes(tmp_path: Path) -> bytes:
+    M.save(M.create("msrresnet", num_block=1), tmp_path / "source.safetensors")
+    return (tmp_path / "source.safetensors").read_bytes()
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0x40]) + data[at + 1:]
+
+
+def _zip_without_checkpoint(path: Path) -> None:
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("readme.txt", "hello")
+
+
+# Each kind of bad file, named .pth, described as what it is (issue 15.13: a text file and a damaged safetensors
+# were both "pickled Python objects"; a safetensors whose header length is damaged was "an unrecognised binary").
+KINDS: dict[str, tuple[Callable[[Path], bytes], str, bool]] = {
+    "text": (lambda d: b"config: 1\n", "a text file (it begins with 'config: 1", True),
+    "json": (lambda d: b'{"scale": 4}\n', "a text file (it begins with '{\"scale\"", True),
+    "utf-8 text": (lambda d: "Gewichte für später\n".encode(), "a text file (it begins with 'Gewichte für", True),
+    "web page": (lambda d: b"<!DOCTYPE html>\n<html><body>404</body></html>\n", "a web page", True),
+    "git-lfs pointer": (lambda d: b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 67040989\n",
+                        "a Git LFS pointer", True),
+    "safetensors, header length damaged": (lambda d: _flip(_safetensors_bytes(d), 3),
+                                          "a damaged or truncated safetensors file", False),
+    "safetensors, header start damaged": (lambda d: _flip(_safetensors_bytes(d), 8),
+                                         "a damaged or truncated safetensors file", False),
+    "safetensors, truncated": (lambda d: _safetensors_bytes(d)[:-100], "a damaged or truncated safetensors file",
+                               False),
+    "zip, truncated": (lambda d: (_save_pth({"w": torch.zeros(4)}, d / "z.pth").read_bytes())[:-30],
+                       "a truncated or damaged zip archive", False),
+    "zip of something else": (lambda d: (_zip_without_checkpoint(d / "o.zip"), (d / "o.zip").read_bytes())[1],
+                              "a zip archive without a PyTorch checkpoint inside (it holds 'readme.txt')", True),
+    "plain pickle": (lambda d: pickle.dumps({"conv_first.weight": [1.0]}), "a Python pickle that torch.save did "
+                     "not write, so no PyTorch checkpoint; it is not unpickled", True),
+    "png image": (lambda d: b"\x89PNG\r\n\x1a\n" + bytes(range(200)), "a PNG image, not a checkpoint", True),
+    "binary": (lambda d: bytes([0x9C, 0xE3, 0, 1]) * 64, "an unrecognised binary file", True),
+}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_each_kind_of_bad_file_is_described_as_what_it_is(tmp_path: Path, kind: str) -> None:
+    make, described, unrecognised = KINDS[kind]
+    path = tmp_path / "model.pth"
+    path.write_bytes(make(tmp_path))
+    message = _load_error(path, unrecognised=unrecognised)
+    assert described in message
+    assert "pickled Python" not in message
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors", ".bin"])
+def test_the_contents_decide_not_the_extension(tmp_path: Path, suffix: str) -> None:
+    """torch.save's zip, its legacy format and safetensors load under any name (torch.load itself reads every
+    name ending in .safetensors as safetensors)."""
+    net = randomize_(M.build("rrdbnet", dict(num_feat=8, num_block=1, num_grow_ch=4)))
+    torch.save(net.state_dict(), tmp_path / f"zip{suffix}")
+    torch.save(net.state_dict(), tmp_path / f"legacy{suffix}", _use_new_zipfile_serialization=False)
+    M.save(net, tmp_path / f"ours{suffix}")
+    for name in ("zip", "legacy", "ours"):
+        model, _ = M.load(tmp_path / f"{name}{suffix}")
+        assert torch.equal(_out(model), _out(net)), name
 
 
 def test_unknown_network(tmp_path: Path) -> None:
     other = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Linear(8, 2))
-    message = _load_error(_save_pth(other.state_dict(), tmp_path / "classifier.pth"))
+    message = _load_error(_save_pth(other.state_dict(), tmp_path / "classifier.pth"), unrecognised=True)
     assert "no known network among its 4 tensors" in message and "'0.weight'" in message
 
 
 def test_recognised_layout_with_wrong_tensors(tmp_path: Path) -> None:
     sd = M.build("rrdbnet", dict(num_feat=8, num_block=1, num_grow_ch=4)).state_dict()
     sd["body.0.rdb2.conv3.weight"] = torch.zeros(4, 5, 3, 3)
-    assert "do not fit a rrdbnet" in _load_error(_save_pth(sd, tmp_path / "bad.pth"))
+    message = _load_error(_save_pth(sd, tmp_path / "bad.pth"))
+    assert "do not fit a rrdbnet" in message
+    assert "tensor 'body.0.rdb2.conv3.weight' has shape [4, 5, 3, 3], the network's is [4, 16, 3, 3]" in message
 
 
 def test_pickled_code_is_never_executed(tmp_path: Path) -> None:
-    """A whole pickled model needs arbitrary unpickling: refused, with the fix."""
+    """A whole pickled model needs arbitrary unpickling: refused, naming the class, with the fix."""
     path = _save_pth(M.create("msrresnet", num_block=1), tmp_path / "whole_model.pth")
-    assert "would execute code" in _load_error(path)
+    message = _load_error(path)
+    assert "would execute code" in message and "engine.models.srresnet.MSRResNet" in message
+    assert "torch.save(model.state_dict(), path)" in message
+
+
+class _WritesAMarker:
+    """Unpickling this runs os.system: a file that would create `marker` if any pickled code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("writer", ["zip", "legacy", "pickle"])
+def test_a_malicious_pickle_never_runs(tmp_path: Path, writer: str) -> None:
+    marker, path = tmp_path / "PWNED", tmp_path / "weights.pth"
+    obj = {"conv_first.weight": _WritesAMarker(marker)}
+    if writer == "pickle":
+        path.write_bytes(pickle.dumps(obj))
+    else:
+        torch.save(obj, path, _use_new_zipfile_serialization=writer == "zip")
+    with pytest.raises(M.CheckpointError, match="execute code"):
+        M.load(path)
+    assert not marker.exists()
+    pickle.loads(pickle.dumps(_WritesAMarker(marker)))  # the check above can fail: the pickle does run when allowed
+    assert marker.exists()
 
 
 def test_dict_without_tensors(tmp_path: Path) -> None:
-    assert "without tensors" in _load_error(_save_pth({"iter": 5, "epoch": 1}, tmp_path / "state.pth"))
+    assert "without tensors" in _load_error(_save_pth({"iter": 5, "epoch": 1}, tmp_path / "state.pth"),
+                                            unrecognised=True)
 
 
 def test_missing_file(tmp_path: Path) -> None:

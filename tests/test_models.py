@@ -139,6 +139,55 @@ def test_srresnet_matches_the_math(scale: int, per_channel: bool) -> None:
     torch.testing.assert_close(y.double(), srresnet_math(model.state_dict(), x), atol=1e-5, rtol=1e-5)
 
 
+def _cascade_math(sd: dict[str, torch.Tensor], x: torch.Tensor, unshuffles: list[int]) -> torch.Tensor:
+    """An RRDBNet cascade in float64 from its state dict alone: stage i's tensors (`stages.{i}.…`) through
+    rrdbnet_math, in order; nothing of Cascade or of the stage modules runs."""
+    for i, unshuffle in enumerate(unshuffles):
+        prefix = f"stages.{i}."
+        x = rrdbnet_math({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}, x, unshuffle=unshuffle)
+    return x
+
+
+def _assert_cascade_matches_the_math(cascade: M.Cascade, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        y = cascade(x)
+    ref = _cascade_math(cascade.state_dict(), x, [stage.unshuffle for stage in cascade.stages])
+    torch.testing.assert_close(y.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def _two_different_stages() -> M.Cascade:
+    """A ×2 (pixel-unshuffle) stage, then a ×4 one of another width: run in the other order, or with a stage
+    skipped, the output differs in values or in size."""
+    first = dict(arch="rrdbnet", hparams=dict(scale=2, num_feat=8, num_block=1, num_grow_ch=4))
+    second = dict(arch="rrdbnet", hparams=dict(scale=4, num_feat=6, num_block=2, num_grow_ch=3))
+    return randomize_(M.build("cascade", {"stages": [first, second]}))
+
+
+def test_cascade_matches_its_stages_math_run_one_after_another() -> None:
+    cascade = _two_different_stages()
+    assert cascade.scale == 8 and cascade.input_multiple == 2
+    _assert_cascade_matches_the_math(cascade, torch.rand(1, 3, 4, 6, generator=torch.Generator().manual_seed(3)))
+
+
+def _reversed(self: M.Cascade, x: torch.Tensor) -> torch.Tensor:
+    for stage in reversed(self.stages):
+        x = stage(x)
+    return x
+
+
+@pytest.mark.parametrize("broken", [
+    _reversed,
+    lambda self, x: self.stages[0](x),  # the last stage skipped
+    lambda self, x: self.stages[1](x),  # the first stage skipped
+    lambda self, x: self.stages[1](self.stages[0](self.stages[0](x))[..., ::2, ::2]),  # first stage twice
+], ids=["reversed", "skips-last", "skips-first", "first-twice"])
+def test_the_cascade_check_catches_a_broken_cascade(monkeypatch: pytest.MonkeyPatch, broken: object) -> None:
+    """The math check above is no tautology: a Cascade that runs its stages wrongly fails it."""
+    monkeypatch.setattr(M.Cascade, "forward", broken)
+    with pytest.raises(AssertionError):
+        _assert_cascade_matches_the_math(_two_different_stages(), torch.rand(1, 3, 4, 6))
+
+
 def test_x16_cascade_is_two_x4_rrdbnets_in_a_row() -> None:
     small = dict(num_feat=8, num_block=1, num_grow_ch=4)
     cascade = randomize_(M.build("cascade", {"stages": [{"arch": "rrdbnet", "hparams": small}] * 2}))
@@ -146,8 +195,7 @@ def test_x16_cascade_is_two_x4_rrdbnets_in_a_row() -> None:
     x = torch.rand(1, 3, 4, 4)
     with torch.no_grad():
         y = cascade(x)
-        two_steps = cascade.stages[1](cascade.stages[0](x))
     assert y.shape == (1, 3, 64, 64)
-    assert torch.equal(y, two_steps)
+    _assert_cascade_matches_the_math(cascade, x)
     full = M.create("rrdb23x16")
     assert n_params(full) == 2 * 16_697_987

@@ -37,7 +37,8 @@ class Cascade(SRNet):
         """The least side multiple m such that every stage's input is a multiple of what that stage needs: stage k
         sees the input upscaled by s = the product of the earlier stages' scales, so it asks need / gcd(need, s)."""
         m, s = 1, 1
-        for stage in self.stages:
+        stage: SRNet
+        for stage in self.stages:  # type: ignore[assignment]  # an nn.ModuleList of SRNets
             need = stage.input_multiple
             m = math.lcm(m, need // math.gcd(need, s))
             s *= stage.scale

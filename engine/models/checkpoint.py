@@ -1,9 +1,13 @@
 """Loading the checkpoints users have and saving ours.
 
-`load()` reads `.pth`/`.pt` files with `torch.load(weights_only=True)` (never executing pickled code) and
-safetensors files, unwraps BasicSR's `params_ema`/`params`, recognises the layout (see `formats.py`), reads
-every hyper-parameter from tensor shapes and returns a ready network. `save()` writes safetensors with the
-architecture and hyper-parameters in the metadata, so reloading needs nothing else.
+`load()` reads PyTorch checkpoints with `torch.load(weights_only=True)` (never executing pickled code) and
+safetensors files, whatever their extension: the file's first bytes decide. It unwraps BasicSR's
+`params_ema`/`params`, recognises the layout (see `formats.py`), reads every hyper-parameter from tensor shapes and
+returns a ready network. Nothing read from a file is trusted unchecked: only regular files are opened, weights must be
+finite floating-point numbers, and a network is built only once the shapes of its tensors, computed on the meta
+device without allocating, equal the file's; so a file cannot make the loader build more than it holds.
+`save()` writes safetensors with the architecture and hyper-parameters in the metadata; on loading, the metadata
+decides only what shapes cannot tell (EDSR's res_scale, the mean shift, …) and must agree with the tensors.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
+import stat
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,22 +24,32 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..atomic import atomic_write
 from .base import SRNet
 from .formats import ACCEPTED, FormatError, StateDict, detect
-from .registry import build, variant_name
+from .registry import VARIANTS, build, cascade_stages, check_hparams, variant_name
 
 FORMAT_TAG = "esrgan-engine"
 FORMAT_VERSION = "1"
 WRAPPERS = ("params_ema", "params", "state_dict")  # BasicSR's EMA weights first, as Real-ESRGAN does
+MAX_WRAPPING = 3  # {"params_ema": {"state_dict": {...}}} and so on, so deep
+COUNTS = ("num_block", "num_group")  # the repeated modules that make a network big; the keys always tell them
+HEAD_BYTES = 4096  # what is read to tell the kind of a file
+TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."  # torch.save's pre-1.6 format starts so
+
+_NOT_FILES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"\x1f\x8b", "a gzip-compressed file"),
+          (b"7z\xbc\xaf", "a 7-Zip archive"), (b"Rar!", "a RAR archive"), (b"\x89HDF", "an HDF5 file"),
+          (b"\x93NUMPY", "a NumPy array file"))
 
 
 class CheckpointError(ValueError):
-    """A checkpoint could not be read or recognised. The message names the file, what was found and the
-    formats that are accepted."""
+    """A checkpoint could not be read, recognised or trusted. The message names the file, what was found and
+    what to do."""
 
 
 @dataclass(frozen=True)
@@ -53,92 +69,289 @@ class ModelInfo:
     metadata: dict[str, str] = field(default_factory=dict)  # our safetensors' own metadata (e.g. alpha)
 
 
-def _accepted() -> str:
-    return "Accepted formats: " + "; ".join(ACCEPTED) + "."
-
-
 def _fail(where: str, what: str) -> CheckpointError:
-    return CheckpointError(f"{where}: {what}. {_accepted()}")
+    return CheckpointError(f"{where}: {what}")
 
 
-def _is_safetensors(head: bytes, size: int) -> bool:
-    """safetensors = 8-byte little-endian header length, then a JSON header starting with '{'."""
-    if len(head) < 9:
-        return False
-    n = int.from_bytes(head[:8], "little")
-    return 0 < n <= size - 8 and head[8:9] == b"{"
+def _unrecognised(where: str, what: str) -> CheckpointError:
+    """For a file that is no checkpoint we know: the message lists the formats that are."""
+    return CheckpointError(f"{where}: {what}. Accepted formats: " + "; ".join(ACCEPTED) + ".")
 
 
-def _describe_bytes(head: bytes) -> str:
-    if all(32 <= b < 127 or b in (9, 10, 13) for b in head[:64]):
-        return f"a text file (it begins with {head[:40].decode('ascii', 'replace')!r})"
+def _short(value: Any, limit: int = 200) -> str:
+    text = str(value).splitlines()[0] if str(value) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Files: what kind each is, told by its first bytes.
+
+
+def _read_head(path: Path, where: str) -> tuple[bytes, int]:
+    """The first HEAD_BYTES of the regular file `path` and its size. Anything else is refused before reading (a
+    FIFO would block): opened without blocking, checked with fstat."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{where}: no such checkpoint file") from None
+    except (OSError, ValueError) as e:  # a symbolic-link loop, no permission, a NUL byte in the path
+        raise _fail(where, f"cannot be opened ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        mode, size = (st := os.fstat(fd)).st_mode, st.st_size
+        if not stat.S_ISREG(mode):
+            kind = next((name for is_kind, name in _NOT_FILES if is_kind(mode)), "not a regular file")
+            raise _fail(where, f"{kind}, not a checkpoint file")
+        return os.read(fd, HEAD_BYTES), size
+    except OSError as e:
+        raise _fail(where, f"cannot be read ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+
+
+def _text(head: bytes) -> str | None:
+    """`head` decoded when it is UTF-8 text (a character cut at the end allowed), else None."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3 or e.reason != "unexpected end of data":
+            return None
+        text = head[: e.start].decode("utf-8")
+    text = text.removeprefix("\ufeff")
+    return text if text and all(c.isprintable() or c in "\t\n\r\f" for c in text) else None
+
+
+def _kind(head: bytes, suffix: str) -> str:
+    """"text", "zip" (torch.save), "legacy" (torch.save before PyTorch 1.6), "pickle" (any other pickle),
+    "safetensors" or "other"."""
+    if _text(head) is not None:
+        return "text"
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return "zip"
+    if head.startswith(TORCH_LEGACY_MAGIC):
+        return "legacy"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    # safetensors: an 8-byte little-endian header length, then the JSON header; its keys survive damage to both
+    if head[8:9] == b"{" or b'"data_offsets"' in head or suffix == ".safetensors":
+        return "safetensors"
+    return "other"
+
+
+def _describe(head: bytes) -> str:
+    """What a file that is no checkpoint is, from its first bytes."""
+    text = _text(head)
+    if text is not None:
+        if text.startswith("version https://git-lfs"):
+            return ("a Git LFS pointer, not the weights it stands for: fetch them with `git lfs pull`, or download "
+                    "the file itself")
+        if text.lstrip().startswith("<"):
+            return (f"a text file, a web page (it begins with {text.lstrip()[:40]!r}): the download saved a page "
+                    "instead of the file; download the file itself")
+        return f"a text file (it begins with {text[:40]!r})"
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return f"{name}, not a checkpoint"
     return f"an unrecognised binary file (it begins with {head[:8]!r})"
 
 
-def _read_file(path: Path) -> tuple[Any, dict[str, str]]:
-    """The object stored in `path` and, for safetensors, its metadata."""
+def _read_file(path: Path) -> tuple[Any, dict[str, str], int]:
+    """The object stored in `path`, for safetensors its metadata, and the file's size."""
     where = str(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{where}: no such checkpoint file")
-    size = path.stat().st_size
+    head, size = _read_head(path, where)
     if size == 0:
-        raise _fail(where, "the file is empty")
-    with open(path, "rb") as f:
-        head = f.read(64)
+        raise _fail(where, "the file is empty; download or copy it again")
+    kind = _kind(head, path.suffix)
+    if kind == "safetensors":
+        return *_read_safetensors(path, where), size
+    if kind in ("zip", "legacy"):
+        return _read_torch(path, where, kind), {}, size
+    if kind == "pickle":  # never unpickled: torch.load could not read it, and plain unpickling runs code
+        raise _unrecognised(where, "a Python pickle that torch.save did not write, so no PyTorch checkpoint; it is "
+                            "not unpickled, which could execute code")
+    raise _unrecognised(where, f"not a checkpoint: {_describe(head)}")
 
-    if _is_safetensors(head, size) or path.suffix == ".safetensors":
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as st:
-                return {k: st.get_tensor(k) for k in st.keys()}, dict(st.metadata() or {})
-        except (SafetensorError, OSError, ValueError) as e:
-            raise _fail(where, f"a damaged or truncated safetensors file ({e})") from None
 
-    is_zip = zipfile.is_zipfile(path)
+def _read_safetensors(path: Path, where: str) -> tuple[StateDict, dict[str, str]]:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True), {}
-    except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Weights only load failed" in str(e):
-            raise _fail(where, "it holds pickled Python objects besides tensors (for example a whole pickled "
-                        "model); loading it would execute code, so it is refused. Re-save it as a state dict: "
-                        "torch.save(model.state_dict(), path)") from None
-        found = _describe_bytes(head) if not is_zip else "a damaged PyTorch zip archive"
-        raise _fail(where, f"not a PyTorch checkpoint: {found}") from None
-    except Exception as e:  # the weights-only unpickler fails on garbage with many exception types
-        if is_zip or head[:2] in (b"PK", b"\x80\x02"):  # zip archive, or a legacy pickle's protocol header
-            found = f"a truncated or damaged PyTorch checkpoint ({str(e).splitlines()[0][:160]})"
-        else:
-            found = f"not a PyTorch checkpoint: {_describe_bytes(head)}"
-        raise _fail(where, found) from None
+        with safe_open(str(path), framework="pt", device="cpu") as st:
+            return {k: st.get_tensor(k) for k in st.keys()}, dict(st.metadata() or {})
+    except Exception as e:  # noqa: BLE001 - the parser of untrusted bytes fails in many ways, all of them this one
+        raise _fail(where, f"a damaged or truncated safetensors file ({_short(e)}); download or copy it "
+                    "again") from None
+
+
+def _check_zip(path: Path, where: str) -> None:
+    """torch.load reads a zip archive by its directory: it must be intact, hold a data.pkl, and store its records
+    uncompressed as torch.save does (a compressed record unpacks to whatever size it declares: a zip bomb)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            records = z.infolist()
+    except Exception as e:  # noqa: BLE001 - as for safetensors
+        raise _fail(where, f"a truncated or damaged zip archive, as PyTorch checkpoints are: its directory cannot be "
+                    f"read ({_short(e)}); download or copy it again") from None
+    if not any(r.filename.endswith("data.pkl") for r in records):
+        names = ", ".join(repr(r.filename) for r in records[:4])
+        raise _unrecognised(where, f"a zip archive without a PyTorch checkpoint inside (it holds {names or 'nothing'})")
+    compressed = next((r.filename for r in records if r.compress_type != zipfile.ZIP_STORED), None)
+    if compressed is not None:
+        raise _fail(where, f"a PyTorch checkpoint whose records are compressed (e.g. {compressed!r}); torch.save "
+                    "never compresses them and a compressed record can unpack to any size, so it is refused: extract "
+                    "the archive's records and zip them again uncompressed (zip -0), or re-save with torch.save")
+
+
+def _read_torch(path: Path, where: str, kind: str) -> Any:
+    if kind == "zip":
+        _check_zip(path, where)
+    try:
+        with open(path, "rb") as f:  # a file, not its name: torch.load reads any name ending in .safetensors as one
+            return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - the weights-only unpickler fails on damage with many exception types
+        refused = isinstance(e, pickle.UnpicklingError) and re.search(
+            r"nsupported (?:global: )?GLOBAL ([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)\s", str(e))
+        if refused:
+            raise _fail(where, f"it holds pickled Python objects ({refused.group(1)}; for example a whole pickled "
+                        "model), not only tensors; rebuilding them would execute code, so it is refused. Re-save "
+                        "it as a state dict where it was made: torch.save(model.state_dict(), path)") from None
+        found = "zip archive" if kind == "zip" else "legacy format"
+        raise _fail(where, f"a truncated or damaged PyTorch checkpoint ({found}: {_short(e, 160)}); download or "
+                    "copy it again") from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tensors: a dict of finite floating-point weights, no more values than the file holds.
 
 
 def _state_dict(obj: Any, where: str) -> tuple[StateDict, str | None]:
-    """The tensors of a checkpoint object, unwrapping BasicSR's wrappers, and which wrapper was used."""
+    """The tensors of a checkpoint object, unwrapping BasicSR's wrappers, and the outermost wrapper used."""
     if not isinstance(obj, Mapping):
-        raise _fail(where, f"it holds a {type(obj).__name__}, not a dict of tensors")
+        raise _unrecognised(where, f"it holds a {type(obj).__name__}, not a dict of tensors")
     wrapper = None
-    for name in WRAPPERS:
-        if isinstance(obj.get(name), Mapping):
-            obj, wrapper = obj[name], name
+    for _ in range(MAX_WRAPPING):
+        name = next((n for n in WRAPPERS if isinstance(obj.get(n), Mapping)), None)
+        if name is None:
             break
+        obj, wrapper = obj[name], wrapper or name
     sd = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not sd:
         keys = ", ".join(repr(k) for k in list(obj)[:8])
-        raise _fail(where, f"a dict without tensors (keys: {keys})")
+        raise _unrecognised(where, f"a dict without tensors (keys: {keys})" if keys else "an empty dict")
     if all(k.startswith("module.") for k in sd):  # saved from DataParallel / DistributedDataParallel
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd, wrapper
 
 
+def _checked_tensors(sd: StateDict, where: str, size: int | None) -> StateDict:
+    """`sd` with every weight as float32, after refusing what would give wrong results or exhaust memory: tensors
+    declaring more values than a file of `size` bytes holds (views that repeat one value, storages shared by many
+    keys), sparse or other non-dense tensors, weights that are not floating-point numbers (BatchNorm's integer step
+    counter excepted) and NaN or Inf, also when a float64 value overflows float32. Keys are the file's."""
+    declared = sum(t.numel() for t in sd.values())
+    if size is not None and declared > size:
+        raise _fail(where, f"its tensors declare {declared:,} values but the file holds only {size:,} bytes; it is "
+                    "damaged or crafted")
+    out: StateDict = {}
+    for key, t in sd.items():
+        if t.layout != torch.strided:
+            raise _fail(where, f"tensor {key!r} is a {str(t.layout).removeprefix('torch.')} tensor; a network's "
+                        "weights are dense")
+        if key.endswith("num_batches_tracked") and not t.is_floating_point() and not t.is_complex() \
+                and t.dtype != torch.bool:
+            out[key] = t
+            continue
+        if not t.is_floating_point():
+            raise _fail(where, f"tensor {key!r} holds {str(t.dtype).removeprefix('torch.')} values where a network's "
+                        "weights are floating-point numbers; the file is damaged or holds something else")
+        out[key] = t.float()
+    weights = [w.reshape(-1) for w in out.values() if w.is_floating_point()]
+    if weights and not bool(torch.isfinite(torch.cat(weights)).all()):  # two large ops, not two per tensor
+        key, w = next((k, w) for k, w in out.items() if w.is_floating_point() and not bool(torch.isfinite(w).all()))
+        counts = ((int(w.isnan().sum()), "NaN"), (int(w.isinf().sum()), "Inf"))
+        what = " and ".join(f"{name} ({n:,} of {w.numel():,} values)" for n, name in counts if n)
+        if sd[key].dtype != torch.float32 and bool(torch.isfinite(sd[key]).all()):
+            what += f", {str(sd[key].dtype).removeprefix('torch.')} values beyond float32's range"
+        raise _fail(where, f"tensor {key!r} holds {what}; the checkpoint is damaged or diverged in training; use an "
+                    "earlier one")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hyper-parameters: from the shapes, the metadata only for what shapes cannot tell.
+
+
+def _from_metadata(sd: StateDict, metadata: dict[str, str], where: str) -> tuple[str, dict[str, Any], StateDict]:
+    """Our safetensors: the architecture and hyper-parameters its metadata names, once they agree with what the
+    tensors' shapes say (the network is still checked against every shape before it is built)."""
+    arch, text = metadata.get("engine.arch"), metadata.get("engine.hparams")
+    if arch is None or text is None:
+        raise _fail(where, "its engine metadata lacks engine.arch or engine.hparams; the file is damaged: save it "
+                    "again")
+    try:
+        claimed = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise _fail(where, f"its engine.hparams metadata is not valid JSON ({_short(e, 120)}); the file is damaged: "
+                    "save it again") from None
+    try:
+        found = detect(sd)
+    except FormatError as e:
+        raise _fail(where, f"its tensors do not form the network its metadata names ({arch!r}): {e}") from None
+    if found is None:
+        raise _fail(where, f"its metadata names a {arch!r} network, but its tensors are no known network")
+    try:
+        return arch, _merge(arch, claimed, found.arch, found.hparams), found.state_dict
+    except ValueError as e:
+        raise _fail(where, f"its engine.hparams metadata does not describe its tensors: {e}; the file is damaged or "
+                    "was edited: save it again") from None
+
+
+def _merge(arch: Any, claimed: Any, found_arch: str, found: dict[str, Any]) -> dict[str, Any]:
+    """The hyper-parameters read from the shapes (`found`), with `claimed` (the metadata's) for the rest after
+    checking their kinds and the counts of repeated modules. Recursion follows the tensors' own cascade depth."""
+    if arch != found_arch:
+        raise ValueError(f"it names a {_short(repr(arch), 60)} network, the tensors are a {found_arch}")
+    if arch == "cascade":
+        stages = cascade_stages(claimed)
+        if len(stages) != len(found["stages"]):
+            raise ValueError(f"it lists {len(stages)} cascade stages, the tensors hold {len(found['stages'])}")
+        merged = []
+        for s, f in zip(stages, found["stages"], strict=True):
+            if isinstance(s, str):
+                if s not in VARIANTS:
+                    raise ValueError(f"cascade stage {s!r} is no registered model")
+                s = {"arch": VARIANTS[s][0], "hparams": VARIANTS[s][1]}
+            merged.append({"arch": s["arch"], "hparams": _merge(s["arch"], s["hparams"], f["arch"], f["hparams"])})
+        return {"stages": merged}
+    check_hparams(arch, claimed)
+    for name in COUNTS:
+        if name in claimed and claimed[name] != found.get(name):
+            raise ValueError(f"{name}={claimed[name]}, but the tensors hold {found.get(name)}")
+    return {**found, **claimed}
+
+
+def _mismatch(expected: StateDict, sd: StateDict) -> str | None:
+    """How the tensors `sd` differ from those a network has (`expected`), or None."""
+    missing = [k for k in expected if k not in sd]
+    if missing:
+        return f"tensor {missing[0]!r} is missing" + (f" ({len(missing)} are)" if len(missing) > 1 else "")
+    extra = [k for k in sd if k not in expected]
+    if extra:
+        return f"tensor {extra[0]!r} has no place in it" + (f" ({len(extra)} have none)" if len(extra) > 1 else "")
+    return next((f"tensor {k!r} has shape {list(sd[k].shape)}, the network's is {list(t.shape)}"
+                 for k, t in expected.items() if sd[k].shape != t.shape), None)
+
+
 def _instantiate(arch: str, hparams: dict[str, Any], sd: StateDict, where: str) -> SRNet:
+    """The network `arch(hparams)` holding `sd`; built for real only after a build on the meta device (no memory)
+    shows that its tensors are exactly the file's, names and shapes."""
     try:
-        model = build(arch, hparams)
-    except (ValueError, TypeError, KeyError) as e:
-        raise _fail(where, f"hyper-parameters read from the tensors do not make a valid {arch} ({e})") from None
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()]
-        raise _fail(where, f"the tensors do not fit a {arch} with {hparams}: {lines[0] if lines else e}") from None
+        with torch.device("meta"):
+            expected = build(arch, hparams).state_dict()
+    except (ValueError, RuntimeError) as e:
+        raise _fail(where, f"the hyper-parameters {_short(hparams)} do not make a valid {arch} ({e})") from None
+    problem = _mismatch(expected, sd)
+    if problem is not None:
+        raise _fail(where, f"the tensors do not fit a {arch} with {_short(hparams)}: {problem}")
+    model = build(arch, hparams)
+    model.load_state_dict(sd, strict=True)
     return model.eval()
 
 
@@ -148,32 +361,33 @@ def load(source: str | os.PathLike[str] | Mapping[str, Any], *, device: str | to
 
     Accepts ESRGAN 2018/2019, BasicSR/Real-ESRGAN (bare or in `params`/`params_ema`, preferring
     `params_ema`), SRResNet/MSRResNet/EDSR/RCAN layouts (BasicSR's and the authors'), and our safetensors.
-    Returns the network in eval mode on `device` (float32) and a `ModelInfo`. Raises `CheckpointError` naming
-    the file when it is empty, damaged, not a checkpoint, refused as unsafe, or holds an unknown network.
+    Returns the network in eval mode on `device` (float32) and a `ModelInfo`. Raises `FileNotFoundError` when
+    `source` does not exist and `CheckpointError`, naming the file, for every other bad file: not a regular file,
+    empty, damaged, not a checkpoint, refused as unsafe, an unknown network, metadata that contradicts the tensors,
+    or weights that are not finite floating-point numbers.
     """
     metadata: dict[str, str] = {}
+    size = None
     if isinstance(source, Mapping):
         where, path, obj = "<state dict>", None, source
     else:
         path = Path(source)
         where = str(path)
-        obj, metadata = _read_file(path)
+        obj, metadata, size = _read_file(path)
     sd, wrapper = _state_dict(obj, where)
+    sd = _checked_tensors(sd, where, size)
 
     if metadata.get("engine.format") == FORMAT_TAG:
-        try:
-            arch, hparams = metadata["engine.arch"], json.loads(metadata["engine.hparams"])
-        except (KeyError, json.JSONDecodeError) as e:
-            raise _fail(where, f"damaged engine metadata ({e})") from None
+        arch, hparams, sd = _from_metadata(sd, metadata, where)
         fmt = "safetensors"
     else:
         try:
             found = detect(sd)
         except FormatError as e:
-            raise _fail(where, str(e)) from None
+            raise _unrecognised(where, str(e)) from None
         if found is None:
             keys = ", ".join(repr(k) for k in list(sd)[:6])
-            raise _fail(where, f"no known network among its {len(sd)} tensors (first keys: {keys})")
+            raise _unrecognised(where, f"no known network among its {len(sd)} tensors (first keys: {keys})")
         arch, hparams, sd, fmt = found.arch, found.hparams, found.state_dict, found.format
         if path is not None and path.suffix == ".safetensors":
             fmt = f"{fmt} (safetensors)"

@@ -32,6 +32,8 @@ class MeanShiftSR(SRNet):
     def _frame(self, name: str, body: Callable[[], nn.Module], *, num_in_ch: int, num_out_ch: int, scale: int,
                num_feat: int, img_range: float, rgb_mean: tuple[float, ...]) -> None:
         factors = _stage_factors(scale, name)
+        if not img_range > 0:  # the output is divided by it
+            raise ValueError(f"{name} img_range must be positive (255 or 1 in published models), got {img_range}")
         self.img_range = img_range
         self.register_buffer("mean", torch.tensor(rgb_mean).view(1, -1, 1, 1), persistent=False)
         self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)

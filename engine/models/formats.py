@@ -47,6 +47,15 @@ def _count(sd: StateDict, pattern: str, start: int = 0) -> int:
     return len(found)
 
 
+def _conv(sd: StateDict, key: str) -> tuple[int, int]:
+    """(output, input) channels of the conv weight `key`: a 4-D tensor with no empty dimension."""
+    shape = tuple(sd[key].shape)
+    if len(shape) != 4 or 0 in shape:
+        raise FormatError(f"tensor {key!r} has shape {list(shape)}; a conv weight is 4-D (out, in, kh, kw) and "
+                          "not empty")
+    return shape[0], shape[1]
+
+
 def _shuffle_factor(conv_out: int, num_feat: int, what: str) -> int:
     factor = math.isqrt(conv_out // num_feat)
     if factor * factor * num_feat != conv_out or factor not in (2, 3):
@@ -56,13 +65,13 @@ def _shuffle_factor(conv_out: int, num_feat: int, what: str) -> int:
 
 
 def _rrdbnet_hparams(sd: StateDict) -> dict[str, Any]:
-    num_feat, in_ch = sd["conv_first.weight"].shape[:2]
-    out_ch = sd["conv_last.weight"].shape[0]
+    num_feat, in_ch = _conv(sd, "conv_first.weight")
+    out_ch = _conv(sd, "conv_last.weight")[0]
     num_upsample = _count(sd, r"conv_up(\d+)\.weight", start=1)
     hp: dict[str, Any] = dict(
         num_feat=num_feat,
         num_block=_count(sd, r"body\.(\d+)\.rdb1\.conv1\.weight"),
-        num_grow_ch=sd["body.0.rdb1.conv1.weight"].shape[0],  # gc: conv1's output channels, never assumed 32
+        num_grow_ch=_conv(sd, "body.0.rdb1.conv1.weight")[0],  # gc: conv1's output channels, never assumed 32
         num_out_ch=out_ch,
     )
     # BasicSR ×2 / ×1: the ×4 network behind pixel-unshuffle by 2 / 4, so conv_first reads 4× / 16× the
@@ -76,12 +85,12 @@ def _rrdbnet_hparams(sd: StateDict) -> dict[str, Any]:
 
 
 def _msrresnet_hparams(sd: StateDict) -> dict[str, Any]:
-    num_feat, in_ch = sd["conv_first.weight"].shape[:2]
+    num_feat, in_ch = _conv(sd, "conv_first.weight")
     if "upconv2.weight" in sd:
         scale = 4
     else:
-        scale = _shuffle_factor(sd["upconv1.weight"].shape[0], num_feat, "upconv1")
-    return dict(num_in_ch=in_ch, num_out_ch=sd["conv_last.weight"].shape[0], scale=scale, num_feat=num_feat,
+        scale = _shuffle_factor(_conv(sd, "upconv1.weight")[0], num_feat, "upconv1")
+    return dict(num_in_ch=in_ch, num_out_ch=_conv(sd, "conv_last.weight")[0], scale=scale, num_feat=num_feat,
                 num_block=_count(sd, r"body\.(\d+)\.conv1\.weight"))
 
 
@@ -90,37 +99,37 @@ def _upsample_scale(sd: StateDict, num_feat: int, arch: str) -> int:
     convs = _indices(sd, r"upsample\.(\d+)\.weight")
     if convs != list(range(0, 2 * len(convs), 2)):
         raise FormatError(f"{arch} upsampler convs at unexpected positions {convs} (expected 0, 2, …)")
-    return math.prod(_shuffle_factor(sd[f"upsample.{i}.weight"].shape[0], num_feat, f"upsample.{i}")
+    return math.prod(_shuffle_factor(_conv(sd, f"upsample.{i}.weight")[0], num_feat, f"upsample.{i}")
                      for i in convs)
 
 
 def _edsr_hparams(sd: StateDict) -> dict[str, Any]:
-    num_feat, in_ch = sd["conv_first.weight"].shape[:2]
+    num_feat, in_ch = _conv(sd, "conv_first.weight")
     scale = _upsample_scale(sd, num_feat, "EDSR")
     # res_scale is not stored in the weights: EDSR's published wide model (256 features, 32 blocks) uses
     # 0.1, the baseline (64 features) 1.0.
-    return dict(num_in_ch=in_ch, num_out_ch=sd["conv_last.weight"].shape[0], scale=scale, num_feat=num_feat,
+    return dict(num_in_ch=in_ch, num_out_ch=_conv(sd, "conv_last.weight")[0], scale=scale, num_feat=num_feat,
                 num_block=_count(sd, r"body\.(\d+)\.conv1\.weight"), res_scale=0.1 if num_feat >= 256 else 1.0)
 
 
 def _srresnet_hparams(sd: StateDict) -> dict[str, Any]:
-    num_feat, in_ch = sd["conv_first.weight"].shape[:2]
+    num_feat, in_ch = _conv(sd, "conv_first.weight")
     stages = _count(sd, r"upsample\.(\d+)\.conv\.weight")
-    scale = math.prod(_shuffle_factor(sd[f"upsample.{i}.conv.weight"].shape[0], num_feat, f"upsample.{i}.conv")
+    scale = math.prod(_shuffle_factor(_conv(sd, f"upsample.{i}.conv.weight")[0], num_feat, f"upsample.{i}.conv")
                       for i in range(stages))
-    return dict(num_in_ch=in_ch, num_out_ch=sd["conv_last.weight"].shape[0], scale=scale, num_feat=num_feat,
+    return dict(num_in_ch=in_ch, num_out_ch=_conv(sd, "conv_last.weight")[0], scale=scale, num_feat=num_feat,
                 num_block=_count(sd, r"body\.(\d+)\.conv1\.weight"),
                 prelu_per_channel=sd["prelu_first.weight"].numel() > 1)
 
 
 def _rcan_hparams(sd: StateDict) -> dict[str, Any]:
-    num_feat, in_ch = sd["conv_first.weight"].shape[:2]
-    squeezed = sd["body.0.residual_group.0.rcab.3.attention.1.weight"].shape[0]  # the attention's nf // r
+    num_feat, in_ch = _conv(sd, "conv_first.weight")
+    squeezed = _conv(sd, "body.0.residual_group.0.rcab.3.attention.1.weight")[0]  # the attention's nf // r
     reduction = num_feat // squeezed
     if num_feat // reduction != squeezed:
         raise FormatError(f"RCAN channel attention squeezes {num_feat} features to {squeezed}: not "
                           f"num_feat // reduction for any integer reduction")
-    return dict(num_in_ch=in_ch, num_out_ch=sd["conv_last.weight"].shape[0],
+    return dict(num_in_ch=in_ch, num_out_ch=_conv(sd, "conv_last.weight")[0],
                 scale=_upsample_scale(sd, num_feat, "RCAN"), num_feat=num_feat,
                 num_group=_count(sd, r"body\.(\d+)\.conv\.weight"),
                 num_block=_count(sd, r"body\.0\.residual_group\.(\d+)\.rcab\.0\.weight"), reduction=reduction)
@@ -254,7 +263,7 @@ def _edsr_mean_shift(sd: StateDict) -> dict[str, Any]:
     rgb_range 255; a bias below 1 means a model trained with rgb_range 1."""
     if "add_mean.bias" not in sd:
         return {}
-    bias = sd["add_mean.bias"].double()
+    bias = sd["add_mean.bias"].double().reshape(-1)
     img_range = 255.0 if float(bias.abs().max()) > 1 else 1.0
     return {"img_range": img_range, "rgb_mean": tuple(round(float(b) / img_range, 6) for b in bias)}
 
@@ -272,8 +281,8 @@ class Format:
     extra_hparams: Callable[[StateDict], dict[str, Any]] = lambda sd: {}
 
     def convert(self, sd: StateDict) -> Detected:
-        ours = _rename(sd, self.rules(sd), self.name)
         try:
+            ours = _rename(sd, self.rules(sd), self.name)
             hparams = {**HPARAMS[self.arch](ours), **self.extra_hparams(sd)}
         except KeyError as e:
             raise FormatError(f"{self.name} layout without the tensor {e.args[0]!r}") from None
@@ -319,24 +328,29 @@ ACCEPTED = [f.description for f in FORMATS] + [
 ]
 
 
-def detect(sd: StateDict) -> Detected | None:
+MAX_CASCADE_DEPTH = 4  # cascades of cascades, so deep; deeper keys are refused before any recursion
+
+
+def detect(sd: StateDict, *, depth: int = 0) -> Detected | None:
     """Recognise the layout of `sd`; None when no layout's required keys are all present."""
     stages = _indices(sd, r"stages\.(\d+)\..+")
     if stages:
-        return _detect_cascade(sd, len(stages))
+        if depth >= MAX_CASCADE_DEPTH:
+            raise FormatError(f"cascades nested more than {MAX_CASCADE_DEPTH} deep (keys like {next(iter(sd))!r})")
+        return _detect_cascade(sd, len(stages), depth)
     for fmt in FORMATS:
         if all(k in sd for k in fmt.required):
             return fmt.convert(sd)
     return None
 
 
-def _detect_cascade(sd: StateDict, n: int) -> Detected:
+def _detect_cascade(sd: StateDict, n: int, depth: int) -> Detected:
     stages: list[dict[str, Any]] = []
     ours: StateDict = {}
     for i in range(n):
         prefix = f"stages.{i}."
         sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-        found = detect(sub) if sub else None
+        found = detect(sub, depth=depth + 1) if sub else None
         if found is None:
             raise FormatError(f"cascade stage {i} ({prefix}…) is not a known network")
         stages.append({"arch": found.arch, "hparams": found.hparams})

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 from typing import Any
 
 from .base import SRNet
@@ -36,19 +38,74 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+MAX_SIZE = 1 << 16  # no channel count, width or depth of a real generator comes near
+
+
 def build(arch: str, hparams: dict[str, Any]) -> SRNet:
-    """Construct architecture `arch` with keyword hyper-parameters (a cascade's stages as nested dicts)."""
+    """Construct architecture `arch` with keyword hyper-parameters (a cascade's stages as nested dicts).
+    Raises ValueError naming the hyper-parameter that is unknown or out of range (see `check_hparams`)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
     if arch == "cascade":
-        stages = []
-        for stage in hparams["stages"]:
-            stages.append(create(stage) if isinstance(stage, str) else build(stage["arch"], stage["hparams"]))
-        return Cascade(*stages)
-    try:
-        return ARCHS[arch](**hparams)
-    except TypeError as e:
-        raise ValueError(f"bad hyper-parameters for {arch}: {e}") from None
+        return Cascade(*(create(s) if isinstance(s, str) else build(s["arch"], s["hparams"])
+                         for s in cascade_stages(hparams)))
+    check_hparams(arch, hparams)
+    return ARCHS[arch](**hparams)
+
+
+def cascade_stages(hparams: Any) -> list[str | dict[str, Any]]:
+    """A cascade's `stages`, each a registered name or an {"arch", "hparams"} dict; ValueError otherwise."""
+    stages = hparams.get("stages") if isinstance(hparams, dict) else None
+    if not isinstance(stages, list):
+        raise ValueError(f"a cascade's hyper-parameters are {{'stages': [...]}}, got {_short(hparams)}")
+    for i, s in enumerate(stages):
+        if not (isinstance(s, str) or (isinstance(s, dict) and isinstance(s.get("arch"), str)
+                                       and isinstance(s.get("hparams"), dict))):
+            raise ValueError(f"cascade stage {i} must be a registered model name or {{'arch': ..., 'hparams': {{...}}}}"
+                             f", got {_short(s)}")
+    return stages
+
+
+def check_hparams(arch: str, hparams: Any) -> None:
+    """Raise ValueError naming the first hyper-parameter of `arch` (not a cascade) that its constructor does not
+    take or that is of the wrong kind: whole numbers (never bools) from 1 to MAX_SIZE, finite numbers, bools, and
+    sequences of finite numbers, as the constructor's defaults are."""
+    if not isinstance(hparams, dict):
+        raise ValueError(f"the hyper-parameters of {arch} are a dict of keyword arguments, got {_short(hparams)}")
+    defaults = _defaults(arch)
+    for name, value in hparams.items():
+        if name not in defaults:
+            raise ValueError(f"{arch} has no hyper-parameter {name!r}; it takes {', '.join(defaults)}")
+        default = defaults[name]
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, kind = _whole(value) and 1 <= value <= MAX_SIZE, f"a whole number from 1 to {MAX_SIZE}"
+        elif isinstance(default, float):
+            ok, kind = _finite(value), "a finite number"
+        else:  # a tuple, e.g. rgb_mean
+            ok = isinstance(value, (list, tuple)) and len(value) <= MAX_SIZE and all(_finite(v) for v in value)
+            kind = "a list of finite numbers"
+        if not ok:
+            raise ValueError(f"{arch} hyper-parameter {name}={_short(value)} must be {kind}")
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _defaults(arch: str) -> dict[str, Any]:
+    params = inspect.signature(ARCHS[arch]).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
 
 def create(name: str, **overrides: Any) -> SRNet:
@@ -88,9 +145,7 @@ def full_hparams(arch: str, hparams: dict[str, Any]) -> dict[str, Any]:
     if arch == "cascade":
         stages = [VARIANTS[s] if isinstance(s, str) else (s["arch"], s["hparams"]) for s in hparams["stages"]]
         return {"stages": [{"arch": a, "hparams": full_hparams(a, hp)} for a, hp in stages]}
-    params = inspect.signature(ARCHS[arch]).parameters.values()
-    defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
-    return {**defaults, **hparams}
+    return {**_defaults(arch), **hparams}
 
 
 def _normalized(value: Any) -> Any:
