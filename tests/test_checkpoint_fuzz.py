@@ -149,6 +149,8 @@ OBJECTS: dict[str, tuple[Callable[[], Any], str]] = {
                                      "its tensors declare 2,097,155,"),
     "a sparse weight": (_replace("body.0.rdb1.conv2.weight", torch.zeros(2, 6, 3, 3).to_sparse()),
                         "is a sparse_coo tensor"),
+    "a tensor without values": (_replace("conv_first.weight", torch.empty(4, 3, 3, 3, device="meta")),
+                                "tensor 'conv_first.weight' holds no values (it was saved from the meta device)"),
     "cascades 600 deep": (_stages((0,), "stages.0." * 600), "cascades nested more than 4 deep"),
     "a one-stage cascade": (_stages((0,)), "a Cascade needs at least two stages"),
     "a cascade with a gap": (_stages((0, 2)), "cascade stage 1 (stages.1.…) is not a known network"),

@@ -226,7 +226,16 @@ def test_empty_file(tmp_path: Path) -> None:
 def test_truncated_pth(tmp_path: Path) -> None:
     path = _save_pth(M.create("msrresnet", num_block=1).state_dict(), tmp_path / "t.pth")
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    assert "truncated or damaged zip archive" in _load_error(path)
+    assert "a truncated or damaged zip archive, as PyTorch checkpoints are" in _load_error(path)
+
+
+def test_a_flipped_bit_in_the_weights_of_a_zip_checkpoint(tmp_path: Path) -> None:
+    """torch.load never checks the CRC-32 torch.save writes: the flipped weight loaded silently."""
+    path = _save_pth({"w": torch.zeros(64)}, tmp_path / "net.pth")
+    data = path.read_bytes()
+    at = data.index(bytes(64 * 4))  # the tensor's 256 zero bytes
+    path.write_bytes(data[:at] + b"\x01" + data[at + 1:])
+    assert "its record 'net/data/0' does not match its CRC-32" in _load_error(path)
 
 
 def test_truncated_legacy_pth(tmp_path: Path) -> None:
@@ -310,6 +319,14 @@ def test_the_contents_decide_not_the_extension(tmp_path: Path, suffix: str) -> N
     for name in ("zip", "legacy", "ours"):
         model, _ = M.load(tmp_path / f"{name}{suffix}")
         assert torch.equal(_out(model), _out(net)), name
+
+
+def test_a_legacy_checkpoint_in_pickle_protocol_4_is_named(tmp_path: Path) -> None:
+    """The weights-only unpickler cannot read it: not "damaged", but how to re-save it."""
+    path = tmp_path / "p4.pth"
+    torch.save({"w": torch.zeros(2)}, path, _use_new_zipfile_serialization=False, pickle_protocol=4)
+    assert "legacy format written with pickle protocol 4, which torch.load(weights_only=True) cannot read" in \
+        _load_error(path)
 
 
 def test_unknown_network(tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ WRAPPERS = ("params_ema", "params", "state_dict")  # BasicSR's EMA weights first
 MAX_WRAPPING = 3  # {"params_ema": {"state_dict": {...}}} and so on, so deep
 COUNTS = ("num_block", "num_group")  # the repeated modules that make a network big; the keys always tell them
 HEAD_BYTES = 4096  # what is read to tell the kind of a file
-TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."  # torch.save's pre-1.6 format starts so
+TORCH_LEGACY_MAGIC = b"\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"  # torch.save's pre-1.6 format pickles this number first
 
 _NOT_FILES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
@@ -127,10 +127,8 @@ def _kind(head: bytes, suffix: str) -> str:
         return "text"
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return "zip"
-    if head.startswith(TORCH_LEGACY_MAGIC):
-        return "legacy"
-    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return "pickle"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):  # a pickle's protocol header
+        return "legacy" if TORCH_LEGACY_MAGIC in head[2:24] else "pickle"
     # safetensors: an 8-byte little-endian header length, then the JSON header; its keys survive damage to both
     if head[8:9] == b"{" or b'"data_offsets"' in head or suffix == ".safetensors":
         return "safetensors"
@@ -164,7 +162,7 @@ def _read_file(path: Path) -> tuple[Any, dict[str, str], int]:
     if kind == "safetensors":
         return *_read_safetensors(path, where), size
     if kind in ("zip", "legacy"):
-        return _read_torch(path, where, kind), {}, size
+        return _read_torch(path, where, kind, head[1]), {}, size
     if kind == "pickle":  # never unpickled: torch.load could not read it, and plain unpickling runs code
         raise _unrecognised(where, "a Python pickle that torch.save did not write, so no PyTorch checkpoint; it is "
                             "not unpickled, which could execute code")
@@ -181,25 +179,36 @@ def _read_safetensors(path: Path, where: str) -> tuple[StateDict, dict[str, str]
 
 
 def _check_zip(path: Path, where: str) -> None:
-    """torch.load reads a zip archive by its directory: it must be intact, hold a data.pkl, and store its records
-    uncompressed as torch.save does (a compressed record unpacks to whatever size it declares: a zip bomb)."""
+    """torch.load reads a zip archive by its directory and never checks its records' CRC-32: the archive must be
+    intact, hold a data.pkl, store its records uncompressed as torch.save does (a compressed record unpacks to
+    whatever size it declares: a zip bomb), and every record must match its CRC (a flipped bit in the weights
+    would otherwise load)."""
     try:
         with zipfile.ZipFile(path) as z:
             records = z.infolist()
+            if not any(r.filename.endswith("data.pkl") for r in records):
+                names = ", ".join(repr(r.filename) for r in records[:4])
+                raise _unrecognised(where, f"a zip archive without a PyTorch checkpoint inside (it holds "
+                                    f"{names or 'nothing'})")
+            compressed = next((r.filename for r in records if r.compress_type != zipfile.ZIP_STORED), None)
+            if compressed is not None:
+                raise _fail(where, f"a PyTorch checkpoint whose records are compressed (e.g. {compressed!r}); "
+                            "torch.save never compresses them and a compressed record can unpack to any size, so it "
+                            "is refused: extract the records and zip them again uncompressed (zip -0), or re-save "
+                            "with torch.save")
+            damaged = z.testzip()
+    except CheckpointError:
+        raise
     except Exception as e:  # noqa: BLE001 - as for safetensors
-        raise _fail(where, f"a truncated or damaged zip archive, as PyTorch checkpoints are: its directory cannot be "
-                    f"read ({_short(e)}); download or copy it again") from None
-    if not any(r.filename.endswith("data.pkl") for r in records):
-        names = ", ".join(repr(r.filename) for r in records[:4])
-        raise _unrecognised(where, f"a zip archive without a PyTorch checkpoint inside (it holds {names or 'nothing'})")
-    compressed = next((r.filename for r in records if r.compress_type != zipfile.ZIP_STORED), None)
-    if compressed is not None:
-        raise _fail(where, f"a PyTorch checkpoint whose records are compressed (e.g. {compressed!r}); torch.save "
-                    "never compresses them and a compressed record can unpack to any size, so it is refused: extract "
-                    "the archive's records and zip them again uncompressed (zip -0), or re-save with torch.save")
+        raise _fail(where, f"a truncated or damaged zip archive, as PyTorch checkpoints are ({_short(e)}); download "
+                    "or copy it again") from None
+    if damaged is not None:
+        raise _fail(where, f"a damaged PyTorch checkpoint: its record {damaged!r} does not match its CRC-32, so its "
+                    "bytes changed after torch.save wrote them; download or copy it again")
 
 
-def _read_torch(path: Path, where: str, kind: str) -> Any:
+def _read_torch(path: Path, where: str, kind: str, protocol: int) -> Any:
+    """torch.load of a zip archive or of the legacy format (`protocol`: the pickle protocol it begins with)."""
     if kind == "zip":
         _check_zip(path, where)
     try:
@@ -212,6 +221,10 @@ def _read_torch(path: Path, where: str, kind: str) -> Any:
             raise _fail(where, f"it holds pickled Python objects ({refused.group(1)}; for example a whole pickled "
                         "model), not only tensors; rebuilding them would execute code, so it is refused. Re-save "
                         "it as a state dict where it was made: torch.save(model.state_dict(), path)") from None
+        if kind == "legacy" and protocol > 3:  # torch.save(..., pickle_protocol=4) writes what it cannot read
+            raise _fail(where, f"a PyTorch checkpoint in the legacy format written with pickle protocol {protocol}, "
+                        "which torch.load(weights_only=True) cannot read; re-save it where it was made with "
+                        "torch.save(model.state_dict(), path)") from None
         found = "zip archive" if kind == "zip" else "legacy format"
         raise _fail(where, f"a truncated or damaged PyTorch checkpoint ({found}: {_short(e, 160)}); download or "
                     "copy it again") from None
@@ -240,42 +253,64 @@ def _state_dict(obj: Any, where: str) -> tuple[StateDict, str | None]:
     return sd, wrapper
 
 
-def _checked_tensors(sd: StateDict, where: str, size: int | None) -> StateDict:
-    """`sd` with every weight as float32, after refusing what would give wrong results or exhaust memory: tensors
-    declaring more values than a file of `size` bytes holds (views that repeat one value, storages shared by many
-    keys), sparse or other non-dense tensors, weights that are not floating-point numbers (BatchNorm's integer step
-    counter excepted) and NaN or Inf, also when a float64 value overflows float32. Keys are the file's."""
+def _check_size(sd: StateDict, where: str, size: int) -> None:
+    """Refuse tensors that declare more values than a file of `size` bytes holds (a view repeating one stored value
+    9·10⁹ times, one storage behind thousands of keys): touching them would exhaust memory."""
     declared = sum(t.numel() for t in sd.values())
-    if size is not None and declared > size:
+    if declared > size:
         raise _fail(where, f"its tensors declare {declared:,} values but the file holds only {size:,} bytes; it is "
                     "damaged or crafted")
+
+
+def _as_float32(sd: StateDict, where: str) -> StateDict:
+    """`sd` with every weight as float32 (half, bfloat16, float64 and float8 are converted); dense tensors with
+    values only, and floating-point ones except BatchNorm's integer step counter."""
     out: StateDict = {}
     for key, t in sd.items():
         if t.layout != torch.strided:
             raise _fail(where, f"tensor {key!r} is a {str(t.layout).removeprefix('torch.')} tensor; a network's "
                         "weights are dense")
-        if key.endswith("num_batches_tracked") and not t.is_floating_point() and not t.is_complex() \
-                and t.dtype != torch.bool:
-            out[key] = t
-            continue
-        if not t.is_floating_point():
+        if t.is_meta:
+            raise _fail(where, f"tensor {key!r} holds no values (it was saved from the meta device)")
+        counter = key.endswith("num_batches_tracked") and not (t.is_floating_point() or t.is_complex()
+                                                                or t.dtype == torch.bool)
+        if not (counter or t.is_floating_point()):
             raise _fail(where, f"tensor {key!r} holds {str(t.dtype).removeprefix('torch.')} values where a network's "
                         "weights are floating-point numbers; the file is damaged or holds something else")
-        out[key] = t.float()
-    weights = [w.reshape(-1) for w in out.values() if w.is_floating_point()]
-    if weights and not bool(torch.isfinite(torch.cat(weights)).all()):  # two large ops, not two per tensor
-        key, w = next((k, w) for k, w in out.items() if w.is_floating_point() and not bool(torch.isfinite(w).all()))
-        counts = ((int(w.isnan().sum()), "NaN"), (int(w.isinf().sum()), "Inf"))
-        what = " and ".join(f"{name} ({n:,} of {w.numel():,} values)" for n, name in counts if n)
-        if sd[key].dtype != torch.float32 and bool(torch.isfinite(sd[key]).all()):
-            what += f", {str(sd[key].dtype).removeprefix('torch.')} values beyond float32's range"
-        raise _fail(where, f"tensor {key!r} holds {what}; the checkpoint is damaged or diverged in training; use an "
-                    "earlier one")
+        out[key] = t if counter else t.float()
     return out
+
+
+def _check_finite(weights: StateDict, original: StateDict, where: str) -> None:
+    """Refuse NaN and Inf in the float32 `weights` (also float64 values of `original` that overflow float32),
+    naming the first tensor that holds them: they give black or white images."""
+    floats = [w.reshape(-1).cpu() for w in weights.values() if w.is_floating_point()]
+    if not floats or bool(torch.isfinite(torch.cat(floats)).all()):  # two large ops, not two per tensor
+        return
+    key, w = next((k, w) for k, w in weights.items() if w.is_floating_point() and not bool(torch.isfinite(w).all()))
+    counts = ((int(w.isnan().sum()), "NaN"), (int(w.isinf().sum()), "Inf"))
+    what = " and ".join(f"{name} ({n:,} of {w.numel():,} values)" for n, name in counts if n)
+    if original[key].dtype != torch.float32 and bool(torch.isfinite(original[key]).all()):
+        what += f", {str(original[key].dtype).removeprefix('torch.')} values beyond float32's range"
+    raise _fail(where, f"tensor {key!r} holds {what}; the checkpoint is damaged or diverged in training; use an "
+                "earlier one")
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Hyper-parameters: from the shapes, the metadata only for what shapes cannot tell.
+
+
+def _from_shapes(sd: StateDict, where: str) -> tuple[str, dict[str, Any], StateDict, str]:
+    """A foreign layout: the architecture, its hyper-parameters read from the shapes, the tensors under our key
+    names, and the layout's name."""
+    try:
+        found = detect(sd)
+    except FormatError as e:
+        raise _unrecognised(where, str(e)) from None
+    if found is None:
+        keys = ", ".join(repr(k) for k in list(sd)[:6])
+        raise _unrecognised(where, f"no known network among its {len(sd)} tensors (first keys: {keys})")
+    return found.arch, found.hparams, found.state_dict, found.format
 
 
 def _from_metadata(sd: StateDict, metadata: dict[str, str], where: str) -> tuple[str, dict[str, Any], StateDict]:
@@ -375,20 +410,16 @@ def load(source: str | os.PathLike[str] | Mapping[str, Any], *, device: str | to
         where = str(path)
         obj, metadata, size = _read_file(path)
     sd, wrapper = _state_dict(obj, where)
-    sd = _checked_tensors(sd, where, size)
+    if size is not None:
+        _check_size(sd, where, size)
+    sd, original = _as_float32(sd, where), sd
+    _check_finite(sd, original, where)
 
     if metadata.get("engine.format") == FORMAT_TAG:
         arch, hparams, sd = _from_metadata(sd, metadata, where)
         fmt = "safetensors"
     else:
-        try:
-            found = detect(sd)
-        except FormatError as e:
-            raise _unrecognised(where, str(e)) from None
-        if found is None:
-            keys = ", ".join(repr(k) for k in list(sd)[:6])
-            raise _unrecognised(where, f"no known network among its {len(sd)} tensors (first keys: {keys})")
-        arch, hparams, sd, fmt = found.arch, found.hparams, found.state_dict, found.format
+        arch, hparams, sd, fmt = _from_shapes(sd, where)
         if path is not None and path.suffix == ".safetensors":
             fmt = f"{fmt} (safetensors)"
 
