@@ -1,5 +1,5 @@
 """`python -m engine.build --model rrdb23 --fp16|--int8|--fp32 [--weights A] [--gan-weights B --alpha 0.8]
-[--backend auto|tensorrt|onnxruntime|triton|native] [--tile 256] [--calib DIR] [-o engines/NAME]`
+[--backend auto|tensorrt|onnxruntime|triton|native] [--tile 256] [--calib DIR] [-o engines/NAME] [--overwrite]`
 
 Builds an engine directory (see `engine.engines`): the ONNX graph of the network at `--alpha`, a TensorRT plan
 where TensorRT is used, both endpoint weight sets when --gan-weights is given (so `Engine.set_alpha` refits
@@ -8,7 +8,9 @@ present, else ONNX Runtime, and says which and why; `--backend triton` runs our 
 checkpoints, packed when loaded); `--backend native` compiles those kernels for one GPU architecture (`--arch`, no
 GPU needed) into our own plan, run by the C++ runtime of engine._C (`engine.plan`). INT8 is explicit quantization
 (Q/DQ; for triton and native an INT8 trunk) calibrated on the images of --calib, with weight scales and activation
-ranges that hold for every alpha.
+ranges that hold for every alpha. The engine is built in a temporary folder beside -o, checked against PyTorch
+(`verify`: a tolerance per precision) and only then renamed into place; an engine already at -o is replaced only
+with --overwrite, and a folder that is not an engine never.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +30,49 @@ import numpy as np
 import torch
 
 from . import models
-from .engines import EngineError, library_versions, load, write_engine
+from .engines import EngineError, build_lock, check_target, library_versions, load, write_engine
 
 log = logging.getLogger("engine")
 
 DEFAULT_TILE = 256
 DEFAULT_BATCH = 1
+# A built shape holds at most 4096² input pixels (tile² · batch): the engines' int32 offsets and the plan's arena
+# stay far from their limits (an rrdb23 plan at 4096² already needs about 7 GB of arena), and larger tiles gain
+# nothing (the README's tile measurements flatten out well below 1024²).
+MAX_TILE_PIXELS = 4096 * 4096
+# GPU architectures the native backend compiles for (Triton's CUDA targets our kernels run on: Ampere and newer,
+# for bf16 and int8 tl.dot)
+SM_ARCHS = (80, 86, 87, 89, 90, 100, 101, 103, 110, 120, 121)
+
+# The parity check of a built engine against the PyTorch fp32 network on one probe (images in [0, 1]):
+# max |engine − PyTorch| / max(1, max |PyTorch|) for float engines; PSNR (peak 1) for INT8. Measured on a CPU
+# (onnxruntime 1.31; triton 3.9 under its interpreter) on 64×64 (ONNX Runtime) and 16×16 (Triton) probes of noise
+# and of a photo, with the shipped tiny_x4 model and random rrdb23, srgan, edsr, msrresnet and rcan networks. Each
+# limit is about ten times the worst measured difference: a wrong engine (wrong weights, layout or precision: errors
+# of 0.05 and more) fails, and a sound one has room for other GPUs' kernels.
+MAX_DIFFERENCE = {
+    "fp32": 1e-4,  # worst measured 3.8e-6 (ONNX Runtime, rrdb23; Triton 1.2e-6): accumulation order only
+    "fp16": 2e-2,  # worst measured 1.8e-3 (ONNX Runtime, rrdb23, its CPU provider rounds every op; Triton 1.2e-3)
+    "bf16": 1e-1,  # not measurable on a CPU (the Triton interpreter multiplies bf16 bit patterns, triton-lang/triton
+    #                #11584): fp16's 1.2e-3 × 8 for 3 fewer mantissa bits, then the same tenfold room
+}
+# TensorRT runs FP32 convolutions in TF32 by default (fp16's 10-bit mantissa, fp32 accumulation): its fp32 engines
+# are held to the fp16 limit
+TF32_MAX_DIFFERENCE = MAX_DIFFERENCE["fp16"]
+# INT8: measured 50.6 dB (ONNX Runtime Q/DQ) and 50.8 dB (Triton INT8 trunk) with tiny_x4 on a crop of a photo (on
+# pure noise, outside the calibrated ranges: 37 and 48 dB, so the probe is a crop of a calibration image); published
+# INT8 results lose 0.6–3.1 dB against the ground truth (FACTS.md). Below 30 dB (an RMS error of 8 levels of 255)
+# an INT8 engine is visibly wrong.
+INT8_MIN_PSNR = 30.0
+PROBE_SIDE = 64
 
 
 class BuildError(ValueError):
     """A build cannot start; the message names the option and the fix."""
+
+
+class VerificationError(BuildError):
+    """The built engine does not compute what the network computes (beyond the precision's tolerance)."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -52,8 +89,8 @@ def parser() -> argparse.ArgumentParser:
                    "(default: 0 with --gan-weights)")
     precision = p.add_mutually_exclusive_group()
     for flag, text in (("--fp32", "float32 (default with onnxruntime)"), ("--fp16", "float16 (default with "
-                       "tensorrt and triton)"), ("--bf16", "bfloat16 (triton only)"),
-                       ("--int8", "INT8 by explicit Q/DQ quantization; needs --calib")):
+                       "tensorrt, triton and native)"), ("--bf16", "bfloat16, triton and native only (default: off)"),
+                       ("--int8", "INT8 by explicit Q/DQ quantization; needs --calib (default: off)")):
         precision.add_argument(flag, dest="precision", action="store_const", const=flag[2:], help=text)
     p.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime", "triton", "native"], default="auto",
                    help="engine backend: triton runs our fused kernels (RRDBNet, SRResNet; a GPU); native compiles "
@@ -69,12 +106,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", help="folder of images for INT8 calibration (default: none)")
     p.add_argument("--calib-method", help="INT8 activation range method: max, percentile, mse or entropy "
                    "(default: the measured best, see README)")
-    p.add_argument("--calib-images", type=int, default=32, help="at most this many calibration images "
+    p.add_argument("--calib-images", type=int, default=32, help="at most this many calibration images, at least 1 "
                    "(default: 32)")
     p.add_argument("--timing-cache", help="TensorRT timing cache file (default: timing.cache beside the engine)")
     p.add_argument("--no-verify", action="store_true", help="skip the parity check of the built engine against "
                    "PyTorch on a small probe (default: check)")
     p.add_argument("-o", "--output", help="engine directory (default: engines/MODEL-PRECISION-BACKEND)")
+    p.add_argument("--overwrite", action="store_true", help="replace the engine already at -o (only a folder that "
+                   "engine.build wrote: its manifest and files, nothing else) (default: off: an existing engine is "
+                   "refused)")
     return p
 
 
@@ -94,12 +134,63 @@ def choose_backend(requested: str) -> tuple[str, str]:
     return "onnxruntime", " and ".join(reasons)
 
 
+def check_args(args: argparse.Namespace, backend: str) -> str:
+    """Every check that needs no file, before any work; returns the precision."""
+    from export.quantize import METHODS
+
+    precision = args.precision or ("fp16" if backend in ("tensorrt", "triton", "native") else "fp32")
+    if args.arch is not None and backend != "native":
+        raise BuildError("--arch is for --backend native (TensorRT plans are built for the GPU they are built on)")
+    if args.arch is not None and args.arch not in SM_ARCHS:
+        raise BuildError(f"--arch {args.arch} is not a GPU architecture the native backend compiles for "
+                         f"({', '.join(map(str, SM_ARCHS))}): e.g. --arch 90 for H100/H200, 80 for A100")
+    if precision == "bf16" and backend not in ("triton", "native"):
+        raise BuildError("--bf16 is for --backend triton or native; ONNX Runtime and TensorRT engines take --fp16 "
+                         "or --fp32")
+    if args.tile <= 0 or args.batch <= 0:
+        raise BuildError(f"--tile and --batch must be positive, got {args.tile} and {args.batch}")
+    if args.tile * args.tile * args.batch > MAX_TILE_PIXELS:
+        raise BuildError(f"--tile {args.tile} × --batch {args.batch} is {args.tile ** 2 * args.batch:,} pixels per "
+                         f"call, more than an engine takes ({MAX_TILE_PIXELS:,}, 4096²): engine.infer tiles any "
+                         f"image, so use a smaller --tile (default {DEFAULT_TILE})")
+    if precision == "int8" and not args.calib:
+        raise BuildError("--int8 needs --calib DIR: a folder of images like the ones the engine will upscale "
+                         "(activation ranges are calibrated on them)")
+    if args.calib and precision != "int8":
+        raise BuildError("--calib is for --int8 only")
+    if args.calib_images < 1:
+        raise BuildError(f"--calib-images must be at least 1, got {args.calib_images}")
+    if args.calib_method is not None and args.calib_method not in METHODS:
+        raise BuildError(f"--calib-method must be one of {', '.join(METHODS)}, got {args.calib_method!r}")
+    if args.timing_cache and backend != "tensorrt":
+        raise BuildError("--timing-cache is for --backend tensorrt")
+    if backend == "tensorrt":
+        from export.tensorrt import require_tensorrt
+
+        require_tensorrt()  # fail before any work, with what to install
+    return precision
+
+
+def check_network(net: models.SRNet, backend: str, precision: str, tile: int) -> None:
+    """What the backend and the tile need from the network, before any work."""
+    if backend in ("triton", "native"):
+        if not isinstance(net, (models.RRDBNet, models.SRResNet)):
+            raise BuildError(f"--backend {backend} runs RRDBNet and SRResNet, not {net.arch}: use --backend "
+                             f"onnxruntime or tensorrt")
+        if precision == "int8" and not isinstance(net, models.RRDBNet):
+            raise BuildError("INT8 fused kernels run RRDBNet; build SRResNet with --fp16/--bf16/--fp32")
+    if tile % net.input_multiple:
+        raise BuildError(f"--tile {tile} must be a multiple of {net.input_multiple} for this ×{net.scale} network")
+
+
 def _networks(args: argparse.Namespace) -> tuple[models.SRNet, models.SRNet | None, dict[str, Any]]:
     """(network, GAN network or None, the manifest's model and alpha entries)."""
     from .engines import sha256
 
     endpoints: dict[str, Any] = {}
     if args.weights:
+        if args.random_weights:
+            raise BuildError("--random-weights and --weights exclude each other")
         net, info = models.load(args.weights)
         endpoints["psnr"] = {"file": Path(args.weights).name, "sha256": sha256(args.weights)}
         if args.model:
@@ -107,8 +198,6 @@ def _networks(args: argparse.Namespace) -> tuple[models.SRNet, models.SRNet | No
             if not models.registry.same_network(net, wanted):
                 raise BuildError(f"--weights {args.weights} is a {net.arch} {net.hparams}, not --model {args.model}: "
                                  f"drop --model to build the checkpoint's network")
-        if args.random_weights:
-            raise BuildError("--random-weights and --weights exclude each other")
     else:
         if not args.model:
             raise BuildError("give --weights CHECKPOINT (or --model NAME --random-weights for benchmarks)")
@@ -118,6 +207,11 @@ def _networks(args: argparse.Namespace) -> tuple[models.SRNet, models.SRNet | No
         torch.manual_seed(0)
         net = models.create(args.model)
         endpoints["psnr"] = {"file": None, "sha256": None, "random": True}
+    if args.alpha is not None and not args.gan_weights:
+        raise BuildError("--alpha needs --gan-weights (the GAN fine-tune blended in at alpha 1)")
+    alpha = 0.0 if args.alpha is None else float(args.alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise BuildError(f"--alpha must be in [0, 1], got {alpha}")
     gan = None
     if args.gan_weights:
         gan, _ = models.load(args.gan_weights)
@@ -125,11 +219,6 @@ def _networks(args: argparse.Namespace) -> tuple[models.SRNet, models.SRNet | No
             raise BuildError(f"--gan-weights {args.gan_weights} is a {gan.arch} {gan.hparams}, not the same network "
                              f"as {net.arch} {net.hparams}: alpha blends two versions of one network")
         endpoints["gan"] = {"file": Path(args.gan_weights).name, "sha256": sha256(args.gan_weights)}
-    elif args.alpha is not None:
-        raise BuildError("--alpha needs --gan-weights (the GAN fine-tune blended in at alpha 1)")
-    alpha = 0.0 if args.alpha is None else float(args.alpha)
-    if not 0.0 <= alpha <= 1.0:
-        raise BuildError(f"--alpha must be in [0, 1], got {alpha}")
     name = args.model or models.registry.variant_name(net.arch, net.hparams)
     model_entry = {"name": name, "arch": net.arch, "hparams": json.loads(json.dumps(net.hparams))}
     return net.eval(), (gan.eval() if gan is not None else None), {"model": model_entry,
@@ -142,47 +231,54 @@ def _blended(net: models.SRNet, gan: models.SRNet | None, alpha: float) -> model
 
 
 def build(args: argparse.Namespace) -> Path:
-    from export.onnx import export_onnx, initializer_arrays, input_multiple, save, set_initializers
-
     backend, why = choose_backend(args.backend)
     print(f"backend: {backend} ({why})")
-    precision = args.precision or ("fp16" if backend in ("tensorrt", "triton", "native") else "fp32")
-    if args.arch is not None and backend != "native":
-        raise BuildError("--arch is for --backend native (TensorRT plans are built for the GPU they are built on)")
-    if backend in ("triton", "native"):
-        return build_fused(args, precision, backend)
-    if precision == "bf16":
-        raise BuildError("--bf16 is for --backend triton or native; ONNX Runtime and TensorRT engines take --fp16 "
-                         "or --fp32")
-    if args.tile <= 0 or args.batch <= 0:
-        raise BuildError(f"--tile and --batch must be positive, got {args.tile} and {args.batch}")
-    if precision == "int8" and not args.calib:
-        raise BuildError("--int8 needs --calib DIR: a folder of images like the ones the engine will upscale "
-                         "(activation ranges are calibrated on them)")
-    if args.calib and precision != "int8":
-        raise BuildError("--calib is for --int8 only")
+    precision = check_args(args, backend)
+    net, gan, entries = _networks(args)
+    check_network(net, backend, precision, args.tile)
+    name = entries["model"]["name"] or net.arch
+    out = Path(args.output or Path("engines") / f"{name}-{precision}-{backend}")
+    with build_lock(out):  # a second build into -o fails here, at once
+        check_target(out, overwrite=args.overwrite)  # before any work, and again before the rename
+        start = time.perf_counter()
+        if backend in ("triton", "native"):
+            manifest, write, probe = _fused_files(args, net, gan, entries, precision, backend)
+        else:
+            manifest, write, probe = _onnx_files(args, net, gan, entries, precision, backend, out)
+        reference = _blended(net, gan, entries["alpha"]["value"])
+        check = None if args.no_verify else _verifier(backend, precision, manifest, reference, probe)
+        written = write_engine(out, manifest, write, overwrite=args.overwrite, check=check)
+    print(f"wrote {written} ({precision}, {backend}) in {time.perf_counter() - start:.1f} s")
+    return written
+
+
+def _calibration(args: argparse.Namespace) -> list[np.ndarray]:
+    from export.quantize import read_calibration_images
+
+    return read_calibration_images(args.calib, limit=args.calib_images)
+
+
+def _onnx_files(args: argparse.Namespace, net: models.SRNet, gan: models.SRNet | None, entries: dict[str, Any],
+                precision: str, backend: str, out: Path) -> tuple[dict[str, Any], dict[str, Any], torch.Tensor | None]:
+    """(manifest, file writers, INT8 probe) of an ONNX Runtime or TensorRT engine."""
+    from safetensors.numpy import save_file
+
+    from export.onnx import export_onnx, initializer_arrays, save, set_initializers
+
+    from .inference import TorchBackend
+
     if backend == "onnxruntime" and precision == "fp16":  # our ONNX Runtime backend runs the CPU provider
         print("note: ONNX Runtime's CPU provider casts most fp16 ops to fp32 and back: on the CPU an fp16 engine is "
               "slower than --fp32 and less exact (README \"Engines\", bench/ort_cpu.py)")
-    if backend == "tensorrt":
-        from export.tensorrt import require_tensorrt
-
-        require_tensorrt()  # fail before any work, with what to install
-    net, gan, entries = _networks(args)
     alpha = entries["alpha"]["value"]
-    multiple = input_multiple(net)
-    if args.tile % multiple:
-        raise BuildError(f"--tile {args.tile} must be a multiple of {multiple} for this ×{net.scale} network")
-    name = entries["model"]["name"] or net.arch
-    out = Path(args.output or Path("engines") / f"{name}-{precision}-{backend}")
-    start = time.perf_counter()
-
+    multiple = net.input_multiple
     quant: dict[str, Any] = {}
+    probe = None
     if precision == "int8":
-        from export.quantize import DEFAULT_METHOD, quantize, read_calibration_images
+        from export.quantize import DEFAULT_METHOD, quantize
 
         method = args.calib_method or DEFAULT_METHOD
-        images = read_calibration_images(args.calib, limit=args.calib_images)
+        images = _calibration(args)
         print(f"calibrating INT8 ({method}) on {len(images)} images of {args.calib}"
               + (" at alpha 0, 0.5 and 1" if gan is not None else ""))
         # TensorRT networks are strongly typed: what is not INT8 runs in the graph's float type, so fp16 there
@@ -190,14 +286,10 @@ def build(args: argparse.Namespace) -> Path:
         graph = quantize(net, images, gan_net=gan, method=method, precision=compute)
         quant = {"method": method, "calibration_images": len(images), "alpha_safe": gan is not None,
                  "float_compute": compute}
+        probe = _image_probe(images[0], net.in_channels, multiple, args.tile)
     else:
         graph = export_onnx(net, precision=precision)
-    start_net = _blended(net, gan, alpha)
-    set_initializers(graph, initializer_arrays(graph, start_net.state_dict()))
-
-    from safetensors.numpy import save_file
-
-    from .inference import TorchBackend
+    set_initializers(graph, initializer_arrays(graph, _blended(net, gan, alpha).state_dict()))
 
     write: dict[str, Any] = {"model.onnx": lambda path: save(graph, path)}
     if gan is not None:
@@ -231,46 +323,27 @@ def build(args: argparse.Namespace) -> Path:
 
         write["model.plan"] = plan
         manifest["profile"] = {"min": list(shapes[0]), "opt": list(shapes[1]), "max": list(shapes[2])}
-    written = write_engine(out, manifest, write)
-    print(f"wrote {written} ({precision}, {backend}) in {time.perf_counter() - start:.1f} s")
-    if not args.no_verify:
-        verify(written, start_net)
-    return written
+    return manifest, write, probe
 
 
-def build_fused(args: argparse.Namespace, precision: str, backend: str) -> Path:
-    """A Triton engine (the checkpoints, packed for the kernels when loaded) or a native one (the plan: the kernels
-    compiled for --arch, the launch list, the packed weights), and the manifest."""
-    if precision == "int8" and not args.calib:
-        raise BuildError("--int8 needs --calib DIR: a folder of images like the ones the engine will upscale "
-                         "(activation ranges are calibrated on them)")
-    if args.calib and precision != "int8":
-        raise BuildError("--calib is for --int8 only")
-    if args.tile <= 0 or args.batch <= 0:
-        raise BuildError(f"--tile and --batch must be positive, got {args.tile} and {args.batch}")
-    net, gan, entries = _networks(args)
-    if not isinstance(net, (models.RRDBNet, models.SRResNet)):
-        raise BuildError(f"--backend {backend} runs RRDBNet and SRResNet, not {net.arch}: use onnxruntime or tensorrt")
-    multiple = net.input_multiple
-    if args.tile % multiple:
-        raise BuildError(f"--tile {args.tile} must be a multiple of {multiple} for this ×{net.scale} network")
+def _fused_files(args: argparse.Namespace, net: models.SRNet, gan: models.SRNet | None, entries: dict[str, Any],
+                 precision: str, backend: str) -> tuple[dict[str, Any], dict[str, Any], torch.Tensor | None]:
+    """(manifest, file writers, INT8 probe) of a Triton engine (the checkpoints, packed for the kernels when loaded)
+    or a native one (the plan: the kernels compiled for --arch, the launch list, the packed weights)."""
     quant: dict[str, Any] = {}
+    probe = None
     if precision == "int8":
-        if not isinstance(net, models.RRDBNet):
-            raise BuildError("INT8 fused kernels run RRDBNet; build SRResNet with --fp16/--bf16/--fp32")
-        from export.quantize import DEFAULT_METHOD, rdb_slice_ranges, read_calibration_images
+        from export.quantize import DEFAULT_METHOD, rdb_slice_ranges
 
         method = args.calib_method or DEFAULT_METHOD
-        images = read_calibration_images(args.calib, limit=args.calib_images)
+        images = _calibration(args)
         print(f"calibrating the INT8 trunk ({method}, one range per RDB slice) on {len(images)} images of "
               f"{args.calib}" + (" at alpha 0, 0.5 and 1" if gan is not None else ""))
         quant = {"method": method, "calibration_images": len(images), "alpha_safe": gan is not None,
                  "slice_ranges": rdb_slice_ranges(net, images, gan_net=gan, method=method)}
-    name = entries["model"]["name"] or net.arch
-    out = Path(args.output or Path("engines") / f"{name}-{precision}-{backend}")
-    start = time.perf_counter()
+        probe = _image_probe(images[0], net.in_channels, net.input_multiple, args.tile)
     manifest = {**entries, "scale": net.scale, "in_channels": net.in_channels, "out_channels": net.out_channels,
-                "multiple": multiple, "precision": precision, "backend": backend, "io_dtype": "fp32",
+                "multiple": net.input_multiple, "precision": precision, "backend": backend, "io_dtype": "fp32",
                 "tile": args.tile, "batch": args.batch, "versions": library_versions()}
     if quant:
         manifest["int8"] = quant
@@ -279,33 +352,21 @@ def build_fused(args: argparse.Namespace, precision: str, backend: str) -> Path:
         write["model.safetensors"] = lambda path: models.save(net, path)
         if gan is not None:
             write["gan.safetensors"] = lambda path: models.save(gan, path)
-    else:
-        from .plan import PLAN_VERSION, build_plan, fused_network, write_plan
+        return manifest, write, probe
+    from .plan import PLAN_VERSION, build_plan, fused_network, write_plan
 
-        arch = args.arch or _local_arch() or 90
-        print(f"compiling the fused kernels for sm_{arch}" + ("" if torch.cuda.is_available() else
-                                                               " (no GPU here: triton.compile with a GPUTarget)"))
-        fused = fused_network(net, precision, gan_net=gan, int8_ranges=quant.get("slice_ranges"), device="cpu")
-        plan = build_plan(fused, [(args.batch, net.in_channels, args.tile, args.tile)], arch=arch,
-                          meta={"model": entries["model"], "precision": precision, "alpha": entries["alpha"]})
-        manifest["gpu_arch"] = f"sm_{arch}"
-        manifest["plan"] = {"format_version": PLAN_VERSION, "kernels": len(plan.kernels),
-                            "launches": len(plan.launches), "arena_bytes": max(s["arena_bytes"] for s in plan.shapes),
-                            "weights_bytes": len(plan.weights), "triton": plan.meta["triton"]}
-        write["model.plan"] = lambda path: write_plan(path, plan)
-    written = write_engine(out, manifest, write)
-    print(f"wrote {written} ({precision}, {backend}) in {time.perf_counter() - start:.1f} s")
-    if args.no_verify:
-        return written
-    if backend == "native" and not (torch.cuda.is_available() and _local_arch() == arch):
-        print(f"not verified: the plan runs on an sm_{arch} GPU and this machine has none (engine.plan."
-              f"ReferenceExecutor interprets a plan on the CPU; tests do that)")
-        return written
-    if backend == "triton" and not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-        print("not verified: the Triton kernels need a CUDA GPU to run, and this machine has none")
-        return written
-    verify(written, _blended(net, gan, entries["alpha"]["value"]))
-    return written
+    arch = args.arch or _local_arch() or 90
+    print(f"compiling the fused kernels for sm_{arch}" + ("" if torch.cuda.is_available() else
+                                                           " (no GPU here: triton.compile with a GPUTarget)"))
+    fused = fused_network(net, precision, gan_net=gan, int8_ranges=quant.get("slice_ranges"), device="cpu")
+    plan = build_plan(fused, [(args.batch, net.in_channels, args.tile, args.tile)], arch=arch,
+                      meta={"model": entries["model"], "precision": precision, "alpha": entries["alpha"]})
+    manifest["gpu_arch"] = f"sm_{arch}"
+    manifest["plan"] = {"format_version": PLAN_VERSION, "kernels": len(plan.kernels),
+                        "launches": len(plan.launches), "arena_bytes": max(s["arena_bytes"] for s in plan.shapes),
+                        "weights_bytes": len(plan.weights), "triton": plan.meta["triton"]}
+    write["model.plan"] = lambda path: write_plan(path, plan)
+    return manifest, write, probe
 
 
 def _local_arch() -> int | None:
@@ -316,16 +377,80 @@ def _local_arch() -> int | None:
     return major * 10 + minor
 
 
-def verify(directory: Path, net: models.SRNet, side: int = 64) -> float:
-    """Run the built engine and the reference network on one probe tile; print and return the max abs error."""
+def _image_probe(image: np.ndarray, channels: int, multiple: int, tile: int) -> torch.Tensor | None:
+    """A central crop of a calibration image, (1, channels, side, side) float32 in [0, 1]: what INT8 ranges were
+    calibrated for (pure noise lies outside them: 37 dB where a photo gives 51)."""
+    from export.quantize import image_planes
+
+    planes = image_planes(image, channels)
+    _, h, w = planes.shape
+    side = min(PROBE_SIDE, h, w, tile) // multiple * multiple
+    if side < multiple:
+        return None
+    top, left = (h - side) // 2, (w - side) // 2
+    return torch.from_numpy(np.ascontiguousarray(planes[None, :, top:top + side, left:left + side]))
+
+
+def _verifier(backend: str, precision: str, manifest: dict[str, Any], net: models.SRNet,
+              probe: torch.Tensor | None) -> Callable[[Path], Any] | None:
+    """The check `write_engine` runs on the finished temporary folder, or None (saying why) where the engine
+    cannot run on this machine."""
+    if backend == "native" and not (torch.cuda.is_available() and f"sm_{_local_arch()}" == manifest["gpu_arch"]):
+        print(f"not verified: the plan runs on an {manifest['gpu_arch']} GPU and this machine has none (engine.plan."
+              f"ReferenceExecutor interprets a plan on the CPU; tests do that)")
+        return None
+    if backend == "triton" and not torch.cuda.is_available():
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            print("not verified: the Triton kernels need a CUDA GPU to run, and this machine has none")
+            return None
+        if precision == "bf16":
+            print("not verified: the Triton interpreter cannot run bf16 dots (triton-lang/triton#11584); verify on a "
+                  "GPU")
+            return None
+    return lambda folder: verify(folder, net, probe=probe)
+
+
+def verify(directory: str | os.PathLike[str], net: models.SRNet, *, probe: torch.Tensor | None = None,
+           side: int = PROBE_SIDE) -> float:
+    """Run the engine in `directory` and the reference network on one probe (`probe`, or uniform noise of `side`
+    pixels); print the difference and the limit of the engine's precision (`MAX_DIFFERENCE`, `INT8_MIN_PSNR`) and
+    return the difference (PSNR in dB for INT8). Raises VerificationError above the limit, or on NaN or Inf."""
     engine = load(directory)
-    side = max(engine.multiple, side // engine.multiple * engine.multiple)
-    side = min(side, engine.tile)
-    x = torch.from_numpy(np.random.default_rng(0).random((1, net.in_channels, side, side), dtype=np.float32))
+    precision = engine.manifest["precision"]
+    if probe is None:
+        side = min(max(engine.multiple, side // engine.multiple * engine.multiple), engine.tile)
+        probe = torch.from_numpy(np.random.default_rng(0).random((1, net.in_channels, side, side), dtype=np.float32))
+    side = probe.shape[-1]
     with torch.no_grad():
-        ref = net.to(engine.device).float()(x.to(engine.device))
-    err = float((engine.run(x.to(engine.device)).float() - ref).abs().max())
-    print(f"verified: max abs difference from PyTorch fp32 on a {side}×{side} probe: {err:.2e}")
+        ref = net.to(engine.device).float()(probe.to(engine.device)).float()
+    got = engine.run(probe.to(engine.device)).float()
+    where = f"on a {side}×{side} probe"
+    if not bool(torch.isfinite(ref).all()):
+        raise VerificationError(f"the network's own output is not finite (NaN or Inf) {where}: its weights are broken; "
+                                f"check the checkpoint (the engine was not written)")
+    if got.shape != ref.shape or not bool(torch.isfinite(got).all()):
+        what = f"has shape {tuple(got.shape)}, not {tuple(ref.shape)}" if got.shape != ref.shape else \
+            "holds NaN or Inf"
+        raise VerificationError(f"the built engine's output {what} {where}: the engine is broken (it was not written)")
+    if precision == "int8":
+        mse = float((got - ref).double().pow(2).mean())
+        psnr = math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+        text = f"PSNR {psnr:.1f} dB from PyTorch fp32 {where} (limit: at least {INT8_MIN_PSNR:.0f} dB for int8)"
+        if psnr < INT8_MIN_PSNR:
+            raise VerificationError(f"verification failed: {text}: the engine is not written; calibrate on images "
+                                    f"like the ones you upscale (--calib), try another --calib-method, or build "
+                                    f"--fp16")
+        print(f"verified: {text}")
+        return psnr
+    scale = max(1.0, float(ref.abs().max()))
+    err = float((got - ref).abs().max())
+    limit = (TF32_MAX_DIFFERENCE if engine.manifest["backend"] == "tensorrt" and precision == "fp32"
+             else MAX_DIFFERENCE[precision]) * scale
+    text = f"max abs difference from PyTorch fp32 {where}: {err:.2e} (limit {limit:.1e} for {precision})"
+    if err > limit:
+        raise VerificationError(f"verification failed: {text}: the engine is not written; report this with the "
+                                f"command line (--no-verify skips the check)")
+    print(f"verified: {text}")
     return err
 
 
@@ -334,7 +459,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         build(args)
-    except (BuildError, EngineError, FileNotFoundError, ValueError, RuntimeError) as e:
+    except KeyboardInterrupt:
+        print("interrupted: -o holds what it held before, or the whole new engine if the build had just finished; "
+              "never a part of one", file=sys.stderr)
+        return 130
+    except VerificationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (BuildError, EngineError, ValueError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -20,6 +20,7 @@ checks that the result equals a fresh export of the interpolated network. `set_a
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import time
 from collections.abc import Mapping
@@ -42,6 +43,7 @@ def _ort() -> Any:
 def session_options(threads: int = 0, *, inter_threads: int = 1, optimization: str = "all",
                     spinning: bool = False) -> Any:
     """The tuned `SessionOptions` (see the module docstring); the keyword arguments are the measured choices."""
+    threads = check_threads(threads)
     ort = _ort()
     so = ort.SessionOptions()
     so.graph_optimization_level = {
@@ -62,6 +64,33 @@ def session_options(threads: int = 0, *, inter_threads: int = 1, optimization: s
     return so
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def check_threads(threads: Any) -> int:
+    """`threads` as ONNX Runtime's intra-op thread count: an integer ≥ 0 (0: ONNX Runtime's default, one per
+    physical core); more than this process's CPUs is clamped to them, with one warning (every thread beyond a core
+    only adds memory: 100,000 threads took 10 GB and an OOM kill)."""
+    try:
+        if isinstance(threads, bool):
+            raise TypeError
+        threads = operator.index(threads)
+    except TypeError:
+        raise ValueError(f"threads must be an integer ≥ 0 (0: one per core), got {threads!r}") from None
+    if threads < 0:
+        raise ValueError(f"threads must be ≥ 0 (0: one per core), got {threads}")
+    cpus = usable_cpus()
+    if threads > cpus:
+        log.warning("threads=%d is more than the %d CPUs this process may use: using %d", threads, cpus, cpus)
+        return cpus
+    return threads
+
+
 class OrtBackend:
     """A `Backend` over an ONNX graph of `export.onnx` (fp32, fp16 or Q/DQ INT8) in ONNX Runtime on the CPU.
 
@@ -78,7 +107,7 @@ class OrtBackend:
         self._model = os.fspath(model) if not isinstance(model, bytes) else model
         self.scale, self.in_channels, self.out_channels, self.multiple = scale, in_channels, out_channels, multiple
         self.device = torch.device("cpu")
-        self.threads = threads
+        self.threads = check_threads(threads)
         self._options = options
         self._bpp = bytes_per_pixel
         self._endpoints: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None

@@ -64,10 +64,10 @@ kernel was compiled assuming it (Triton's divisibility-16 specialization), and t
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
+import stat
 import struct
 import zlib
 from collections.abc import Sequence
@@ -135,6 +135,22 @@ def fused_network(net: models.SRNet, precision: str, *, gan_net: models.SRNet | 
         assert gan is None or isinstance(gan, models.SRResNet)
         return FusedSRResNet(net.eval(), dtype=PRECISIONS[precision], device=device, gan_net=gan)
     raise PlanBuildError(f"native plans run RRDBNet and SRResNet (the fused kernels), not {type(net).__name__}")
+
+
+def kernel_name(fn: Any) -> str:
+    """The name a plan records for a Triton kernel: `module.function`."""
+    return f"{fn.fn.__module__}.{fn.__name__}"
+
+
+def kernel_table() -> dict[str, Any]:
+    """Every Triton kernel a plan may launch, by the name the plan records: a fixed table of this package's code.
+    A plan's names only select from it; nothing named in a file is ever imported."""
+    from kernels.conv import conv_kernel
+    from kernels.packing import lerp_kernel, nchw_to_nhwc_kernel, nhwc_to_nchw_kernel
+    from kernels.rrdbnet_int8 import lerp_pair_kernel
+
+    return {kernel_name(k): k for k in (conv_kernel, lerp_kernel, nchw_to_nhwc_kernel, nhwc_to_nchw_kernel,
+                                        lerp_pair_kernel)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -218,7 +234,10 @@ class _Recorder:
                 signature[name] = "fp32"
                 records.append((ARG_ALPHA, 0.0) if alpha_program and name == "alpha" else (ARG_F32, float(value)))
         fn = launch.kernel
-        key = (f"{fn.fn.__module__}.{fn.__name__}", tuple(sorted(launch.constexprs.items())), tuple(signature.items()),
+        if kernel_table().get(kernel_name(fn)) is not fn:
+            raise PlanBuildError(f"{kernel_name(fn)} is not in engine.plan.kernel_table(): add it there, or the "
+                                 f"reference executor cannot run the plan")
+        key = (kernel_name(fn), tuple(sorted(launch.constexprs.items())), tuple(signature.items()),
                tuple(divisible), launch.num_warps, launch.num_stages)
         if key not in self.variants:
             self.variants[key] = len(self.kernels)
@@ -408,21 +427,123 @@ def read_plan(path: str | os.PathLike[str], *, arch: int | None = None, cubins: 
 # the reference executor
 
 
-def _kernel(function: str) -> Any:
-    module, _, name = function.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+MAX_SHAPE_PIXELS = 1 << 24  # n·h·w of one built shape; engine.build builds at most 2048² pixels per batch
+MAX_HPARAM = 4096  # any integer hyper-parameter of a plan's network (rrdb23: 23 blocks, 64 features)
+
+
+def _plan_error(path: str | os.PathLike[str], what: str) -> ValueError:
+    error: type[ValueError] = load_C().PlanError
+    return error(f"{path}: {what}: rebuild it with python -m engine.build --backend native")
+
+
+def _plan_meta(path: str | os.PathLike[str], plan: dict[str, Any]) -> dict[str, Any]:
+    """The plan's META section, checked for the shape the reference executor relies on."""
+    try:
+        meta = json.loads(plan["meta"])
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise _plan_error(path, f"its META section is not JSON ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("kernels"), list) or \
+            not all(isinstance(k, dict) for k in meta["kernels"]):
+        raise _plan_error(path, "its META section is not an object with a list of kernels")
+    return meta
+
+
+def _expected_plan(path: str | os.PathLike[str], plan: dict[str, Any], meta: dict[str, Any]) -> Plan:
+    """What this package records for the network, precision and shapes the plan names (format only: no cubins,
+    random weights, INT8 ranges of 1): the kernels, constexprs, signatures, grids, integer arguments and offsets a
+    sound plan must have."""
+    from kernels.rrdbnet_int8 import range_keys
+
+    model, precision = meta.get("model"), meta.get("precision")
+    if not (isinstance(model, dict) and model.get("arch") in ("rrdbnet", "srresnet")
+            and isinstance(model.get("hparams"), dict)):
+        raise _plan_error(path, "its META names no RRDBNet or SRResNet (model.arch and model.hparams)")
+    if precision not in (*PRECISIONS, "int8"):
+        raise _plan_error(path, f"its META names precision {precision!r:.40}, not fp16, bf16, fp32 or int8")
+    small = all(isinstance(v, (str, float, type(None))) or (isinstance(v, int) and 0 <= v <= MAX_HPARAM)
+                for v in model["hparams"].values())
+    if not small:  # a network is made from them (first on the meta device): nothing huge, nothing nested
+        raise _plan_error(path, f"its META model hyper-parameters are not plain numbers up to {MAX_HPARAM}")
+    for s in plan["shapes"]:
+        if s["n"] * s["h"] * s["w"] > MAX_SHAPE_PIXELS:
+            raise _plan_error(path, f"its shape {(s['n'], s['c_in'], s['h'], s['w'])} has more than "
+                                    f"{MAX_SHAPE_PIXELS:,} pixels")
+    try:
+        with torch.device("meta"):  # the size first, before any memory is taken
+            size = sum(p.numel() for p in models.registry.build(model["arch"], model["hparams"]).parameters())
+        if size > len(plan["weights"]):
+            raise ValueError(f"its hyper-parameters make {size:,} weights, more than its weights section holds")
+        net = models.registry.build(model["arch"], model["hparams"]).eval()
+        gan = models.registry.build(model["arch"], model["hparams"]).eval() if plan["alpha"] is not None else None
+        ranges = {k: 1.0 for k in range_keys(net.hparams["num_block"])} if precision == "int8" else None
+        fused = fused_network(net, precision, gan_net=gan, int8_ranges=ranges, device="cpu")
+        shapes = [(s["n"], s["c_in"], s["h"], s["w"]) for s in plan["shapes"]]
+        return build_plan(fused, shapes, arch=plan["arch"], compile=False)
+    except (ValueError, TypeError, KeyError, RuntimeError) as e:
+        raise _plan_error(path, f"its META model {model['arch']} {json.dumps(model['hparams'])[:200]} cannot be "
+                                f"recorded ({e})") from None
+
+
+def _check_plan(path: str | os.PathLike[str], plan: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Refuse a plan whose kernels or launches are not exactly what this package records for the network it names:
+    only the weights' bytes and the float arguments are taken from the file as they are."""
+    table = kernel_table()
+    for i, spec in enumerate(meta["kernels"]):
+        if spec.get("function") not in table:
+            raise _plan_error(path, f"kernel {i} is {str(spec.get('function'))[:80]!r}, which is not one of "
+                                    f"esrgan-engine's kernels ({', '.join(table)})")
+    want = _expected_plan(path, plan, meta)
+    want_kernels = json.loads(json.dumps(want.meta["kernels"]))
+    if len(meta["kernels"]) != len(want_kernels) or len(plan["kernels"]) != len(want_kernels):
+        raise _plan_error(path, f"it has {len(plan['kernels'])} kernels, the network it names records "
+                                f"{len(want_kernels)}")
+    for i, (got, expected) in enumerate(zip(meta["kernels"], want_kernels, strict=True)):
+        for key in expected.keys() | got.keys():
+            if got.get(key) != expected.get(key):
+                raise _plan_error(path, f"kernel {i} ({expected['function']}): its {key} "
+                                        f"{json.dumps(got.get(key))[:80]} is not the recorded "
+                                        f"{json.dumps(expected.get(key))[:80]}")
+    if [dict(s) for s in plan["shapes"]] != want.shapes or plan["alpha"] != want.alpha or \
+            len(plan["weights"]) != len(want.weights):
+        raise _plan_error(path, "its shapes, alpha program or weights size are not what the network it names records")
+    if len(plan["launches"]) != len(want.launches):
+        raise _plan_error(path, f"it has {len(plan['launches'])} launches, the network it names records "
+                                f"{len(want.launches)}")
+    for i, (got, expected) in enumerate(zip(plan["launches"], want.launches, strict=True)):
+        n = len(want_kernels[expected["kernel"]]["signature"])  # the Python arguments; then Triton's scratch
+        same = (got["kernel"] == expected["kernel"] and tuple(got["grid"]) == tuple(expected["grid"])
+                and len(got["args"]) >= n and all(kind == ARG_NULL for kind, _ in got["args"][n:])
+                and all(kind == want_kind and (kind in (ARG_F32, ARG_ALPHA) or value == want_value)
+                        for (kind, value), (want_kind, want_value) in zip(got["args"][:n], expected["args"][:n])))
+        if not same:
+            raise _plan_error(path, f"launch {i} ({want_kernels[expected['kernel']]['function']}) differs from what "
+                                    f"the network it names records (kernel, grid, offsets or integer arguments)")
 
 
 class ReferenceExecutor:
     """Runs a plan's launch list, offsets and packed weights as they are in the file, with the Triton kernels the
     plan names (under TRITON_INTERPRET=1 on the CPU): what the C++ runtime does, in Python, to test the plan's
-    meaning without a GPU. Buffers are one CPU arena (the largest shape's) and the weights buffer, as uint8."""
+    meaning without a GPU. Buffers are one CPU arena (the largest shape's) and the weights buffer, as uint8.
+
+    The kernels come from `kernel_table()`, never from a name in the file; and the plan must launch exactly what
+    this package records for the network it names (kernels, constexprs, signatures, grids, integer arguments,
+    offsets), so a crafted plan can neither run other code nor point a kernel outside its buffers. Only the
+    weights' bytes and the float arguments are the file's own. `engine._C.PlanError` (a ValueError) says what does
+    not match."""
 
     def __init__(self, path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> None:
+        try:
+            regular = stat.S_ISREG(os.stat(path).st_mode)
+        except OSError:
+            regular = True  # read_plan says what is wrong
+        if not regular:
+            raise _plan_error(path, "it is not a regular file")
         self.plan = read_plan(path)
-        self.meta = json.loads(self.plan["meta"])
+        self.meta = _plan_meta(path, self.plan)
+        _check_plan(path, self.plan, self.meta)
         self.device = torch.device(device)
-        self.functions = [_kernel(k["function"]) for k in self.meta["kernels"]]
+        table = kernel_table()
+        self.functions = [table[k["function"]] for k in self.meta["kernels"]]
         self.weights = torch.frombuffer(bytearray(self.plan["weights"]), dtype=torch.uint8).to(self.device)
         self.arena = torch.zeros(max(s["arena_bytes"] for s in self.plan["shapes"]), dtype=torch.uint8,
                                  device=self.device)

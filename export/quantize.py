@@ -88,7 +88,7 @@ def read_calibration_images(folder: str | os.PathLike[str], *, limit: int = 64) 
     return [read_image(f) for f in files[:limit]]
 
 
-def _planes(image: np.ndarray, channels: int) -> np.ndarray:
+def image_planes(image: np.ndarray, channels: int) -> np.ndarray:
     """(H, W) or (H, W, C) uint8/uint16/float image → (channels, H, W) float32 in [0, 1] (gray is repeated, alpha
     is dropped)."""
     if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
@@ -125,7 +125,7 @@ def calibration_crops(images: Iterable[np.ndarray], *, channels: int, multiple: 
     rng = np.random.default_rng(seed)
     crops = []
     for k, image in enumerate(images):
-        x = _planes(image, channels)
+        x = image_planes(image, channels)
         h, w = x.shape[1:]
         ch, cw = min(size, h) // multiple * multiple, min(size, w) // multiple * multiple
         if ch == 0 or cw == 0:

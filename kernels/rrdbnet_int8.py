@@ -59,6 +59,12 @@ def lerp_pair_kernel(aq_ptr, bq_ptr, q_ptr, NQ, af_ptr, bf_ptr, f_ptr, NF, alpha
         tl.store(f_ptr + offs, (a + alpha * (b - a)).to(f_ptr.dtype.element_ty), mask=mask)
 
 
+def range_keys(num_block: int) -> list[str]:
+    """The activation ranges an INT8 trunk of `num_block` RRDBs needs (export.quantize.rdb_slice_ranges's keys)."""
+    keys = [f"body.{i}.rdb{k}.{s}" for i in range(num_block) for k in (1, 2, 3) for s in ("x", "y1", "y2", "y3", "y4")]
+    return keys + ["conv_body"]
+
+
 def _scale(amax: float) -> float:
     return max(float(amax), 1e-8) / QMAX
 
@@ -97,9 +103,7 @@ class FusedRRDBNetInt8(FusedPlan):
     # ------------------------------------------------------------------------------------------------- packing
 
     def _range_keys(self) -> list[str]:
-        keys = [f"body.{i}.rdb{k}.{s}" for i in range(self.num_block) for k in (1, 2, 3)
-                for s in ("x", "y1", "y2", "y3", "y4")]
-        return keys + ["conv_body"]
+        return range_keys(self.num_block)
 
     def x_scale(self, i: int, k: int) -> float:
         """The scale of RDB (i, k)'s input slice; (num_block, 1) is conv_body's input."""

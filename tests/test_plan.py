@@ -302,6 +302,89 @@ def test_reference_executor_refuses_other_shapes(built: dict[str, Path]) -> None
         ex.set_alpha(0.5)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# a crafted plan runs nothing of its own (issue 15.1): format-only plans (no cubins) are enough for the executor
+
+
+def _format_plan(tmp: Path, edit=None, *, gan: bool = True) -> Path:
+    """A plan of a small RRDBNet (fp32, shape (1, 3, 4, 4)) as engine.build records it, without cubins; `edit`
+    changes the Plan before it is written (the file stays intact: engine._C's checks pass)."""
+    net = _rrdb(0)
+    fused = P.fused_network(net, "fp32", gan_net=_rrdb(1) if gan else None)
+    plan = P.build_plan(fused, [(1, 3, 4, 4)], compile=False,
+                        meta={"model": {"name": None, "arch": net.arch, "hparams": net.hparams}, "precision": "fp32"})
+    if edit is not None:
+        edit(plan)
+    P.write_plan(tmp / "model.plan", plan)
+    return tmp / "model.plan"
+
+
+def test_the_reference_executor_runs_a_format_only_plan(tmp_path: Path) -> None:
+    """The control for the refusals below: the same plan, unedited, runs and matches PyTorch."""
+    ex = P.ReferenceExecutor(_format_plan(tmp_path))
+    x = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = _rrdb(0).double()(x.double())
+    assert (ex.run(x).double() - ref).abs().max() <= 1e-5
+    assert set(P.kernel_table()) >= {k["function"] for k in ex.meta["kernels"]}
+
+
+@pytest.mark.parametrize("function", ["evil.run", "os.system", "kernels.conv.triton", "engine.plan.write_plan"])
+def test_a_plan_naming_code_of_its_own_runs_none_of_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       function: str) -> None:
+    marker = tmp_path / "pwned"
+    (tmp_path / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nrun = print\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # as when python runs from the engine's folder
+
+    def edit(plan: P.Plan) -> None:
+        plan.meta["kernels"][0]["function"] = function
+
+    path = _format_plan(tmp_path, edit)
+    with pytest.raises(C.PlanError, match="which is not one of esrgan-engine's kernels") as info:
+        P.ReferenceExecutor(path)
+    assert str(path) in str(info.value) and "rebuild" in str(info.value)
+    assert not marker.exists() and "evil" not in sys.modules
+
+
+def _kernel(plan: P.Plan, function: str) -> dict:
+    return next(k for k in plan.meta["kernels"] if k["function"] == function)
+
+
+def _launch(plan: P.Plan, kind: int) -> list:
+    return next(launch["args"] for launch in plan.launches
+                if any(k == kind for k, _ in launch["args"]))
+
+
+def _set_arg(plan: P.Plan, kind: int, value: int) -> None:
+    args = _launch(plan, kind)
+    i = next(i for i, (k, _) in enumerate(args) if k == kind)
+    args[i] = (kind, value)
+
+
+@pytest.mark.parametrize("what,edit,words", [
+    ("a huge block", lambda p: _kernel(p, "kernels.conv.conv_kernel")["constexprs"].update(BLOCK_M=1 << 20),
+     "its constexprs"),
+    ("a text constexpr", lambda p: _kernel(p, "kernels.conv.conv_kernel")["constexprs"].update(ACT="__import__"),
+     "its constexprs"),
+    ("an unknown dtype",
+     lambda p: _kernel(p, "kernels.conv.conv_kernel")["signature"].__setitem__(0, ["x_ptr", "*fp64"]), "its signature"),
+    ("more warps", lambda p: _kernel(p, "kernels.packing.lerp_kernel").update(num_warps=32), "its num_warps"),
+    ("a stride", lambda p: _set_arg(p, P.ARG_I32, 1 << 30), "differs from what the network it names records"),
+    ("an offset", lambda p: _set_arg(p, P.ARG_WEIGHTS, 16), "differs from what the network it names records"),
+    ("a grid", lambda p: p.launches[2].update(grid=(1 << 20, 1, 1)), "differs from what the network it names"),
+    ("another network", lambda p: p.meta["model"].update(arch="edsr"), "names no RRDBNet or SRResNet"),
+    ("a huge network", lambda p: p.meta["model"]["hparams"].update(num_block=10**9), "not plain numbers up to"),
+    ("a bigger network", lambda p: p.meta["model"]["hparams"].update(num_feat=1024), "more than its weights"),
+    ("nested hparams", lambda p: p.meta["model"]["hparams"].update(num_feat={"a": 1}), "not plain numbers"),
+    ("no kernel list", lambda p: p.meta.update(kernels="conv"), "not an object with a list of kernels"),
+])
+def test_a_plan_that_differs_from_what_we_record_is_refused(tmp_path: Path, what: str, edit, words: str) -> None:
+    path = _format_plan(tmp_path, edit)
+    with pytest.raises(C.PlanError, match="rebuild it") as info:
+        P.ReferenceExecutor(path)
+    assert words in str(info.value), what
+
+
 def test_build_refuses_what_a_plan_cannot_hold() -> None:
     with pytest.raises(P.PlanBuildError, match="RRDBNet and SRResNet"):
         P.fused_network(M.create("edsr", num_block=1, num_feat=16), "fp16")
