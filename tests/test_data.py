@@ -351,40 +351,54 @@ def test_paired_missing_partner(tmp_path):
         ValDataset(tmp_path / "hr", scale=4, lr_dir=tmp_path / "lr")
 
 
-def test_paired_size_mismatch_names_both_files(tmp_path):
+def test_paired_size_mismatch_is_skipped_naming_both_files(tmp_path, caplog):
     write_rgb(tmp_path / "hr" / "x.png", np.zeros((40, 40, 3), np.uint8))
     write_rgb(tmp_path / "lr" / "x.png", np.zeros((9, 10, 3), np.uint8))
+    make_pair(tmp_path, "y.png", "y.png", np.zeros((10, 10, 3), np.uint8), 4)
     ds = TrainDataset(tmp_path / "hr", scale=4, gt_size=32, lr_dir=tmp_path / "lr")
-    with pytest.raises(ValueError) as err:
-        ds[(0, 0)]
-    msg = str(err.value)
-    assert str(tmp_path / "hr" / "x.png") in msg and str(tmp_path / "lr" / "x.png") in msg
-    assert "40×40" in msg and "9×10" in msg
-    with pytest.raises(ValueError, match="9×10"):
+    s = ds[(0, 0)]
+    assert s["name"] == "y.png"
+    assert str(tmp_path / "hr" / "x.png") in s["skipped"] and str(tmp_path / "lr" / "x.png") in s["skipped"]
+    assert "40×40" in s["skipped"] and "9×10" in s["skipped"] and "expected 10×10" in s["skipped"]
+    with caplog.at_level(logging.WARNING, logger="train.data"):
+        val = ValDataset(tmp_path / "hr", scale=4, lr_dir=tmp_path / "lr")
+    assert val.names == ["y.png"] and any("9×10" in r.getMessage() for r in caplog.records)
+    (tmp_path / "hr" / "y.png").unlink()
+    (tmp_path / "lr" / "y.png").unlink()
+    with pytest.raises(ValueError, match="no usable training image.*9×10"):
+        TrainDataset(tmp_path / "hr", scale=4, gt_size=32, lr_dir=tmp_path / "lr")[(0, 0)]
+    with pytest.raises(ValueError, match="no usable validation image.*9×10"):
         ValDataset(tmp_path / "hr", scale=4, lr_dir=tmp_path / "lr")
 
 
 # --- unusable images ----------------------------------------------------------------------------------------------
 
 
-def test_corrupt_and_small_images_are_skipped_with_one_warning(tmp_path, caplog):
+def test_corrupt_and_small_images_are_skipped_and_reported_once(tmp_path):
     (tmp_path / "0_bad.png").write_bytes(b"\x89PNG not really")
     write_rgb(tmp_path / "1_small.png", astronaut(20, 30))
     write_rgb(tmp_path / "2_good.png", astronaut(64, 64))
     ds = TrainDataset(tmp_path, scale=4, gt_size=32)
-    with caplog.at_level(logging.WARNING, logger="train.data"):
-        s0 = ds[(0, 5)]
+    s0 = ds[(0, 5)]
     assert s0["name"] == "2_good.png"
     expected = TrainDataset(tmp_path, scale=4, gt_size=32)[(2, 5)]
     assert torch.equal(s0["hr"], expected["hr"]) and torch.equal(s0["lr"], expected["lr"])
-    messages = [r.getMessage() for r in caplog.records if r.name == "train.data"]
-    assert len(messages) == 2
-    assert "0_bad.png" in messages[0] and "cannot be decoded" in messages[0]
-    assert "1_small.png" in messages[1] and "is 20×28, smaller than gt_size 32" in messages[1]
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="train.data"):
-        assert ds[(0, 6)]["name"] == ds[(1, 7)]["name"] == "2_good.png"
-    assert not caplog.records  # once per file
+    assert expected["skipped"] == ""
+    reasons = s0["skipped"].splitlines()
+    assert len(reasons) == 2
+    assert "0_bad.png" in reasons[0] and "cannot be decoded" in reasons[0]
+    assert "1_small.png" in reasons[1] and "is 20×28, smaller than gt_size 32" in reasons[1]
+    assert ds[(0, 6)]["skipped"] == ds[(1, 7)]["skipped"] == ""  # once per file
+    assert ds[(1, 7)]["name"] == "2_good.png"
+
+
+def test_a_file_gone_after_listing_is_skipped(tmp_path):
+    write_rgb(tmp_path / "a.png", astronaut(40, 40))
+    write_rgb(tmp_path / "b.png", astronaut(40, 40))
+    ds = TrainDataset(tmp_path, scale=4, gt_size=32)
+    (tmp_path / "a.png").unlink()
+    s = ds[(0, 0)]
+    assert s["name"] == "b.png" and "a.png" in s["skipped"] and "cannot be read" in s["skipped"]
 
 
 def test_skipping_wraps_around(tmp_path):
@@ -398,8 +412,10 @@ def test_no_usable_image_raises(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"junk")
     write_rgb(tmp_path / "small.png", astronaut(10, 10))
     ds = TrainDataset(tmp_path, scale=4, gt_size=32)
-    with pytest.raises(RuntimeError, match=str(tmp_path)):
+    with pytest.raises(ValueError, match=f"no usable training image in {tmp_path} .2 image.*bad.png.*small.png"):
         ds[(0, 0)]
+    with pytest.raises(ValueError, match="bad.png in .* cannot be decoded; training image small.png"):
+        ds[(1, 0)]  # the reasons are kept
 
 
 # --- ValDataset ---------------------------------------------------------------------------------------------------

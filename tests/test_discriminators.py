@@ -3,6 +3,8 @@ input checks, backward passes and the registry."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
@@ -15,7 +17,13 @@ from train.discriminators import (
     build_discriminator,
 )
 
-torch.manual_seed(0)
+
+@pytest.fixture(autouse=True)
+def _seeded() -> Iterator[None]:
+    """Each test starts from seed 0, and the process's random state is put back after it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        yield
 
 
 def n_params(model: nn.Module) -> int:

@@ -247,8 +247,21 @@ def test_weights_only_refuses_pickled_objects(tv, tmp_path):
     torch.save(evil, p)
     with pytest.raises(ValueError, match="weights_only") as e:
         VGG19Features(["conv1_1"], weights=p)
-    assert "evil.pth" in str(e.value)
+    assert "evil.pth" in str(e.value) and "_mark_unpickled" in str(e.value)
+    assert "weights_only` set to `False`" not in str(e.value)  # torch's advice to unpickle anyway is not passed on
     assert _UNPICKLED == []  # the payload was never executed
+
+
+def test_unreadable_weights_files_are_value_errors(tv, tmp_path):
+    _, sd, _ = tv
+    torch.save(sd, tmp_path / "whole.pth")
+    (tmp_path / "truncated.pth").write_bytes((tmp_path / "whole.pth").read_bytes()[:500])
+    (tmp_path / "empty.pth").write_bytes(b"")
+    for name, match in (("truncated.pth", "truncated or not a .pth: PytorchStreamReader failed"),
+                        ("empty.pth", "truncated or not a .pth: EOFError")):
+        with pytest.raises(ValueError, match=match) as e:
+            VGG19Features(["conv1_1"], weights=tmp_path / name)
+        assert name in str(e.value)
 
 
 def test_unknown_layer_and_argument_errors():

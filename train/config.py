@@ -18,10 +18,28 @@ for both nets, gradient norms clipped at 0.1, CutMix on half of the discriminato
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+# The tag in config.json that marks a folder as a run of ours (train/rundir.py): a folder whose config.json lacks
+# it is somebody else's, and train.run never writes into it.
+RUN_FORMAT = "esrgan-engine train run"
+
+
+class TrainError(RuntimeError):
+    """A run cannot start or continue; the message says why and what to do."""
+
+
+class ConfigError(TrainError):
+    """A configuration field has a value the trainer cannot use. `field` names it (train.run names its flag)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field, self.problem = field, problem
+        super().__init__(f"{field} {problem}")
 
 
 @dataclass
@@ -91,17 +109,68 @@ class TrainConfig:
     sample_count: int = 4  # validation images in the LR / output / HR grid
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
+        """config.json: the fields, tagged with RUN_FORMAT."""
+        return json.dumps({"format": RUN_FORMAT, **dataclasses.asdict(self)}, indent=2)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown config fields {unknown}; known: {sorted(names)}")
+        """A configuration from field values; every value is checked (`check`)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in d:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=3)
+                raise ConfigError(key, "is not a configuration field" + (
+                    f"; did you mean {', '.join(close)}?" if close else f"; the fields: {', '.join(names)}"))
         cfg = cls(**d)
-        cfg.betas = tuple(cfg.betas)  # type: ignore[assignment]
+        cfg.check()
         return cfg
+
+    def check(self) -> None:
+        """Check the type and range of every field (normalising ints given for floats, lists for betas).
+
+        Raises:
+            ConfigError: naming the field, the accepted values and the value given.
+        """
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _typed(f.name, getattr(self, f.name), hints[f.name]))
+        for name in ("scale", "gt_size", "batch_size", "iters", "log_every", "val_every", "save_every", "keep_states"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("num_workers", "gan_start", "sample_count"):
+            _at_least(name, getattr(self, name), 0)
+        for name, high in _AT_MOST.items():  # a typo here would allocate without bound before any message
+            if getattr(self, name) > high:
+                raise ConfigError(name, f"must be at most {high}, got {getattr(self, name)}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError("seed", f"must be an integer in [0, 2^32), got {self.seed}")
+        for name in ("pixel_weight", "perceptual_weight", "gan_weight", "feature_matching_weight",
+                     "consistency_weight", "lpips_weight", "grad_clip", "eta_min"):
+            _at_least(name, getattr(self, name), 0)
+        for name in ("lr_g", "lr_d", "gamma"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(name, f"must be a number > 0, got {getattr(self, name)}")
+        for name, value in (("ema_decay", self.ema_decay), ("betas", self.betas[0]), ("betas", self.betas[1])):
+            if not 0 <= value < 1:
+                raise ConfigError(name, f"must be in [0, 1), got {value}")
+        if not 0 <= self.cutmix_prob <= 1:
+            raise ConfigError("cutmix_prob", f"must be in [0, 1], got {self.cutmix_prob}")
+        if self.gt_size % self.scale:
+            raise ConfigError("gt_size", f"must be a multiple of scale {self.scale} (the LR crop is gt_size/scale "
+                                         f"pixels), got {self.gt_size}")
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ConfigError(name, f"must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
+        for name in ("milestones", "periods"):
+            for v in getattr(self, name):
+                _at_least(name, v, 0 if name == "milestones" else 1)
+        for name in ("restart_weights", "feature_matching_layers"):
+            for v in getattr(self, name):
+                _at_least(name, v, 0)
+        for key, v in self.perceptual_layers.items():
+            _at_least(f"perceptual_layers[{key!r}]", v, 0)
+        if self.scheduler == "cosine_restart" and (not self.periods or len(self.periods) != len(self.restart_weights)):
+            raise ConfigError("periods", f"and restart_weights must be two lists of one length ≥ 1 (one weight per "
+                                         f"cosine period), got {self.periods} and {self.restart_weights}")
 
 
 _ESRGAN_PSNR = dict(
@@ -150,6 +219,61 @@ _X16_PERCEPTUAL = dict(
     val_every=1_000, save_every=1_000,
 )
 
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "stage": ("psnr", "gan"),
+    "scheduler": ("constant", "multistep", "cosine_restart"),
+    "pixel_loss": ("l1", "mse", "huber"),
+    "perceptual_criterion": ("l1", "mse", "fro"),
+    "gan_type": ("ragan", "vanilla", "unet-hinge"),
+    "lpips_net": ("alex", "vgg"),
+    "device": ("auto", "cpu", "cuda"),
+    "amp": ("none", "bf16", "fp16"),
+}
+
+
+_AT_MOST = {"gt_size": 4096, "batch_size": 4096, "num_workers": 256}
+
+
+def _at_least(name: str, value: float, low: float) -> None:
+    if not value >= low:
+        kind = "an integer" if isinstance(value, int) else "a number"
+        raise ConfigError(name, f"must be {kind} ≥ {low}, got {value}")
+
+
+def _typed(name: str, value: Any, hint: Any) -> Any:
+    """`value` as the field's type `hint` (int for float, list for tuple), or ConfigError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(name, f"must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(name, f"must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        raise ConfigError(name, f"must be a finite number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(name, f"must be a string, got {value!r}")
+    if hint is Any:
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)) or (origin is tuple and len(value) != len(args)):
+            size = f"{len(args)} " if origin is tuple else ""
+            raise ConfigError(name, f"must be a list of {size}{args[0].__name__} values, got {value!r}")
+        types = [args[0]] * len(value) if origin is list else list(args)
+        return origin(_typed(name, v, t) for v, t in zip(value, types, strict=True))
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(name, f"must be a JSON object (name: value), got {value!r}")
+        return {k: _typed(f"{name}[{k!r}]", v, args[1]) for k, v in value.items()}
+    raise TypeError(f"no check for the type {hint} of field {name}")
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     "esrgan-psnr": _ESRGAN_PSNR,
     "esrgan-gan": _ESRGAN_GAN,
@@ -164,15 +288,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 def preset(name: str, **overrides: Any) -> TrainConfig:
     """The configuration of preset `name` with `overrides` applied."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+        raise ConfigError("preset", f"must be one of {', '.join(PRESETS)}; got {name!r}")
     return TrainConfig.from_dict({**PRESETS[name], "preset": name, **overrides})
 
 
 def parse_override(text: str) -> tuple[str, Any]:
     """`key=value` with a JSON value (`lr_g=1e-4`, `milestones=[10,20]`); a bare word is a string."""
     key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--set expects KEY=VALUE, got {text!r}")
+    if not sep or not key.strip():
+        raise TrainError(f"--set expects KEY=VALUE (e.g. --set ema_decay=0.99), got {text!r}")
     try:
         return key.strip(), json.loads(value)
     except json.JSONDecodeError:

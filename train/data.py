@@ -212,7 +212,9 @@ class TrainDataset(Dataset):
     images by relative folder and stem, and an LR crop and the HR crop above it are taken.
 
     The crop, the flips and the rotation come from `np.random.default_rng(seed)` only. An image that cannot be
-    decoded or is smaller than gt_size is skipped (with one warning per file) for the next index, modulo len.
+    read or decoded, is smaller than gt_size, or whose paired LR image does not fit it is skipped for the next
+    index, modulo len; the sample reports why in "skipped", once per file and process (the trainer logs each
+    reason once, whichever DataLoader worker found it).
 
     Args:
         hr_dir: folder of HR images (searched recursively).
@@ -241,7 +243,7 @@ class TrainDataset(Dataset):
         self.hr_paths = list_images(self.hr_dir)
         self.names = [_relative_name(p, self.hr_dir) for p in self.hr_paths]
         self.lr_paths = None if self.lr_dir is None else _pair_lr(self.hr_dir, self.hr_paths, self.lr_dir)
-        self._unusable: set[int] = set()  # per process: indices already found unusable, and warned about
+        self._unusable: dict[int, str] = {}  # per process: indices found unusable, and why
 
     def __len__(self) -> int:
         return len(self.hr_paths)
@@ -251,52 +253,63 @@ class TrainDataset(Dataset):
 
         Returns:
             {"lr": float32 (3, gt_size // scale, gt_size // scale), "hr": float32 (3, gt_size, gt_size),
-             "name": path of the HR image used, relative to hr_dir}. Values in [0, 1], tensors contiguous.
-            If image `index` is unusable, the sample is the one of the next usable index with the same seed.
+             "name": path of the HR image used, relative to hr_dir, "skipped": why the images passed over were
+             unusable, one line each, for the images this process had not found unusable before ("" if none)}.
+            Values in [0, 1], tensors contiguous. If image `index` is unusable, the sample is the one of the next
+            usable index with the same seed.
 
         Raises:
-            RuntimeError: no image of the folder is usable.
-            ValueError: a paired LR image does not have the size of its HR image divided by scale.
+            ValueError: no image of the folder is usable.
         """
         index, seed = key
         n = len(self)
         if not 0 <= index < n:
             raise IndexError(f"image index {index} out of range for {n} images")
+        skipped: list[str] = []
         for step in range(n):
             i = (index + step) % n
             if i in self._unusable:
                 continue
             sample = self._sample(i, seed)
             if sample is not None:
-                return sample
-        raise RuntimeError(f"no usable image in {self.hr_dir}: every image cannot be decoded or is smaller "
-                           f"than gt_size {self.gt_size} (see the warnings of logger 'train.data')")
+                return {**sample, "skipped": "\n".join(skipped)}
+            skipped.append(self._unusable[i])
+        reasons = list(self._unusable.values())
+        shown = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more" if len(reasons) > 3 else "")
+        raise ValueError(f"no usable training image in {self.hr_dir} ({n} image file(s)): {shown}")
 
     def _skip(self, i: int, why: str) -> None:
-        self._unusable.add(i)
-        logger.warning("%s; skipping it for the next image", why)
+        self._unusable[i] = why
+
+    def _read(self, i: int, path: Path, what: str) -> np.ndarray | None:
+        try:
+            img = read_image(path)
+        except OSError as e:
+            self._skip(i, f"{what} cannot be read ({e.strerror or e})")
+            return None
+        if img is None:
+            self._skip(i, f"{what} cannot be decoded")
+        return img
 
     def _sample(self, i: int, seed: int) -> dict | None:
-        """The sample of image i, or None (with a warning) if the image is unusable."""
+        """The sample of image i, or None (the reason in `_unusable`) if the image is unusable."""
         name = self.names[i]
-        hr = read_image(self.hr_paths[i])
+        hr = self._read(i, self.hr_paths[i], f"training image {name} in {self.hr_dir}")
         if hr is None:
-            self._skip(i, f"training image {name} in {self.hr_dir} cannot be decoded")
             return None
         hr = _mod_crop(hr, self.scale)
         lr: np.ndarray | None = None
         if self.lr_paths is not None:
             assert self.lr_dir is not None
             lr_name = _relative_name(self.lr_paths[i], self.lr_dir)
-            lr = read_image(self.lr_paths[i])
+            lr = self._read(i, self.lr_paths[i], f"LR image {lr_name} in {self.lr_dir} (partner of {name})")
             if lr is None:
-                self._skip(i, f"LR image {lr_name} in {self.lr_dir} (partner of {name}) cannot be decoded")
                 return None
             if hr.shape[0] != lr.shape[0] * self.scale or hr.shape[1] != lr.shape[1] * self.scale:
-                raise ValueError(
-                    f"HR image {self.hr_paths[i]} is {hr.shape[0]}×{hr.shape[1]} after mod-crop, but its LR image "
-                    f"{self.lr_paths[i]} is {lr.shape[0]}×{lr.shape[1]}: expected "
-                    f"{hr.shape[0] // self.scale}×{hr.shape[1] // self.scale} at scale {self.scale}")
+                self._skip(i, f"HR image {self.hr_paths[i]} is {hr.shape[0]}×{hr.shape[1]} after mod-crop, but its LR "
+                              f"image {self.lr_paths[i]} is {lr.shape[0]}×{lr.shape[1]}: expected "
+                              f"{hr.shape[0] // self.scale}×{hr.shape[1] // self.scale} at scale {self.scale}")
+                return None
         h, w = hr.shape[:2]
         if h < self.gt_size or w < self.gt_size:
             self._skip(i, f"training image {name} in {self.hr_dir} is {h}×{w}, smaller than gt_size {self.gt_size} "
@@ -321,12 +334,13 @@ class ValDataset(Dataset):
     """Whole validation images: the mod-cropped HR image and its LR image.
 
     LR is `imresize(HR, 1/scale)` of the whole mod-cropped image (MATLAB bicubic, clamped), or the paired image of
-    `lr_dir` (same relative folder and stem). Every image is decoded once at construction: undecodable ones
-    (and ones smaller than `scale`) are skipped with a warning.
+    `lr_dir` (same relative folder and stem). Every image is decoded once at construction: unreadable ones, ones
+    smaller than `scale` and pairs whose LR image does not have the size of the mod-cropped HR image divided by
+    scale are skipped with a warning (logger 'train.data').
 
     Raises:
-        ValueError: no usable image is left, an HR image has no LR partner, or a paired LR image does not have
-            the size of its mod-cropped HR image divided by scale.
+        ValueError: no usable image is left (the message gives the first reasons), or an HR image has no LR
+            partner.
         FileNotFoundError: a folder does not exist.
     """
 
@@ -342,30 +356,44 @@ class ValDataset(Dataset):
         self.hr_paths: list[Path] = []
         self.lr_paths: list[Path] | None = None if lr_paths is None else []
         self.names: list[str] = []
+        skipped: list[str] = []
         for k, hr_path in enumerate(hr_paths):
             name = _relative_name(hr_path, self.hr_dir)
-            hr = read_image(hr_path)
-            if hr is None:
-                logger.warning("validation image %s in %s cannot be decoded; skipping it", name, self.hr_dir)
+            why = self._unusable(hr_path, name, None if lr_paths is None else lr_paths[k])
+            if why is not None:
+                logger.warning("%s; skipping it", why)
+                skipped.append(why)
                 continue
-            h, w = _mod_crop(hr, self.scale).shape[:2]
-            if h == 0 or w == 0:
-                logger.warning("validation image %s in %s is %d×%d, smaller than scale %d; skipping it",
-                               name, self.hr_dir, hr.shape[0], hr.shape[1], self.scale)
-                continue
-            if lr_paths is not None:
-                lr = read_image(lr_paths[k])
-                if lr is None:
-                    logger.warning("LR image %s (partner of %s) cannot be decoded; skipping the pair",
-                                   lr_paths[k], name)
-                    continue
-                self._check_pair_size(hr_path, (h, w), lr_paths[k], lr.shape[:2])
-                assert self.lr_paths is not None
+            if self.lr_paths is not None and lr_paths is not None:
                 self.lr_paths.append(lr_paths[k])
             self.hr_paths.append(hr_path)
             self.names.append(name)
         if not self.hr_paths:
-            raise ValueError(f"no usable validation image in {self.hr_dir} (see the warnings of logger 'train.data')")
+            shown = "; ".join(skipped[:3]) + (f"; and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+            raise ValueError(f"no usable validation image in {self.hr_dir}: {shown}")
+
+    def _unusable(self, hr_path: Path, name: str, lr_path: Path | None) -> str | None:
+        """Why a validation image (and its LR partner) cannot be used, or None."""
+        try:
+            hr = read_image(hr_path)
+            lr = None if lr_path is None else read_image(lr_path)
+        except OSError as e:
+            return f"validation image {name} in {self.hr_dir} or its LR partner cannot be read ({e.strerror or e})"
+        if hr is None:
+            return f"validation image {name} in {self.hr_dir} cannot be decoded"
+        h, w = _mod_crop(hr, self.scale).shape[:2]
+        if h == 0 or w == 0:
+            return (f"validation image {name} in {self.hr_dir} is {hr.shape[0]}×{hr.shape[1]}, smaller than scale "
+                    f"{self.scale}")
+        if lr_path is None:
+            return None
+        if lr is None:
+            return f"LR image {lr_path} (partner of {name}) cannot be decoded"
+        try:
+            self._check_pair_size(hr_path, (h, w), lr_path, lr.shape[:2])
+        except ValueError as e:
+            return str(e)
+        return None
 
     def _check_pair_size(self, hr_path: Path, hr_hw: tuple[int, int], lr_path: Path, lr_hw: tuple[int, ...]) -> None:
         if hr_hw[0] != lr_hw[0] * self.scale or hr_hw[1] != lr_hw[1] * self.scale:

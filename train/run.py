@@ -9,13 +9,13 @@ with DistributedDataParallel (gloo on CPU, nccl on GPU).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from .config import PRESETS, TrainConfig, parse_override, preset
-from .trainer import Trainer, TrainError
+from .config import PRESETS, ConfigError, TrainConfig, TrainError, parse_override, preset
+from .rundir import check_out, read_config
+from .trainer import Trainer
 
 # flag → config field, for the flags that are plain overrides
 _FIELDS = {
@@ -25,6 +25,9 @@ _FIELDS = {
     "seed": "seed", "amp": "amp", "channels_last": "channels_last", "compile": "compile", "device": "device",
     "val_every": "val_every", "save_every": "save_every", "log_every": "log_every",
 }
+_FLAGS = {field: "--" + flag.replace("_", "-") for flag, field in _FIELDS.items()}
+# the fields that make the networks a training state holds: fixed once a run has started
+_NETWORK = ("model", "model_args", "scale", "stage", "discriminator", "discriminator_args")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -70,10 +73,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         key, value = parse_override(text)
         overrides[key] = value
     if args.resume:
-        saved = Path(args.out) / "config.json"
-        if not saved.is_file():
-            raise TrainError(f"--resume: {saved} does not exist; is {args.out} a run directory?")
-        base = json.loads(saved.read_text())
+        check_out(Path(args.out), resume=True)  # a run of ours with a state, or a message saying what it is
+        base = read_config(Path(args.out))
+        assert base is not None
+        changed = [key for key in _NETWORK if key in overrides and overrides[key] != base.get(key)]
+        if changed:
+            raise TrainError(f"--resume: {', '.join(changed)} cannot change when a run resumes (its training state "
+                             f"holds those networks; the run has {', '.join(f'{k}={base.get(k)!r}' for k in changed)}). "
+                             f"Drop those options, or start a new run from its weights with --pretrained "
+                             f"{Path(args.out) / 'models' / 'net_g_latest.pth'}")
         if args.preset and args.preset != base.get("preset"):
             raise TrainError(f"--resume: {args.out} was trained with preset {base.get('preset')!r}, not "
                              f"{args.preset!r}; drop --preset")
@@ -83,13 +91,22 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return preset(args.preset, **overrides)
 
 
+def message(e: TrainError) -> str:
+    """The error for the user; a configuration field is named by its flag where it has one."""
+    if isinstance(e, ConfigError) and e.field in _FLAGS:
+        return f"{_FLAGS[e.field]} ({e.field}) {e.problem}"
+    if isinstance(e, ConfigError):
+        return f"--set {e.field}: {e.field} {e.problem}"
+    return str(e)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         cfg = config_from_args(args)
         Trainer(cfg, args.out, resume=args.resume).run()
-    except (TrainError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (TrainError, ValueError, OSError) as e:  # ValueError, OSError: a file the checks did not foresee
+        print(f"error: {message(e) if isinstance(e, TrainError) else e}", file=sys.stderr)
         return 2
     return 0
 

@@ -12,7 +12,9 @@ A run directory holds:
     samples/iter_{iter:08d}.png  LR | output | HR of the first validation images
 
 Every file is written to a temporary name and renamed, and the training state is written last: a run killed at
-any moment (even SIGKILL) resumes from its last complete state with nothing else lost. The learning rate is a
+any moment (even SIGKILL) resumes from its last complete state with nothing else lost; a newest state that cannot
+be read (a damaged disk) is passed over for the one before it. A run starts only in a new or empty folder or in
+a run of ours (train/rundir.py), and every setting and the data are checked before anything is written. The learning rate is a
 pure function of the iteration and every training sample a pure function of (seed, rank, position), so a resumed
 run continues exactly as an uninterrupted one would.
 """
@@ -24,10 +26,9 @@ import csv
 import logging
 import os
 import random
-import re
 import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ from engine.atomic import atomic_write
 from engine.imageio import write_image
 from engine.models.registry import same_network
 
-from .config import TrainConfig, learning_rate
+from .config import ConfigError, TrainConfig, TrainError, learning_rate
 from .data import TrainDataset, ValDataset, build_train_loader
 from .discriminators import UNetDiscriminatorSN, build_discriminator
 from .evaluate import mean, sample_grid, score, upscale
@@ -63,13 +64,11 @@ from .losses import (
     vanilla_d_loss,
     vanilla_g_loss,
 )
+from .rundir import check_out, load_state, remove_stale, state_files
 
 log = logging.getLogger("train")
 
-
-class TrainError(RuntimeError):
-    """A run cannot start or continue; the message says why and what to do."""
-
+__all__ = ["ConfigError", "Trainer", "TrainError", "state_files"]
 
 _PIXEL_LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss, "huber": F.smooth_l1_loss}  # huber: δ = 1
 
@@ -79,17 +78,8 @@ _PIXEL_LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss, "huber": F.smooth_l1_loss} 
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save through engine.atomic: a temporary beside `path` that a later run recognises, then a rename."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-STATE_NAME = re.compile(r"(\d{8})\.state")
-
-
-def state_files(out: Path) -> list[tuple[int, Path]]:
-    """Complete training states of a run directory, oldest first."""
-    folder = out / "state"
-    found = [(int(m.group(1)), p) for p in folder.glob("*.state") if (m := STATE_NAME.fullmatch(p.name))]
-    return sorted(found)
 
 
 class CsvLog:
@@ -121,8 +111,20 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(self.format(record))
 
 
-def setup_logging(out: Path, main: bool) -> None:
-    """Rank 0 logs to train.log and the console; other ranks print warnings only (e.g. unreadable images)."""
+class _Held(logging.Handler):
+    """Keeps the records logged before the run folder may be written, for train.log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def setup_logging(main: bool) -> None:
+    """Log to the console at once (rank 0 everything, other ranks warnings only, e.g. unreadable images) and hold
+    the records for train.log until `log_to_file`."""
     log.setLevel(logging.INFO)
     for h in list(log.handlers):
         log.removeHandler(h)
@@ -131,11 +133,23 @@ def setup_logging(out: Path, main: bool) -> None:
     console.setFormatter(logging.Formatter("%(message)s"))
     console.setLevel(logging.INFO if main else logging.WARNING)
     log.addHandler(console)
-    if main:
-        file = logging.FileHandler(out / "train.log")
-        file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        log.addHandler(file)
+    log.addHandler(_Held())
     log.propagate = False
+
+
+def log_to_file(out: Path | None) -> None:
+    """From now on also log to `out`/train.log (None: other ranks, no file), with the records held so far."""
+    held = [h for h in log.handlers if isinstance(h, _Held)]
+    for h in held:
+        log.removeHandler(h)
+    if out is None:
+        return
+    file = logging.FileHandler(out / "train.log", encoding="utf-8")
+    file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for h in held:
+        for record in h.records:
+            file.handle(record)
+    log.addHandler(file)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -213,7 +227,10 @@ def all_reduce_grads(module: nn.Module, world_size: int) -> None:
 
 
 def build_generator(cfg: TrainConfig) -> models.SRNet:
-    net = models.create(cfg.model, **{**cfg.model_args, "scale": cfg.scale})
+    try:
+        net = models.create(cfg.model, **{**cfg.model_args, "scale": cfg.scale})
+    except (TypeError, ValueError) as e:
+        raise TrainError(f"model {cfg.model!r} with model_args {cfg.model_args}: {e}") from None
     if net.scale != cfg.scale:  # a cascade's scale is its stages' product, not an argument
         raise TrainError(f"model {cfg.model} upscales ×{net.scale}, but the run is set to scale {cfg.scale}: set "
                          f"scale={net.scale} or choose a ×{cfg.scale} model")
@@ -222,7 +239,10 @@ def build_generator(cfg: TrainConfig) -> models.SRNet:
 
 def load_pretrained(net: models.SRNet, path: str) -> None:
     """Start from a checkpoint in any format engine.models.load accepts (EMA weights preferred)."""
-    loaded, info = models.load(path)
+    try:
+        loaded, info = models.load(path)
+    except (OSError, ValueError) as e:
+        raise TrainError(f"--pretrained {path}: {e}") from None
     if not same_network(loaded, net):
         raise TrainError(f"--pretrained {path} is a {info.arch} {info.hparams}, but this run trains a {net.arch} "
                          f"{net.hparams}; pass a checkpoint of the same network or change the model settings")
@@ -261,40 +281,29 @@ class Trainer:
         self.cfg, self.out = cfg, Path(out)
         self._check_config()
         self.dist, self.device = setup_distributed(cfg)
-        state: dict[str, Any] | None = None
-        existing = state_files(self.out)
-        if resume:
-            if not existing:
-                raise TrainError(f"--resume: {self.out} holds no training state (state/*.state); start it without "
-                                 "--resume")
-            self.start_iter, state_path = existing[-1]
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
-        elif existing:
-            raise TrainError(f"{self.out} already holds a run (state/{existing[-1][1].name}); pass --resume to "
-                             "continue it, or choose another --out")
-        else:
-            self.start_iter = 0
-        self.out.mkdir(parents=True, exist_ok=True)
-        if self.dist.main:
-            for stale in self.out.glob("**/.*.tmp"):  # left by a run killed while writing
-                stale.unlink(missing_ok=True)
-            atomic_write(self.out / "config.json", lambda tmp: Path(tmp).write_text(cfg.to_json()))
-        if self.dist.world_size > 1:
-            dist.barrier()
-        setup_logging(self.out, self.dist.main)
+        setup_logging(self.dist.main)
+        self._warned: set[str] = set()
+        self._state_loaded: dict[str, Any] | None = None
+        # Everything is checked before anything is written: the run folder, the data, the networks' settings.
+        mode, self.start_iter, state_path = self._on_main(lambda: self._check_out(resume))
+        dataset = self._train_dataset()
+        self._check_shapes()
 
         seed_everything(cfg.seed)  # the same on every rank: identical initial weights
         self.net_g = build_generator(cfg).to(self.device)
-        if cfg.pretrained and state is None:
+        if cfg.pretrained and state_path is None:
             load_pretrained(self.net_g, cfg.pretrained)
         self.net_ema = copy.deepcopy(self.net_g).eval().requires_grad_(False) if cfg.ema_decay > 0 else None
-        self.net_d = (build_discriminator(cfg.discriminator, **cfg.discriminator_args).to(self.device)
-                      if cfg.stage == "gan" else None)
+        self.net_d = self._discriminator().to(self.device) if cfg.stage == "gan" else None
         self.perceptual = None
         if cfg.perceptual_weight > 0:
-            self.perceptual = PerceptualLoss(
-                cfg.perceptual_layers, criterion=cfg.perceptual_criterion,
-                weights=cfg.vgg19_weights or None, random_init=cfg.perceptual_random_init).to(self.device)
+            try:
+                self.perceptual = PerceptualLoss(
+                    cfg.perceptual_layers, criterion=cfg.perceptual_criterion,
+                    weights=cfg.vgg19_weights or None, random_init=cfg.perceptual_random_init).to(self.device)
+            except (OSError, ValueError) as e:
+                raise TrainError(f"the perceptual loss (perceptual_layers {cfg.perceptual_layers}, --vgg19-weights "
+                                 f"{cfg.vgg19_weights or 'none'}): {e}") from None
             if cfg.perceptual_random_init and self.dist.main:
                 log.warning("perceptual loss on a RANDOMLY INITIALISED VGG19 (--perceptual-random-init): for "
                             "tests only, the results are not a perceptual-loss training")
@@ -317,8 +326,10 @@ class Trainer:
         fp16 = cfg.amp == "fp16"
         self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.scaler_d = torch.amp.GradScaler(self.device.type, enabled=fp16)
-        if state is not None:
-            self._restore(state)
+        if state_path is not None:
+            state = self._state_loaded or torch.load(state_path, map_location="cpu", weights_only=True)
+            self._state_loaded = None
+            self._restore(state, Path(state_path))
         if cfg.channels_last:
             for net in (self.net_g, self.net_ema, self.net_d):
                 if net is not None:
@@ -330,14 +341,15 @@ class Trainer:
                 self.net_g, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.compile:
             self.g_train = torch.compile(self.g_train)  # type: ignore[assignment]
-
-        dataset = TrainDataset(cfg.data, scale=cfg.scale, gt_size=cfg.gt_size, lr_dir=cfg.data_lr or None,
-                               use_flip=cfg.use_flip, use_rot=cfg.use_rot)
         self.loader = build_train_loader(
             dataset, batch_size=cfg.batch_size, seed=cfg.seed, num_workers=cfg.num_workers, rank=self.dist.rank,
             world_size=self.dist.world_size, start_batch=self.start_iter, pin_memory=self.device.type == "cuda")
-        self.val = (ValDataset(cfg.val, scale=cfg.scale, lr_dir=cfg.val_lr or None)
-                    if cfg.val and self.dist.main else None)
+
+        self.val: ValDataset | None = None
+        self._on_main(lambda: self._write_out(mode))  # the first write into the run folder
+        if self.dist.world_size > 1:
+            dist.barrier()
+        log_to_file(self.out if self.dist.main else None)
         resumed = self.start_iter if resume else None
         self.train_csv = self.val_csv = None
         if self.dist.main:
@@ -351,32 +363,129 @@ class Trainer:
                  self.dist.world_size, self.device, cfg.amp, self.start_iter, cfg.iters)
 
     # -----------------------------------------------------------------------------------------------------
+    # Checks before anything is written, then the run folder
+
+    def _on_main(self, fn: Callable[[], Any]) -> Any:
+        """`fn()` on rank 0; its result, or its TrainError, on every rank (so that no rank waits for a failed
+        one). The result must be small: it is pickled."""
+        result, error = None, None
+        if self.dist.main:
+            try:
+                result = fn()
+            except TrainError as e:
+                error = str(e)
+        if self.dist.world_size > 1:
+            box = [(result, error)]
+            dist.broadcast_object_list(box, src=0)
+            result, error = box[0]
+        if error is not None:
+            raise TrainError(error)
+        return result
+
+    def _check_out(self, resume: bool) -> tuple[str, int, str | None]:
+        """Rank 0: (mode, first iteration, state file to resume from) for the run folder; the state is kept."""
+        mode = check_out(self.out, resume=resume).mode
+        if mode != "resume":
+            return mode, 0, None
+        it, path, self._state_loaded, warnings = load_state(self.out)
+        for w in warnings:
+            log.warning(w)
+        return mode, it, str(path)
+
+    def _train_dataset(self) -> TrainDataset:
+        """The training images, checked by finding the first usable one (each rank: they read the same files)."""
+        cfg = self.cfg
+        where = f"--data {cfg.data}" + (f" with --data-lr {cfg.data_lr}" if cfg.data_lr else "")
+        try:
+            dataset = TrainDataset(cfg.data, scale=cfg.scale, gt_size=cfg.gt_size, lr_dir=cfg.data_lr or None,
+                                   use_flip=cfg.use_flip, use_rot=cfg.use_rot)
+            self._warn_skipped(dataset[(0, 0)]["skipped"])
+        except (OSError, ValueError) as e:
+            raise TrainError(f"{where}: {e}") from None
+        return dataset
+
+    def _warn_skipped(self, skipped: str) -> None:
+        """Log each reason for a skipped training image once, whichever process found it."""
+        for why in skipped.splitlines():
+            if why not in self._warned:
+                self._warned.add(why)
+                log.warning("%s; skipping it", why)
+
+    def _discriminator(self) -> nn.Module:
+        cfg = self.cfg
+        try:
+            return build_discriminator(cfg.discriminator, **cfg.discriminator_args)
+        except (TypeError, ValueError) as e:
+            raise TrainError(f"discriminator {cfg.discriminator} with discriminator_args "
+                             f"{cfg.discriminator_args}: {e}") from None
+
+    def _check_shapes(self) -> None:
+        """The networks take gt_size crops: checked on the meta device (no memory, no random draws)."""
+        cfg = self.cfg
+        lr_size = cfg.gt_size // cfg.scale
+        with torch.device("meta"), torch.no_grad():
+            net_g = build_generator(cfg)
+            if lr_size % net_g.input_multiple:
+                raise ConfigError("gt_size", f"must be a multiple of {cfg.scale * net_g.input_multiple} for model "
+                                             f"{cfg.model} (its LR input, gt_size/scale, a multiple of "
+                                             f"{net_g.input_multiple}), got {cfg.gt_size}")
+            if cfg.stage != "gan":
+                return
+            net_d = self._discriminator().eval()
+            x = torch.zeros(1, 3, cfg.gt_size, cfg.gt_size)
+            try:
+                if isinstance(net_d, UNetDiscriminatorSN) and net_d.linear_enc is not None:
+                    net_d.forward_all(x)
+                else:
+                    net_d(x)
+            except (RuntimeError, ValueError) as e:
+                raise ConfigError("gt_size", f"{cfg.gt_size} does not fit discriminator {cfg.discriminator}: "
+                                             f"{str(e).splitlines()[0]}") from None
+
+    def _write_out(self, mode: str) -> None:
+        """Rank 0: the validation images, then the run folder: our stale temporaries removed, config.json."""
+        cfg = self.cfg
+        if cfg.val:
+            try:
+                self.val = ValDataset(cfg.val, scale=cfg.scale, lr_dir=cfg.val_lr or None)
+            except (OSError, ValueError) as e:
+                where = f"--val {cfg.val}" + (f" with --val-lr {cfg.val_lr}" if cfg.val_lr else "")
+                raise TrainError(f"{where}: {e}") from None
+        created = not self.out.exists()
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            removed = remove_stale(self.out) if mode != "new" else []
+            # a new run takes config.json exclusively: of two runs started at once in one folder, one is refused
+            atomic_write(self.out / "config.json", lambda tmp: Path(tmp).write_text(cfg.to_json(), encoding="utf-8"),
+                         overwrite=mode != "new")
+        except FileExistsError:
+            raise TrainError(f"another run started in {self.out} at the same moment; choose another --out") from None
+        except OSError as e:
+            if created:
+                with suppress(OSError):
+                    self.out.rmdir()
+            raise TrainError(f"cannot write the run folder {self.out}: {e.strerror or e}; choose a folder you can "
+                             "write to for --out") from None
+        for p in removed:
+            log.info("removed %s, left by a run killed while writing it", p)
+        if mode == "restart":
+            log.info("starting %s again: the run there stopped before its first checkpoint", self.out)
 
     def _check_config(self) -> None:
         cfg = self.cfg
+        cfg.check()
         if not cfg.data:
             raise TrainError("no training data: pass --data HR_DIR")
-        if cfg.stage not in ("psnr", "gan"):
-            raise TrainError(f"stage must be psnr or gan, got {cfg.stage!r}")
         if cfg.stage == "gan" and not cfg.discriminator:
-            raise TrainError("the gan stage needs a discriminator (--set discriminator=vgg128|unet|srgan)")
-        if cfg.amp not in ("none", "bf16", "fp16"):
-            raise TrainError(f"amp must be none, bf16 or fp16, got {cfg.amp!r}")
+            raise TrainError("the gan stage needs a discriminator (--set discriminator=vgg128|unet|unet-gan|srgan)")
         if cfg.amp == "fp16" and not (cfg.device != "cpu" and torch.cuda.is_available()):
             raise TrainError("--amp fp16 needs a GPU (it trains with a gradient scaler); use --amp bf16 on the CPU")
-        if cfg.pixel_loss not in ("l1", "mse", "huber"):
-            raise TrainError(f"pixel_loss must be l1, mse or huber, got {cfg.pixel_loss!r}")
-        if cfg.gan_type not in ("ragan", "vanilla", "unet-hinge"):
-            raise TrainError(f"gan_type must be ragan, vanilla or unet-hinge, got {cfg.gan_type!r}")
         unet_gan = cfg.gan_type == "unet-hinge" or cfg.feature_matching_weight > 0 or cfg.cutmix_prob > 0
         if cfg.stage == "gan" and unet_gan and cfg.discriminator != "unet-gan":
             raise TrainError("unet-hinge, feature matching and CutMix need the U-Net GAN discriminator's two heads and "
                              f"features: --set discriminator=unet-gan (got {cfg.discriminator!r})")
         if cfg.discriminator == "unet-gan" and cfg.gan_type != "unet-hinge":
             raise TrainError("discriminator unet-gan trains with gan_type=unet-hinge (its encoder and decoder terms)")
-        if not 0.0 <= cfg.cutmix_prob <= 1.0 or cfg.gan_start < 0 or cfg.grad_clip < 0:
-            raise TrainError(f"cutmix_prob must be in [0, 1], gan_start and grad_clip at least 0; got "
-                             f"{cfg.cutmix_prob}, {cfg.gan_start}, {cfg.grad_clip}")
         if cfg.lpips_random_init and (cfg.lpips_backbone_weights or cfg.lpips_lin_weights):
             raise TrainError("lpips_random_init excludes lpips_backbone_weights and lpips_lin_weights; pass one")
         if cfg.vgg19_weights and cfg.perceptual_random_init:
@@ -415,24 +524,47 @@ class Trainer:
             "world_size": self.dist.world_size,
         }
 
-    def _restore(self, state: dict[str, Any]) -> None:
-        self.net_g.load_state_dict(state["net_g"])
+    def _restore(self, state: dict[str, Any], path: Path) -> None:
         for name, target in (("net_ema", self.net_ema), ("net_d", self.net_d), ("opt_d", self.opt_d)):
             if (target is None) != (state[name] is None):
-                raise TrainError(f"the saved training state and the configuration disagree on {name}")
-            if target is not None:
-                target.load_state_dict(state[name])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.scaler_g.load_state_dict(state["scaler_g"])
-        self.scaler_d.load_state_dict(state["scaler_d"])
-        set_rng_state(state["rng"], self.device)
+                raise TrainError(f"the training state {path} and the configuration disagree on {name} (ema_decay, "
+                                 "stage, discriminator); resume with the run's own settings")
+        try:
+            self.net_g.load_state_dict(state["net_g"])
+            for name, target in (("net_ema", self.net_ema), ("net_d", self.net_d), ("opt_d", self.opt_d)):
+                if target is not None:
+                    target.load_state_dict(state[name])
+            self.opt_g.load_state_dict(state["opt_g"])
+            self.scaler_g.load_state_dict(state["scaler_g"])
+            self.scaler_d.load_state_dict(state["scaler_d"])
+            set_rng_state(state["rng"], self.device)
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise TrainError(f"the training state {path} does not fit this configuration ({str(e).splitlines()[0]}); "
+                             "resume with the run's own network settings (model, model_args, discriminator)") from None
         if state["world_size"] != self.dist.world_size:
             log.warning("resuming a run of %d process(es) with %d: the data order differs from an uninterrupted run",
                         state["world_size"], self.dist.world_size)
         log.info("resumed at iteration %d", state["iter"])
 
+    @contextmanager
+    def _writing(self, what: str, it: int) -> Iterator[None]:
+        """A failed write (a full disk, a folder gone) stops the run with a message; the last state is intact
+        (every file is written under a temporary name, which is removed on failure, and renamed)."""
+        try:
+            yield
+        except OSError as e:
+            states = state_files(self.out)
+            then = (f"continue with --resume, which starts from {states[-1][1]}" if states else
+                    "start the run again (it has no checkpoint yet)")
+            raise TrainError(f"writing {what} of iteration {it} in {self.out} failed: {e.strerror or e}. The run "
+                             f"stopped; free space (or fix the folder), then {then}") from None
+
     def save(self, it: int, *, latest: bool = False) -> Path:
         """Write the generator (BasicSR .pth and our safetensors), the discriminator and, last, the state."""
+        with self._writing("the checkpoint", it):
+            return self._save(it, latest=latest)
+
+    def _save(self, it: int, *, latest: bool) -> Path:
         models_dir = self.out / "models"
         tag = "latest" if latest else str(it)
         g_sd = self.net_g.state_dict()
@@ -562,7 +694,7 @@ class Trainer:
         cfg = self.cfg
         real, fake = d_net.forward_all(hr), d_net.forward_all(fake_images)
         l_d = unet_d_loss(real, fake)
-        g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + self.dist.rank) * 1_000_003 + it)
+        g = torch.Generator().manual_seed(((cfg.seed * 1_000_003 + self.dist.rank) * 1_000_003 + it) % 2**63)
         if cfg.cutmix_prob <= 0 or float(torch.rand(1, generator=g)) >= cfg.cutmix_prob:
             return l_d, None
         n, _, h, w = hr.shape
@@ -587,6 +719,8 @@ class Trainer:
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         memory = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
         for batch in self.loader:
+            for skipped in batch["skipped"]:
+                self._warn_skipped(skipped)
             yield (batch["lr"].to(self.device, non_blocking=True, memory_format=memory),
                    batch["hr"].to(self.device, non_blocking=True, memory_format=memory))
 
@@ -602,6 +736,7 @@ class Trainer:
         window: dict[str, list[float]] = {}
         t0 = time.perf_counter()
         batches = self._batches()
+        finished = False
         try:
             while it < cfg.iters:
                 lr_g = learning_rate(cfg, cfg.lr_g, it)
@@ -625,25 +760,29 @@ class Trainer:
                     bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()} | {"it/s": f"{rate:.2f}"})
                     if self.dist.main:
                         assert self.train_csv is not None
-                        self.train_csv.add({"iter": it, "lr_g": lr_g, **means, "iters_per_s": rate})
+                        with self._writing("train.csv", it):
+                            self.train_csv.add({"iter": it, "lr_g": lr_g, **means, "iters_per_s": rate})
                         if self.tensorboard is not None:
                             for k, v in means.items():
                                 self.tensorboard.add_scalar(f"train/{k}", v, it)
                     window, t0 = {}, time.perf_counter()
                 if self.dist.main and (it % cfg.val_every == 0 or it == cfg.iters):
-                    self.validate(it)
+                    with self._writing("the validation results", it):
+                        self.validate(it)
                 if self.dist.main and (it % cfg.save_every == 0 or it == cfg.iters):
                     self.save(it)
             if self.dist.main:
-                if self.start_iter == cfg.iters:
-                    log.info("the run is already complete at iteration %d", it)
+                if self.start_iter >= cfg.iters:
+                    log.info("the run is already complete at iteration %d (--iters %d)", it, cfg.iters)
                 final = self.save(it, latest=True)
                 log.info("done: %s", final)
+            finished = True
         finally:
             bar.close()
             if self.tensorboard is not None:
                 self.tensorboard.close()
             if self.dist.world_size > 1 and dist.is_initialized():
-                dist.barrier()
+                if finished:  # after a failure the other ranks are not at the barrier: do not wait for them
+                    dist.barrier()
                 dist.destroy_process_group()
         return final

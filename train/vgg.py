@@ -111,11 +111,19 @@ def load_vgg19_state_dict(path: str | Path) -> dict[str, Tensor]:
     else:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
+        except pickle.UnpicklingError as e:  # torch's advice to pass weights_only=False is not repeated
+            text = str(e)
+            after = (text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text
+                     else text.partition("\n\n")[2])
+            reason = after.strip().split("\n\n")[0].split(". ")[0].strip()
             raise ValueError(
-                f"{str(path)!r} cannot be loaded with torch.load(weights_only=True): it holds pickled objects "
-                f"other than tensors, which are not unpickled for safety ({e})"
-            ) from e
+                f"{str(path)!r} cannot be loaded with torch.load(weights_only=True): it is not a file of tensors "
+                f"only, and other pickled objects are not rebuilt for safety ({reason or 'not a pickle'})"
+            ) from None
+        except (RuntimeError, EOFError, ValueError) as e:
+            first = str(e).strip().split(". ")[0] or type(e).__name__
+            raise ValueError(f"{str(path)!r} is not a weights file torch can read (truncated or not a .pth: "
+                             f"{first})") from None
     if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
         sd = sd["state_dict"]
     if not isinstance(sd, Mapping):
