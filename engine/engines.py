@@ -169,8 +169,11 @@ def manifest_problems(manifest: Any) -> list[str]:
         if not ok:
             problems.append(text)
 
-    need(m["backend"] in BACKENDS, f"backend {m['backend']!r} is not one of {', '.join(BACKENDS)}")
-    need(m["precision"] in PRECISIONS, f"precision {m['precision']!r} is not one of {', '.join(PRECISIONS)}")
+    need(_is_int(m["format_version"], FORMAT_VERSION, FORMAT_VERSION), f"format_version must be the integer "
+         f"{FORMAT_VERSION}, got {m['format_version']!r:.20}")
+    if not (isinstance(m["backend"], str) and m["backend"] in BACKENDS):  # the checks below depend on it
+        return [*problems, f"backend {m['backend']!r:.40} is not one of {', '.join(BACKENDS)}"]
+    need(m["precision"] in PRECISIONS, f"precision {m['precision']!r:.20} is not one of {', '.join(PRECISIONS)}")
     need(m["precision"] != "bf16" or m["backend"] in ("triton", "native"), "bf16 engines are triton or native")
     model = m["model"]
     need(isinstance(model, dict) and isinstance(model.get("arch"), str) and isinstance(model.get("hparams"), dict)
@@ -189,7 +192,7 @@ def manifest_problems(manifest: Any) -> list[str]:
     if not isinstance(files, dict):
         problems.append(f"files must be an object (file name → size and sha256), got {type(files).__name__}")
     else:
-        required, optional = BACKEND_FILES.get(m["backend"], (frozenset(), frozenset()))
+        required, optional = BACKEND_FILES[m["backend"]]
         for name, entry in files.items():
             if name not in required | optional:
                 # the name is only quoted, never opened: nothing reveals what exists outside the folder
@@ -244,7 +247,8 @@ def read_manifest(directory: str | os.PathLike[str], *, verify: bool = True) -> 
         manifest = json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise EngineError(f"{path} is not valid JSON ({e}): {REBUILD}") from None
-    if isinstance(manifest, dict) and "format_version" in manifest and manifest["format_version"] != FORMAT_VERSION:
+    if isinstance(manifest, dict) and _is_int(manifest.get("format_version"), 0, 1 << 31) and \
+            manifest["format_version"] != FORMAT_VERSION:
         raise EngineError(f"{path}: engine format version {manifest['format_version']!r:.20}, this esrgan-engine "
                           f"reads version {FORMAT_VERSION}: rebuild the engine with this version's "
                           f"python -m engine.build")
@@ -283,8 +287,17 @@ _held: dict[str, tuple[int, int, int]] = {}  # lock path → (thread id, depth, 
 _held_guard = threading.Lock()
 
 
+def _target(directory: str | os.PathLike[str]) -> Path:
+    """`directory` as an absolute path with a name (`-o .` is the current folder by its name; `-o /` is refused)."""
+    target = Path(os.path.abspath(directory))
+    if not target.name:
+        raise EngineError(f"-o {directory} is not a folder an engine can be written to: give a new folder, e.g. "
+                          f"engines/NAME")
+    return target
+
+
 def lock_path(target: str | os.PathLike[str]) -> Path:
-    target = Path(target)
+    target = _target(target)
     return target.with_name(f".{target.name}.lock")
 
 
@@ -387,7 +400,7 @@ def _engine_folder_problem(folder: Path) -> str | None:
 def check_target(target: str | os.PathLike[str], *, overwrite: bool = False) -> None:
     """Raise EngineError unless an engine may be written at `target`: nothing there, an empty folder, or (with
     `overwrite`) one of our engines."""
-    target = Path(target)
+    target = _target(target)
     if os.path.islink(target):
         raise EngineError(f"-o {target} is a symbolic link: give the folder itself, or another name (nothing was "
                           f"changed)")
@@ -414,7 +427,7 @@ def stale_builds(target: str | os.PathLike[str]) -> list[Path]:
     """Temporary folders of builds into `target` whose process is gone (killed before renaming them into place):
     named `.NAME.PID-HEX.tmp` beside the target, holding nothing but an engine's files (and our temporaries of
     them)."""
-    target = Path(target)
+    target = _target(target)
     ours = ENGINE_FILES | {MANIFEST}
     found = []
     try:
@@ -479,7 +492,7 @@ def write_engine(directory: str | os.PathLike[str], manifest: dict[str, Any],
     `check(tmp)` may then load and test the finished engine; only then is the folder renamed into place. An engine
     already there is replaced only with `overwrite`, and a folder that is not one of our engines never. On any
     error (or an interrupt) nothing at `directory` has changed and the temporary folder is gone."""
-    target = Path(directory)
+    target = _target(directory)
     unknown = set(write_files) - ENGINE_FILES
     if unknown:
         raise ValueError(f"engine files must be among {sorted(ENGINE_FILES)}, got {sorted(unknown)}")
@@ -643,6 +656,20 @@ def _reading(d: Path, name: str) -> Iterator[None]:
         raise EngineError(f"{d}: {name} cannot be loaded ({type(e).__name__}: {e}): {REBUILD}") from e
 
 
+def _check_self_contained(d: Path) -> None:
+    """model.onnx must hold all its tensors: a graph may name files for its tensors' data, which ONNX Runtime would
+    read (it refuses paths outside the folder, but its message tells what exists there)."""
+    import onnx
+
+    from export.onnx import external_tensors
+
+    with _reading(d, "model.onnx"):
+        outside = external_tensors(onnx.load(str(d / "model.onnx"), load_external_data=False))
+    if outside:
+        raise EngineError(f"{d}: model.onnx keeps {len(outside)} tensors ({', '.join(outside[:3])}) in other files; "
+                          f"an engine's graph holds all of its own: {REBUILD}")
+
+
 def _backend(d: Path, manifest: dict[str, Any], threads: int, device: torch.device) -> Any:
     files = manifest["files"]
     alpha = manifest.get("alpha", {}).get("value")
@@ -681,6 +708,7 @@ def _backend(d: Path, manifest: dict[str, Any], threads: int, device: torch.devi
     if kind == "onnxruntime":
         from .ort import OrtBackend
 
+        _check_self_contained(d)
         with _reading(d, "model.onnx" + (" and its endpoint weights" if endpoints else "")):
             return OrtBackend(d / "model.onnx", threads=threads,
                               bytes_per_pixel=float(manifest.get("bytes_per_pixel", 0.0)), alpha=alpha, **common,

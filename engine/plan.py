@@ -33,8 +33,9 @@ at a 256-byte-aligned file offset.
         tag u8[4] (ASCII) | crc32 u32 (CRC-32 of the section's bytes) | offset u64 | bytes u64
     sections (each tag once; ALPH may be absent)
         META  UTF-8 JSON object: the manifest metadata (model, hyper-parameters, precision, scale, channels,
-              multiple, alpha, versions) and `kernels`: per kernel its Triton function ("kernels.conv.conv_kernel"),
-              signature and constexprs (what the reference executor needs). The C++ runtime passes it through.
+              multiple, alpha, versions) and `kernels`: per kernel its Triton function ("kernels.conv.conv_kernel",
+              a key of `kernel_table()`), signature and constexprs (what the reference executor needs; it checks
+              them against its own recording of the named network). The C++ runtime passes it through.
         STRS  bytes: the kernels' cubin entry names, referenced by (offset, length)
         CUBN  bytes: the cubins, each at a 256-byte-aligned offset within
         KERN  records of 8 × u64: name_off, name_len (in STRS), cubin_off, cubin_bytes (in CUBN), num_warps,
@@ -60,6 +61,10 @@ at a 256-byte-aligned file offset.
 Every pointer argument's offset lies inside its buffer, every offset and buffer base is 16-byte aligned where the
 kernel was compiled assuming it (Triton's divisibility-16 specialization), and the runtime's buffers are
 256-byte aligned. `engine._C.read_plan` validates all of this in host code (no GPU needed).
+
+A plan holds machine code: the C++ runtime runs its cubins on the GPU as they are. Load only plans you built or
+trust as you would a program. The reference executor runs none of a plan's code: its kernels come from
+`kernel_table()` and every launch must be the one this package records for the plan's network.
 """
 
 from __future__ import annotations

@@ -309,6 +309,26 @@ def weight_names(model: onnx.ModelProto) -> list[str]:
     return [t.name for t in model.graph.initializer if not t.name.startswith(NOT_WEIGHTS)]
 
 
+def external_tensors(model: onnx.ModelProto) -> list[str]:
+    """Names of the tensors of `model` (initializers and constants, subgraphs included) whose data lives in another
+    file. Our graphs keep every tensor inline; a graph that names a file could make a loader read it."""
+    found: list[str] = []
+
+    def graph(g: onnx.GraphProto) -> None:
+        tensors = list(g.initializer)
+        for node in g.node:
+            for attr in node.attribute:
+                tensors += ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
+                tensors += [s.values for s in list(attr.sparse_tensors) + ([attr.sparse_tensor]
+                                                                           if attr.HasField("sparse_tensor") else [])]
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    graph(sub)
+        found.extend(t.name or "<unnamed>" for t in tensors if t.data_location == TensorProto.EXTERNAL)
+
+    graph(model.graph)
+    return found
+
+
 def save(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
     """Write `model` atomically (a temporary file beside `path`, then a rename)."""
     data = model.SerializeToString()

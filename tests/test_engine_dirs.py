@@ -162,6 +162,10 @@ def _set(key: str, value: Any) -> Callable[[dict[str, Any]], Any]:
     (lambda m: m["files"].pop("weights_gan.safetensors"), "without the other"),
     (_set("bytes_per_pixel", "lots"), "bytes_per_pixel"),
     (lambda m: m.clear(), "lacks format_version"),
+    (_set("backend", ["onnxruntime"]), "backend ['onnxruntime'] is not one of"),
+    (_set("format_version", "1"), "format_version must be the integer 1"),
+    (_set("alpha", {"value": float("nan")}), "alpha must be an object whose value is a number"),
+    (_set("scale", float("inf")), "scale must be an integer"),
 ])
 def test_a_malformed_manifest_gives_one_engine_error(built: Path, tmp_path: Path, change: Callable[..., Any],
                                                       words: str) -> None:
@@ -194,6 +198,30 @@ def test_a_crafted_file_whose_checksum_matches_gives_an_engine_error(built: Path
     with pytest.raises(EngineError, match=f"{victim}.* cannot be loaded .*rebuild") as info:
         engine.load(d)
     assert str(d) in str(info.value)
+
+
+@pytest.mark.parametrize("location", ["/etc/hostname", "../outside.bin", "inside.bin"])
+def test_a_graph_whose_tensors_live_in_other_files_is_refused(built: Path, tmp_path: Path, location: str) -> None:
+    """ONNX Runtime itself refuses paths outside the folder, but its messages tell what exists there; our graphs
+    keep every tensor inline, so any external data is refused before ONNX Runtime reads the graph."""
+    import onnx
+
+    d = _copy(built, tmp_path / "e")
+    (tmp_path / "outside.bin").write_bytes(bytes(1024))
+    (d / "inside.bin").write_bytes(bytes(1024))
+    model = onnx.load(str(d / "model.onnx"))
+    tensor = next(t for t in model.graph.initializer if t.name == "conv_first.bias")
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(4 * tensor.dims[0]))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    (d / "model.onnx").write_bytes(model.SerializeToString())
+    _edit(d, lambda m: m["files"]["model.onnx"].update(sha256=sha256(d / "model.onnx"),
+                                                       bytes=(d / "model.onnx").stat().st_size))
+    with pytest.raises(EngineError, match=r"model.onnx keeps 1 tensors \(conv_first.bias\) in other files") as info:
+        engine.load(d)
+    assert location not in str(info.value)
 
 
 def test_files_of_another_network_than_the_manifest_says_are_refused(built: Path, tmp_path: Path) -> None:
