@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +22,7 @@ import torch
 
 from train.run import main as run_main
 
+REPO = Path(__file__).resolve().parents[1]
 SMALL = {"num_block": 1, "num_feat": 8, "num_grow_ch": 4}
 
 
@@ -177,3 +183,22 @@ def test_resume_cannot_change_the_networks(tmp_path: Path, data: Path, capsys: p
         err = capsys.readouterr().err
         assert "cannot change when a run resumes" in err and "--pretrained" in err and "Traceback" not in err, err
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # config.json too
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path: Path, data: Path) -> None:
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "train.run", *_args(data, out, "--iters", "100000", "--save-every", "2")]
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.time() + 120
+        while not list((out / "state").glob("*.state")):
+            assert time.time() < deadline and proc.poll() is None, "the run never wrote a state"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and f"--resume --out {out} continues from {out / 'state'}" in err, err[-3000:]

@@ -242,3 +242,21 @@ def test_a_read_only_out_is_an_error(tmp_path: Path, data: Path, capsys: pytest.
     finally:
         out.chmod(0o755)
     assert "cannot write" in capsys.readouterr().err and list(out.iterdir()) == []
+
+
+def test_a_run_with_a_damaged_or_edited_config_json(tmp_path: Path, data: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    Trainer(_cfg(data, iters=2, save_every=2), out).run()
+    saved = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**saved, "save_every": 0}))
+    assert run_main(["--resume", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'config.json'}: save_every must be an integer ≥ 1, got 0" in err and "restore it" in err, err
+    (out / "config.json").write_text(json.dumps(saved)[:50])
+    before = _snapshot(out)
+    for argv in (["--resume", "--out", str(out)], _cli(data, out)):
+        assert run_main(argv) == 2
+        err = capsys.readouterr().err
+        assert "holds training states, but its config.json is missing or damaged" in err, err
+    assert _snapshot(out) == before

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PRESETS, ConfigError, TrainConfig, TrainError, parse_override, preset
-from .rundir import check_out, read_config
+from .rundir import check_out, read_config, state_files
 from .trainer import Trainer
 
 # flag → config field, for the flags that are plain overrides
@@ -85,7 +85,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if args.preset and args.preset != base.get("preset"):
             raise TrainError(f"--resume: {args.out} was trained with preset {base.get('preset')!r}, not "
                              f"{args.preset!r}; drop --preset")
-        return TrainConfig.from_dict({**base, **overrides})
+        try:
+            return TrainConfig.from_dict({**base, **overrides})
+        except ConfigError as e:
+            if e.field in overrides:
+                raise
+            raise TrainError(f"--resume: {Path(args.out) / 'config.json'}: {e}; the file was changed since the run "
+                             "started, restore it") from None
     if not args.preset:
         raise TrainError("--preset is required (or --resume to continue a run)")
     return preset(args.preset, **overrides)
@@ -108,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     except (TrainError, ValueError, OSError) as e:  # ValueError, OSError: a file the checks did not foresee
         print(f"error: {message(e) if isinstance(e, TrainError) else e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        states = state_files(Path(args.out))
+        then = (f"python -m train.run --resume --out {args.out} continues from {states[-1][1]}" if states else
+                "the run had no checkpoint yet")
+        print(f"\ninterrupted: {then}", file=sys.stderr)
+        return 130
     return 0
 
 

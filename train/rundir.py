@@ -88,6 +88,10 @@ def check_out(out: Path, *, resume: bool) -> Plan:
         if resume:
             raise TrainError(f"--resume: {out} is empty, not a run; start a run there without --resume")
         return Plan("new")
+    if read_config(out) is None and state_files(out) and (out / "models").is_dir():
+        raise TrainError(f"{flag}{out} holds training states, but its config.json is missing or damaged: nothing was "
+                         "changed. Restore config.json (a run resumes from it), or start a new run in another folder "
+                         "with --pretrained on one of its models/net_g_*.pth")
     if read_config(out) is None:
         shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
         raise TrainError(f"{flag}{out} is not a training run (it has no config.json written by train.run) and is "
