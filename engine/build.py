@@ -152,7 +152,7 @@ def check_args(args: argparse.Namespace, backend: str) -> str:
     if args.tile * args.tile * args.batch > MAX_TILE_PIXELS:
         raise BuildError(f"--tile {args.tile} × --batch {args.batch} is {args.tile ** 2 * args.batch:,} pixels per "
                          f"call, more than an engine takes ({MAX_TILE_PIXELS:,}, 4096²): engine.infer tiles any "
-                         f"image, so use a smaller --tile (default {DEFAULT_TILE})")
+                         f"image, so use a smaller --tile (default {DEFAULT_TILE}) or --batch")
     if precision == "int8" and not args.calib:
         raise BuildError("--int8 needs --calib DIR: a folder of images like the ones the engine will upscale "
                          "(activation ranges are calibrated on them)")

@@ -300,6 +300,18 @@ def test_a_network_whose_output_is_not_finite_fails_verification(tmp_path: Path,
     assert "not finite" in err or "NaN" in err or "inf" in err.lower()
 
 
+def test_verify_refuses_a_reference_network_whose_output_is_not_finite(weights: Path, tmp_path: Path) -> None:
+    from engine.build import VerificationError, verify
+
+    assert _build(weights, tmp_path / "e", "--no-verify") == 0
+    net = _net(0)
+    with torch.no_grad():
+        net.conv_last.bias.fill_(float("nan"))
+    with pytest.raises(VerificationError, match="the network's own output is not finite"):
+        verify(tmp_path / "e", net)
+    assert verify(tmp_path / "e", _net(0)) < 1e-5
+
+
 # ---------------------------------------------------------------------------------------------------------
 # options that cannot work, refused before any work (issue 15.12)
 
