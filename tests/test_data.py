@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -392,6 +394,24 @@ def test_corrupt_and_small_images_are_skipped_and_reported_once(tmp_path):
     assert ds[(1, 7)]["name"] == "2_good.png"
 
 
+def _png_header(height: int, width: int) -> bytes:
+    """A PNG with only a header: what a decompression bomb's first bytes look like."""
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    iend = b"IEND"
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
+            + struct.pack(">I", 0) + iend + struct.pack(">I", zlib.crc32(iend)))
+
+
+def test_an_image_over_the_pixel_limit_is_skipped_before_decoding(tmp_path):
+    (tmp_path / "a_bomb.png").write_bytes(_png_header(20_000, 20_000))
+    write_rgb(tmp_path / "b.png", astronaut(40, 40))
+    s = TrainDataset(tmp_path, scale=4, gt_size=32)[(0, 0)]
+    assert s["name"] == "b.png"
+    assert "a_bomb.png" in s["skipped"] and "20000×20000 pixels, more than a training image may have" in s["skipped"]
+    with pytest.raises(D.imageio.ImageError, match="134 MP"):
+        D.load_image(tmp_path / "a_bomb.png")
+
+
 def test_a_file_gone_after_listing_is_skipped(tmp_path):
     write_rgb(tmp_path / "a.png", astronaut(40, 40))
     write_rgb(tmp_path / "b.png", astronaut(40, 40))
@@ -414,7 +434,7 @@ def test_no_usable_image_raises(tmp_path):
     ds = TrainDataset(tmp_path, scale=4, gt_size=32)
     with pytest.raises(ValueError, match=f"no usable training image in {tmp_path} .2 image.*bad.png.*small.png"):
         ds[(0, 0)]
-    with pytest.raises(ValueError, match="bad.png in .* cannot be decoded; training image small.png"):
+    with pytest.raises(ValueError, match=r"bad.png in .* cannot be decoded \(.*\); training image small.png"):
         ds[(1, 0)]  # the reasons are kept
 
 

@@ -29,12 +29,14 @@ __all__ = [
     "ValDataset",
     "build_train_loader",
     "list_images",
+    "load_image",
     "read_image",
 ]
 
 logger = logging.getLogger("train.data")
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(imageio.SUPPORTED_EXTENSIONS)
+MAX_PIXELS = imageio.DEFAULT_MAX_PIXELS  # the largest training image (~134 MP, 16384 × 8192)
 
 # Margin, in LR pixels, of the HR box downscaled for an on-the-fly LR patch. The antialiased cubic kernel of a
 # 1/scale downscale reaches 2 LR pixels (2·scale HR pixels) each side, so LR pixels 2 or more inside the box
@@ -67,28 +69,40 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def read_image(path: str | Path) -> np.ndarray | None:
+    """`load_image`, with None for a file whose content cannot be decoded. A corrupt file never raises.
+
+    Raises:
+        OSError (e.g. FileNotFoundError): the file cannot be read at all.
+    """
+    try:
+        return load_image(path)
+    except imageio.ImageError:
+        return None
+
+
+def load_image(path: str | Path) -> np.ndarray:
     """Decode an image file into RGB float32 (H, W, 3) in [0, 1], with `engine.imageio.read_image` (the same
     decoder as inference: OpenCV, JPEG EXIF orientation applied, non-ASCII paths).
 
     8-bit samples are divided by 255, 16-bit by 65535; float samples are kept (clipped to [0, 1]). Gray images
     are repeated to 3 channels, alpha is dropped.
 
-    Returns:
-        The image, or None when the file's content cannot be decoded (empty, corrupt, an unsupported format
-        or sample type). A corrupt file never raises.
-
     Raises:
+        engine.imageio.ImageError: the content cannot be decoded (empty, corrupt, an unsupported format or sample
+            type), or the header gives more than `MAX_PIXELS` pixels (a decompression bomb would take any memory);
+            the message names the file and the reason.
         OSError (e.g. FileNotFoundError): the file cannot be read at all.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such image file")
-    try:
-        img = imageio.read_image(path, max_pixels=None)
-    except imageio.ImageError:
-        return None
+    size = imageio.image_size(path)
+    if size is not None and size[0] * size[1] > MAX_PIXELS:
+        raise imageio.ImageError(f"{path}: {size[1]}×{size[0]} pixels, more than a training image may have "
+                                 f"({MAX_PIXELS / 1e6:.0f} MP); crop or downscale it")
+    img = imageio.read_image(path, max_pixels=None)
     if img.size == 0:
-        return None
+        raise imageio.ImageError(f"{path}: the image has no pixels")
 
     if img.dtype == np.uint8:
         out = img.astype(np.float32) / np.float32(255)
@@ -283,13 +297,12 @@ class TrainDataset(Dataset):
 
     def _read(self, i: int, path: Path, what: str) -> np.ndarray | None:
         try:
-            img = read_image(path)
+            return load_image(path)
+        except imageio.ImageError as e:
+            self._skip(i, f"{what} cannot be decoded ({str(e).removeprefix(f'{path}: ')})")
         except OSError as e:
             self._skip(i, f"{what} cannot be read ({e.strerror or e})")
-            return None
-        if img is None:
-            self._skip(i, f"{what} cannot be decoded")
-        return img
+        return None
 
     def _sample(self, i: int, seed: int) -> dict | None:
         """The sample of image i, or None (the reason in `_unusable`) if the image is unusable."""
@@ -374,25 +387,27 @@ class ValDataset(Dataset):
 
     def _unusable(self, hr_path: Path, name: str, lr_path: Path | None) -> str | None:
         """Why a validation image (and its LR partner) cannot be used, or None."""
-        try:
-            hr = read_image(hr_path)
-            lr = None if lr_path is None else read_image(lr_path)
-        except OSError as e:
-            return f"validation image {name} in {self.hr_dir} or its LR partner cannot be read ({e.strerror or e})"
-        if hr is None:
-            return f"validation image {name} in {self.hr_dir} cannot be decoded"
+        images = []
+        for path, what in ((hr_path, f"validation image {name} in {self.hr_dir}"),
+                           (lr_path, f"LR image {lr_path} (partner of {name})")):
+            if path is None:
+                continue
+            try:
+                images.append(load_image(path))
+            except imageio.ImageError as e:
+                return f"{what} cannot be decoded ({str(e).removeprefix(f'{path}: ')})"
+            except OSError as e:
+                return f"{what} cannot be read ({e.strerror or e})"
+        hr = images[0]
         h, w = _mod_crop(hr, self.scale).shape[:2]
         if h == 0 or w == 0:
             return (f"validation image {name} in {self.hr_dir} is {hr.shape[0]}×{hr.shape[1]}, smaller than scale "
                     f"{self.scale}")
-        if lr_path is None:
-            return None
-        if lr is None:
-            return f"LR image {lr_path} (partner of {name}) cannot be decoded"
-        try:
-            self._check_pair_size(hr_path, (h, w), lr_path, lr.shape[:2])
-        except ValueError as e:
-            return str(e)
+        if lr_path is not None:
+            try:
+                self._check_pair_size(hr_path, (h, w), lr_path, images[1].shape[:2])
+            except ValueError as e:
+                return str(e)
         return None
 
     def _check_pair_size(self, hr_path: Path, hr_hw: tuple[int, int], lr_path: Path, lr_hw: tuple[int, ...]) -> None:
