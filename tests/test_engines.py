@@ -388,6 +388,8 @@ def test_the_end_to_end_checks_fail_on_a_broken_onnx_runtime_backend(broken, alp
         "int8": lambda d: test_int8_build_end_to_end_is_alpha_safe_and_close_to_fp32(checkpoints, d, capsys),
         "fp16": lambda d: test_fp16_onnxruntime_build_runs_and_says_it_is_not_faster(checkpoints, d, capsys),
     }
+    if broken is _nearest:
+        del checks["int8"]  # its build calibrates for seconds; the constant backend shows it fails
     passed = []
     for name, check in checks.items():
         (tmp_path / name).mkdir()
