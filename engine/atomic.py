@@ -54,7 +54,8 @@ def temp_path(path: str | os.PathLike[str]) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (ours always does)."""
     if pid == os.getpid():
         return True
     try:
@@ -75,7 +76,7 @@ def stale_temps(folder: str | os.PathLike[str], names: set[str] | None = None) -
         return
     for p in entries:
         m = TEMP_PATTERN.fullmatch(p.name)
-        if m is None or (names is not None and m["name"] not in names) or _pid_alive(int(m["pid"])):
+        if m is None or (names is not None and m["name"] not in names) or pid_alive(int(m["pid"])):
             continue
         if p.is_file() and not p.is_symlink():
             yield p

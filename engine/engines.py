@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import TEMP_PATTERN, _pid_alive, dir_mode, file_mode, temp_path
+from .atomic import TEMP_PATTERN, dir_mode, file_mode, pid_alive, temp_path
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -436,7 +436,7 @@ def stale_builds(target: str | os.PathLike[str]) -> list[Path]:
         return []
     for p in entries:
         m = TEMP_PATTERN.fullmatch(p.name)
-        if m is None or m["name"] != target.name or _pid_alive(int(m["pid"])):
+        if m is None or m["name"] != target.name or pid_alive(int(m["pid"])):
             continue
         try:
             if p.is_symlink() or not p.is_dir():

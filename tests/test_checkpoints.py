@@ -392,3 +392,18 @@ def test_saved_files_get_the_usual_permissions(tmp_path: Path) -> None:
 
     M.save(M.create("msrresnet", num_block=1), tmp_path / "net.safetensors")
     assert (tmp_path / "net.safetensors").stat().st_mode & 0o777 == file_mode() != 0o600
+
+
+def test_a_safetensors_header_length_that_looks_like_a_pickle_still_loads(tmp_path: Path) -> None:
+    """A header length whose bytes begin 0x80 0x0N reads like a pickle's protocol header: one saved file in 256 was
+    refused as "a Python pickle" before the safetensors structure was checked first."""
+    net = M.create("msrresnet", num_block=1, num_feat=8)
+    path = tmp_path / "net.safetensors"
+    M.save(net, path, metadata={"pad": ""})
+    base = int.from_bytes(path.read_bytes()[:8], "little")
+    target = next(n for n in range(base, base + 4096) if n & 0xFF == 0x80 and (n >> 8) & 0xFF in (2, 3, 4, 5))
+    M.save(net, path, metadata={"pad": "x" * (target - base)})
+    assert path.read_bytes()[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+    loaded, _ = M.load(path)
+    for key, t in net.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], t)

@@ -120,9 +120,13 @@ def _text(head: bytes) -> str | None:
     return text if text and all(c.isprintable() or c in "\t\n\r\f" for c in text) else None
 
 
-def _kind(head: bytes, suffix: str) -> str:
+def _kind(head: bytes, suffix: str, size: int) -> str:
     """"text", "zip" (torch.save), "legacy" (torch.save before PyTorch 1.6), "pickle" (any other pickle),
     "safetensors" or "other"."""
+    # safetensors first: its 8-byte little-endian header length can begin with any byte (0x80 0x05 looks like a
+    # pickle's protocol header), but a length that fits the file followed by the JSON header's "{" is unambiguous
+    if head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"
     if _text(head) is not None:
         return "text"
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
@@ -158,7 +162,7 @@ def _read_file(path: Path) -> tuple[Any, dict[str, str], int]:
     head, size = _read_head(path, where)
     if size == 0:
         raise _fail(where, "the file is empty; download or copy it again")
-    kind = _kind(head, path.suffix)
+    kind = _kind(head, path.suffix, size)
     if kind == "safetensors":
         return *_read_safetensors(path, where), size
     if kind in ("zip", "legacy"):
