@@ -121,7 +121,8 @@ def test_gan_settings_are_checked_before_training(tmp_path: Path, capsys: pytest
                                                   setting: str, expected: str) -> None:
     for i in range(2):
         _image(tmp_path / "data" / f"{i}.png", size=(128, 128), seed=i)
-    argv = ["--preset", "esrgan-gan", "--data", str(tmp_path / "data"), "--perceptual-random-init", "--set", "model=rrdb6",
+    argv = ["--preset", "esrgan-gan", "--data", str(tmp_path / "data"), "--perceptual-random-init",
+            "--set", "model=rrdb6",
             "--set", f"model_args={json.dumps(SMALL)}", "--set", "discriminator_args={\"num_feat\": 8}", "--workers",
             "0", "--iters", "1", "--batch-size", "1", "--out", str(tmp_path / "run"), "--set", setting]
     err = _refused(argv, tmp_path / "run", capsys)
@@ -202,3 +203,13 @@ def test_ctrl_c_says_how_to_resume(tmp_path: Path, data: Path) -> None:
         proc.kill()
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and f"--resume --out {out} continues from {out / 'state'}" in err, err[-3000:]
+
+
+def test_out_inside_the_data_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for i in range(2):
+        _image(tmp_path / "data" / f"{i}.png", seed=i)
+    out = tmp_path / "data" / "runs" / "first"
+    err = _refused(_args(tmp_path / "data", out), out, capsys)
+    assert "is inside --data" in err and "samples/" in err, err
+    err = _refused(_args(tmp_path / "data", tmp_path / "run", "--val", str(tmp_path)), tmp_path / "run", capsys)
+    assert "is inside --val" in err, err

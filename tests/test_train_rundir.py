@@ -116,7 +116,8 @@ def test_out_that_is_a_file_and_resume_of_nothing(tmp_path: Path, data: Path,
 def test_only_our_stale_temporaries_are_removed_only_where_a_run_writes(tmp_path: Path, data: Path) -> None:
     out = tmp_path / "run"
     Trainer(_cfg(data, iters=2, save_every=1), out).run()
-    ours = [out / f".train.csv.{DEAD_PID}-00000000000a.tmp", out / "models" / f".net_g_2.pth.{DEAD_PID}-00000000000b.tmp",
+    ours = [out / f".train.csv.{DEAD_PID}-00000000000a.tmp",
+            out / "models" / f".net_g_2.pth.{DEAD_PID}-00000000000b.tmp",
             out / "state" / f".00000003.state.{DEAD_PID}-00000000000c.tmp"]
     kept = [out / "notes" / f".draft.txt.{DEAD_PID}-00000000000d.tmp",  # a folder of the user's inside the run
             out / ".x.tmp", out / "models" / ".mine.tmp",  # not our names

@@ -78,8 +78,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         assert base is not None
         changed = [key for key in _NETWORK if key in overrides and overrides[key] != base.get(key)]
         if changed:
+            has = ", ".join(f"{k}={base.get(k)!r}" for k in changed)
             raise TrainError(f"--resume: {', '.join(changed)} cannot change when a run resumes (its training state "
-                             f"holds those networks; the run has {', '.join(f'{k}={base.get(k)!r}' for k in changed)}). "
+                             f"holds those networks; the run has {has}). "
                              f"Drop those options, or start a new run from its weights with --pretrained "
                              f"{Path(args.out) / 'models' / 'net_g_latest.pth'}")
         if args.preset and args.preset != base.get("preset"):

@@ -79,7 +79,8 @@ def check_out(out: Path, *, resume: bool) -> Plan:
             raise TrainError(f"--resume: {out} does not exist; pass the folder of an earlier run as --out")
         return Plan("new")
     if not out.is_dir():
-        raise TrainError(f"{flag}--out {out} is not a folder (a file or a broken link); choose a new or empty folder for --out")
+        raise TrainError(f"{flag}--out {out} is not a folder (a file or a broken link); choose a new or empty folder "
+                         "for --out")
     try:
         entries = sorted(p.name for p in out.iterdir())
     except OSError as e:

@@ -14,9 +14,9 @@ A run directory holds:
 Every file is written to a temporary name and renamed, and the training state is written last: a run killed at
 any moment (even SIGKILL) resumes from its last complete state with nothing else lost; a newest state that cannot
 be read (a damaged disk) is passed over for the one before it. A run starts only in a new or empty folder or in
-a run of ours (train/rundir.py), and every setting and the data are checked before anything is written. The learning rate is a
-pure function of the iteration and every training sample a pure function of (seed, rank, position), so a resumed
-run continues exactly as an uninterrupted one would.
+a run of ours (train/rundir.py), and every setting and the data are checked before anything is written. The
+learning rate is a pure function of the iteration and every training sample a pure function of (seed, rank,
+position), so a resumed run continues exactly as an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -476,6 +476,12 @@ class Trainer:
         cfg.check()
         if not cfg.data:
             raise TrainError("no training data: pass --data HR_DIR")
+        out = self.out.resolve()
+        for flag, folder in (("--data", cfg.data), ("--data-lr", cfg.data_lr), ("--val", cfg.val),
+                             ("--val-lr", cfg.val_lr)):
+            if folder and out.is_relative_to(Path(folder).resolve()):
+                raise TrainError(f"--out {self.out} is inside {flag} {folder}: the run's images (samples/) would be "
+                                 f"read as {flag} images; choose an --out outside it")
         if cfg.stage == "gan" and not cfg.discriminator:
             raise TrainError("the gan stage needs a discriminator (--set discriminator=vgg128|unet|unet-gan|srgan)")
         if cfg.amp == "fp16" and not (cfg.device != "cpu" and torch.cuda.is_available()):
