@@ -261,3 +261,16 @@ def test_a_run_with_a_damaged_or_edited_config_json(tmp_path: Path, data: Path,
         err = capsys.readouterr().err
         assert "holds training states, but its config.json is missing or damaged" in err, err
     assert _snapshot(out) == before
+
+
+def test_a_validation_image_gone_during_the_run_is_skipped(tmp_path: Path, data: Path) -> None:
+    val = tmp_path / "val"
+    val.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(val / f"v{i}.png"), np.full((24, 24, 3), 60 * i, np.uint8))
+    trainer = Trainer(_cfg(data, val=str(val)), tmp_path / "run")
+    (val / "v0.png").unlink()
+    psnr_y, _ = trainer.validate(1)
+    rows = (tmp_path / "run" / "val.csv").read_text().splitlines()
+    assert rows[1].startswith("1,") and rows[1].endswith(",1") and np.isfinite(psnr_y)
+    assert "validation image v0.png skipped" in (tmp_path / "run" / "train.log").read_text()

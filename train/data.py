@@ -424,17 +424,18 @@ class ValDataset(Dataset):
         """{"lr": float32 (3, h, w), "hr": float32 (3, h·scale, w·scale), "name": HR path relative to hr_dir}.
 
         Raises:
-            RuntimeError: an image decoded at construction no longer decodes.
+            ValueError: an image decoded at construction no longer decodes.
+            OSError: an image cannot be read any more (e.g. deleted).
         """
         hr = read_image(self.hr_paths[i])
         if hr is None:
-            raise RuntimeError(f"validation image {self.hr_paths[i]} decoded at construction but not any more")
+            raise ValueError(f"validation image {self.hr_paths[i]} decoded at construction but not any more")
         hr = _mod_crop(hr, self.scale)
         hr_t = _to_chw(hr)
         if self.lr_paths is not None:
             lr = read_image(self.lr_paths[i])
             if lr is None:
-                raise RuntimeError(f"LR image {self.lr_paths[i]} decoded at construction but not any more")
+                raise ValueError(f"LR image {self.lr_paths[i]} decoded at construction but not any more")
             self._check_pair_size(self.hr_paths[i], hr.shape[:2], self.lr_paths[i], lr.shape[:2])
             lr_t = _to_chw(lr)
         elif self.scale == 1:

@@ -593,7 +593,15 @@ class Trainer:
         if self.val is None or len(self.val) == 0:
             return None
         net = self.net_ema if self.net_ema is not None else self.net_g
-        samples = [self.val[i] for i in range(len(self.val))]
+        samples = []
+        for i in range(len(self.val)):
+            try:
+                samples.append(self.val[i])
+            except (OSError, ValueError) as e:  # changed since the run started: one file does not stop a run
+                log.warning("iteration %d: validation image %s skipped: %s", it, self.val.names[i], e)
+        if not samples:
+            log.warning("iteration %d: no validation image can be read any more; no validation", it)
+            return None
         was_training = net.training
         net.eval()  # each image is upscaled once, in eval mode, for the scores, LPIPS and the sample grid
         try:
