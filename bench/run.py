@@ -64,6 +64,7 @@ sys.path.insert(0, str(REPO))
 import engine  # noqa: E402
 import engine.models as M  # noqa: E402
 from engine.atomic import atomic_write  # noqa: E402
+from engine.inference import cpu_has_bf16  # noqa: E402
 from engine.models.flops import macs_per_pixel  # noqa: E402
 
 SCHEMA_VERSION = 1
@@ -177,6 +178,13 @@ def _no_fp16_on_cpu(ctx: Context) -> str | None:
     return None
 
 
+def _no_bf16_on_this_cpu(ctx: Context) -> str | None:
+    if ctx.device.type == "cpu" and not cpu_has_bf16():
+        return ("this CPU has no bf16 instructions (avx512_bf16, amx_bf16): PyTorch emulates bf16 here, tens of times "
+                "slower than fp32")
+    return None
+
+
 def _compile_unavailable(ctx: Context) -> str | None:
     if ctx.device.type == "cpu" and shutil.which(os.environ.get("CXX", "g++")) is None:
         return "torch.compile on the CPU needs a C++ compiler (g++ not found)"
@@ -287,7 +295,7 @@ def _native_unavailable(ctx: Context) -> str | None:
 BACKENDS = [
     BackendSpec("torch-fp32", "PyTorch eager fp32", lambda d: "fp32", _torch("fp32"), lambda ctx: None),
     BackendSpec("torch-fp16", "PyTorch eager fp16", lambda d: "fp16", _torch("fp16"), _no_fp16_on_cpu),
-    BackendSpec("torch-bf16", "PyTorch eager bf16", lambda d: "bf16", _torch("bf16"), lambda ctx: None),
+    BackendSpec("torch-bf16", "PyTorch eager bf16", lambda d: "bf16", _torch("bf16"), _no_bf16_on_this_cpu),
     BackendSpec("torch-channels-last", "PyTorch eager channels_last", _half, _torch(channels_last=True),
                 lambda ctx: None),
     BackendSpec("torch-compile", "torch.compile", _half, _torch(compile=True), _compile_unavailable),
@@ -423,6 +431,8 @@ def device_peaks(device: torch.device, dtypes: set[str]) -> dict[str, dict[str, 
         if sheet is not None:
             return {d: {"tflops": sheet[d], "source": "datasheet (dense)"} for d in dtypes if d in sheet}
     torch_dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    if device.type == "cpu" and not cpu_has_bf16():  # emulated: minutes per matmul, and no row runs in bf16
+        del torch_dtypes["bf16"]
     if device.type == "cuda":
         torch_dtypes["fp16"] = torch.float16
     n = 8192 if device.type == "cuda" else 2048

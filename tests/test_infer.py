@@ -281,6 +281,21 @@ def test_fp16_overflow_is_recomputed_in_fp32(monkeypatch: pytest.MonkeyPatch, ca
     assert torch.isfinite(out).all() and "fp16 overflow" in caplog.text
 
 
+@pytest.mark.parametrize("flags, fast", [("fpu avx2 fma", False), ("avx2 avx512f avx512_bf16", True),
+                                         ("avx2 amx_bf16 amx_tile", True), (None, True)])
+def test_bf16_on_a_cpu_without_bf16_instructions_is_named(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch, flags: str | None,
+                                                          fast: bool) -> None:
+    """On AVX2-only CPUs PyTorch emulates bf16, 72× slower than fp32 for the default model: said once, loudly."""
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\n" + (f"flags\t\t: {flags}\n" if flags else ""))
+    assert engine.inference.cpu_has_bf16(str(info)) is fast
+    monkeypatch.setattr(engine.inference, "cpu_has_bf16", lambda: fast)
+    with caplog.at_level("WARNING", logger="engine"):
+        TorchBackend(_small_net(), dtype="bf16")
+    assert ("no bf16 instructions" in caplog.text) is not fast
+
+
 def test_fp16_on_the_cpu_is_refused() -> None:
     with pytest.raises(ValueError, match="fp16 inference needs a CUDA device"):
         TorchBackend(_small_net(), dtype="fp16")
