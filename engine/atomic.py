@@ -48,6 +48,16 @@ def dir_mode() -> int:
     return 0o777 & ~umask()
 
 
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name one file: the same resolved path, or (both existing) the same inode, so that a link
+    or another spelling of an input is still recognised as that input."""
+    try:
+        return Path(a).resolve() == Path(b).resolve() or (os.path.exists(a) and os.path.exists(b)
+                                                          and os.path.samefile(a, b))
+    except (OSError, ValueError):
+        return False
+
+
 def temp_path(path: str | os.PathLike[str]) -> Path:
     """A fresh temporary name beside `path` that `stale_temps` recognises as ours."""
     path = Path(path)

@@ -9,19 +9,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 
+from .atomic import same_file
 from .models import CheckpointError, InterpolationError, interpolate, load, save
 from .models.registry import same_network
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-    except OSError:
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (math.isfinite(args.alpha) and 0.0 <= args.alpha <= 1.0):
         parser.error(f"--alpha {args.alpha}: give a weight in [0, 1] (0: A, 1: B)")
     for name, source in (("A", args.a), ("B", args.b)):
-        if _same_file(out, Path(source)):
+        if same_file(out, Path(source)):
             print(f"error: -o {out} is the input {name} ({source}): inputs are never written over; choose another -o",
                   file=sys.stderr)
             return 2

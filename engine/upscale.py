@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from . import models
-from .atomic import remove_stale_temps, temp_path
+from .atomic import remove_stale_temps, same_file, temp_path
 from .engines import load as load_engine
 from .imageio import (
     DEFAULT_MAX_PIXELS,
@@ -190,13 +190,6 @@ def device_of(args: argparse.Namespace) -> str:
     return device
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-    except OSError:
-        return False
-
-
 def plan_outputs(inputs: list[Path], out_dir: Path, suffix: str, ext: str) -> tuple[list[tuple[Path, Path]],
                                                                                        list[Path]]:
     """(input, output) pairs, and the inputs left out because they are outputs of other inputs (a rerun into the
@@ -217,7 +210,7 @@ def plan_outputs(inputs: list[Path], out_dir: Path, suffix: str, ext: str) -> tu
                              "(each keeps its own extension), or rename one of them")
         by_name[key] = src
     for src, dst in pairs:
-        clash = next((p for p, _ in pairs if _same_file(p, dst)), None)
+        clash = next((p for p, _ in pairs if same_file(p, dst)), None)
         if clash is not None:
             raise UsageError(f"the output {dst} of {src.name} would replace the input {clash}: inputs are never written "
                              "over; choose another -o or a --suffix")

@@ -109,3 +109,15 @@ def test_only_our_stale_temporaries_are_removed(tmp_path: Path) -> None:
     assert atomic.remove_stale_temps(tmp_path, names={"other.png"}) == []
     assert atomic.remove_stale_temps(tmp_path) == [ours_dead]
     assert all(p.exists() for p in [ours_live, *not_ours, below])
+
+
+def test_same_file_sees_links_and_other_spellings(tmp_path: Path) -> None:
+    a = tmp_path / "a.png"
+    a.write_bytes(b"x")
+    os.link(a, tmp_path / "hard.png")
+    (tmp_path / "soft.png").symlink_to(a)
+    (tmp_path / "other.png").write_bytes(b"x")
+    assert atomic.same_file(a, tmp_path / "." / "a.png")
+    assert atomic.same_file(a, tmp_path / "hard.png") and atomic.same_file(tmp_path / "soft.png", a)
+    assert not atomic.same_file(a, tmp_path / "other.png")
+    assert not atomic.same_file(a, tmp_path / "missing.png")

@@ -8,17 +8,16 @@ from __future__ import annotations
 import errno
 import json
 import os
-import signal
 import struct
 import zipfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import save_file
+from util import deadline
 
 import engine.models as M
 
@@ -47,22 +46,10 @@ def _base(d: Path, kind: str) -> Path:
 BASES = ["zip", "legacy", "ours", "foreign"]
 
 
-@contextmanager
-def _no_hang(seconds: int = 10) -> Iterator[None]:
-    def hung(*_: Any) -> None:
-        raise AssertionError(f"loading did not return within {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def _refused(path: Path) -> str:
-    with _no_hang(), pytest.raises(M.CheckpointError) as e:
+    with deadline(10), pytest.raises(M.CheckpointError) as e:
         M.load(path)
     assert str(e.value).startswith(f"{path}: "), str(e.value)
     return str(e.value)
@@ -88,7 +75,7 @@ def test_bit_flips_in_headers_load_or_are_refused(tmp_path: Path, base: str) -> 
             path = tmp_path / f"flip-{at}-{bit}.{base}"
             path.write_bytes(data[:at] + bytes([data[at] ^ (1 << bit)]) + data[at + 1:])
             try:
-                with _no_hang():
+                with deadline(10):
                     M.load(path)
                 loaded += 1
             except M.CheckpointError as e:

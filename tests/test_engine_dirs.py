@@ -8,15 +8,14 @@ import json
 import logging
 import os
 import shutil
-import signal
 import stat
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from util import deadline
 
 import engine
 import engine.models as M
@@ -54,19 +53,6 @@ def _edit(d: Path, change: Callable[[dict[str, Any]], Any]) -> Path:
     return d
 
 
-@contextmanager
-def _deadline(seconds: int) -> Iterator[None]:
-    """Fail instead of hanging (the loader once blocked forever on a pipe or /proc/self/pagemap)."""
-    def expired(*_: Any) -> None:
-        raise TimeoutError(f"hung for more than {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -81,7 +67,7 @@ def test_a_manifest_naming_anything_but_an_engines_own_files_is_refused(built: P
     (tmp_path / "outside.onnx").write_bytes((d / "model.onnx").read_bytes())  # a real file outside the folder
     entry = {"sha256": sha256(d / "model.onnx"), "bytes": (d / "model.onnx").stat().st_size}
     _edit(d, lambda m: m["files"].update({name: entry}))
-    with _deadline(20), pytest.raises(EngineError, match="not one of the files of onnxruntime engines") as info:
+    with deadline(20), pytest.raises(EngineError, match="not one of the files of onnxruntime engines") as info:
         engine.load(d)
     assert str(d) in str(info.value) and "rebuild" in str(info.value).lower()
 
@@ -111,11 +97,11 @@ def test_a_pipe_in_place_of_a_file_or_manifest_is_refused_without_hanging(built:
     d = _copy(built, tmp_path / "e")
     (d / "weights_gan.safetensors").unlink()
     os.mkfifo(d / "weights_gan.safetensors")
-    with _deadline(20), pytest.raises(EngineError, match="weights_gan.safetensors is not a regular file"):
+    with deadline(20), pytest.raises(EngineError, match="weights_gan.safetensors is not a regular file"):
         engine.load(d)
     (d / "manifest.json").unlink()
     os.mkfifo(d / "manifest.json")
-    with _deadline(20), pytest.raises(EngineError, match="manifest.json is not a regular file"):
+    with deadline(20), pytest.raises(EngineError, match="manifest.json is not a regular file"):
         engine.load(d)
 
 

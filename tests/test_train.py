@@ -4,14 +4,11 @@ trains, corrupt images are skipped by name, the alpha sweep, and the configurati
 from __future__ import annotations
 
 import json
-import logging
 import os
-import random
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -29,23 +26,6 @@ from train.trainer import Trainer, TrainError, ema_decay, ema_update, state_file
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _process_state() -> Iterator[None]:
-    """A Trainer seeds the global RNGs and gives the 'train' logger its own handlers, and some tests set the
-    thread count: all put back after each test, so no test depends on the ones before it."""
-    lg = logging.getLogger("train")
-    handlers, propagate, level = list(lg.handlers), lg.propagate, lg.level
-    threads, py_rng, np_rng = torch.get_num_threads(), random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        yield
-    torch.set_num_threads(threads)
-    random.setstate(py_rng)
-    np.random.set_state(np_rng)
-    for h in list(lg.handlers):
-        if h not in handlers:
-            lg.removeHandler(h)
-            h.close()
-    lg.propagate, lg.level = propagate, level
 
 
 def _write_photos(folder: Path, size: int = 48, count: int = 4) -> Path:

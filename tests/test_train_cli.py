@@ -5,20 +5,16 @@ one message naming the flag, key or file and exit code 2, never a traceback, and
 from __future__ import annotations
 
 import json
-import logging
 import os
-import random
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from train.run import main as run_main
 
@@ -26,23 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL = {"num_block": 1, "num_feat": 8, "num_grow_ch": 4}
 
 
-@pytest.fixture(autouse=True)
-def _process_state() -> Iterator[None]:
-    """A Trainer seeds the global RNGs and gives the 'train' logger its own handlers: all put back after each test
-    (the same fixture as test_train.py's)."""
-    lg = logging.getLogger("train")
-    handlers, propagate, level = list(lg.handlers), lg.propagate, lg.level
-    threads, py_rng, np_rng = torch.get_num_threads(), random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        yield
-    torch.set_num_threads(threads)
-    random.setstate(py_rng)
-    np.random.set_state(np_rng)
-    for h in list(lg.handlers):
-        if h not in handlers:
-            lg.removeHandler(h)
-            h.close()
-    lg.propagate, lg.level = propagate, level
 
 
 def _image(path: Path, size: tuple[int, int] = (40, 40), seed: int = 0) -> None:

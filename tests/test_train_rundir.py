@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
-import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -25,23 +22,6 @@ SMALL = {"num_block": 1, "num_feat": 8, "num_grow_ch": 4}
 DEAD_PID = 4_999_999  # above Linux's largest pid (2^22): no process has it
 
 
-@pytest.fixture(autouse=True)
-def _process_state() -> Iterator[None]:
-    """A Trainer seeds the global RNGs and gives the 'train' logger its own handlers: all put back after each test
-    (the same fixture as test_train.py's)."""
-    lg = logging.getLogger("train")
-    handlers, propagate, level = list(lg.handlers), lg.propagate, lg.level
-    threads, py_rng, np_rng = torch.get_num_threads(), random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        yield
-    torch.set_num_threads(threads)
-    random.setstate(py_rng)
-    np.random.set_state(np_rng)
-    for h in list(lg.handlers):
-        if h not in handlers:
-            lg.removeHandler(h)
-            h.close()
-    lg.propagate, lg.level = propagate, level
 
 
 @pytest.fixture(scope="module")
