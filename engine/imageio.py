@@ -289,7 +289,7 @@ def _cv2_reason(e: Exception) -> str:
 
 def _write_bytes(tmp: str, data: bytes | np.ndarray) -> None:
     with open(tmp, "wb") as f:
-        f.write(data)
+        f.write(memoryview(data))  # type: ignore[arg-type]  # an ndarray is a buffer
 
 
 def write_image(path: StrPath, image: np.ndarray, *, quality: int = 95, overwrite: bool = True,

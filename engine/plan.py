@@ -519,7 +519,8 @@ def _check_plan(path: str | os.PathLike[str], plan: dict[str, Any], meta: dict[s
         same = (got["kernel"] == expected["kernel"] and tuple(got["grid"]) == tuple(expected["grid"])
                 and len(got["args"]) >= n and all(kind == ARG_NULL for kind, _ in got["args"][n:])
                 and all(kind == want_kind and (kind in (ARG_F32, ARG_ALPHA) or value == want_value)
-                        for (kind, value), (want_kind, want_value) in zip(got["args"][:n], expected["args"][:n])))
+                        for (kind, value), (want_kind, want_value)
+                        in zip(got["args"][:n], expected["args"][:n], strict=True)))
         if not same:
             raise _plan_error(path, f"launch {i} ({want_kernels[expected['kernel']]['function']}) differs from what "
                                     f"the network it names records (kernel, grid, offsets or integer arguments)")

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from . import models
-from .atomic import remove_stale_temps, same_file, temp_path
+from .atomic import remove_stale_temps, temp_path
 from .engines import load as load_engine
 from .imageio import (
     DEFAULT_MAX_PIXELS,
@@ -209,12 +209,22 @@ def plan_outputs(inputs: list[Path], out_dir: Path, suffix: str, ext: str) -> tu
             raise UsageError(f"{by_name[key].name} and {src.name} would both be written to {dst}; give --ext auto "
                              "(each keeps its own extension), or rename one of them")
         by_name[key] = src
+    by_path = {p.resolve(): p for p, _ in pairs}  # inputs by path and by file (links, other spellings)
+    by_inode = {(st.st_dev, st.st_ino): p for p, _ in pairs if (st := _stat(p)) is not None}
     for src, dst in pairs:
-        clash = next((p for p, _ in pairs if same_file(p, dst)), None)
+        st = _stat(dst)
+        clash = by_path.get(dst.resolve()) or (by_inode.get((st.st_dev, st.st_ino)) if st is not None else None)
         if clash is not None:
-            raise UsageError(f"the output {dst} of {src.name} would replace the input {clash}: inputs are never written "
-                             "over; choose another -o or a --suffix")
+            raise UsageError(f"the output {dst} of {src.name} would replace the input {clash}: inputs are never "
+                             "written over; choose another -o or a --suffix")
     return pairs, ours
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except (OSError, ValueError):
+        return None
 
 
 def check_output_folder(out_dir: Path) -> None:
@@ -359,7 +369,7 @@ def _complete(target: Path, source: Path, scale: int, outscale: float | None) ->
     if got is None or size is None:
         return False
     try:
-        want = output_size(*size, scale, outscale)
+        want = output_size(size[0], size[1], scale, outscale)
     except ValueError:
         return False
     return got in (want, want[::-1])
@@ -381,7 +391,7 @@ def _reason(path: Path, e: BaseException) -> str:
 def upscale_file(backend: Backend, src: Path, dst: Path, args: argparse.Namespace, batch: int, replace: bool) -> None:
     """Upscale one file into `dst` (atomically; exclusively unless `replace`)."""
     image = read_image(src, max_pixels=args.max_pixels)
-    out_h, out_w = output_size(*image.shape[:2], backend.scale, args.outscale)
+    out_h, out_w = output_size(image.shape[0], image.shape[1], backend.scale, args.outscale)
     check_memory(backend, image, out_h, out_w, args.tile, batch)
     with tqdm(unit="tile", leave=False, dynamic_ncols=True, desc=src.name, disable=None) as bar:
         result = infer(backend, image, tile=args.tile, tile_overlap=args.tile_overlap, batch=args.batch,

@@ -328,7 +328,8 @@ def test_cli_reports_a_corrupt_file_and_writes_the_others(tmp_path: Path, capsys
     assert upscale_main(["-i", str(src), "-o", str(tmp_path / "out")]) == 1
     captured = capsys.readouterr()
     failures = [line for line in captured.err.splitlines() if line.startswith("failed:")]
-    assert len(failures) == 1 and failures[0].count("broken.png") == 1 and "header does not give its size" in failures[0]
+    assert len(failures) == 1 and failures[0].count("broken.png") == 1
+    assert "header does not give its size" in failures[0]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["img0_out.png", "img1_out.png"]
 
 
