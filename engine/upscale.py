@@ -76,6 +76,9 @@ def resolve_model(name_or_path: str | None) -> Path:
     path = Path(name)
     if path.is_file() or (path / "manifest.json").is_file():
         return path
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"-n {name}: not a regular file (a pipe, socket or device); give a checkpoint file, an "
+                         "engine directory or a shipped model name")
     shipped = WEIGHTS_DIR / f"{name}.safetensors"
     if re.fullmatch(r"[\w.-]+", name) and shipped.is_file():
         return shipped
@@ -229,6 +232,8 @@ def _stat(path: Path) -> os.stat_result | None:
 
 def check_output_folder(out_dir: Path) -> None:
     """Create the output folder and prove it writable, before the model is loaded."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"-o {out_dir}: a file, not a folder; give a folder for the outputs")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = temp_path(out_dir / "write-test")

@@ -157,6 +157,7 @@ def _one_image(tmp_path: Path, name: str = "a.png") -> Path:
     (["--backend", "triton", "--device", "cpu"], "--backend triton runs our fused kernels on a CUDA GPU"),
     (["--backend", "onnxruntime", "--bf16"], "--backend onnxruntime runs fp32 on the CPU"),
     (["-n", "no-such-model"], "-n no-such-model: neither a checkpoint file"),
+    (["-n", "/dev/null"], "-n /dev/null: not a regular file"),
     (["--overwrite", "--skip-existing"], "exclude each other"),
 ])
 def test_arguments_that_cannot_work_stop_the_run_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -184,6 +185,9 @@ def test_an_output_folder_that_cannot_be_written_stops_the_run_before_the_model_
     monkeypatch.setattr(cli, "make_backend", no_model)
     assert cli.main(["-i", str(src), "-o", str(tmp_path / "file.txt" / "out")]) == cli.EXIT_USAGE
     assert "cannot write there" in capsys.readouterr().err
+    assert cli.main(["-i", str(src), "-o", str(tmp_path / "file.txt")]) == cli.EXIT_USAGE
+    assert "a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "file.txt").read_text() == "not a folder"
 
     real_open = os.open
 
