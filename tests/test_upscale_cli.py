@@ -364,3 +364,17 @@ def test_memory_needed_counts_the_output_in_its_own_dtype(monkeypatch: pytest.Mo
     assert need["output"] == 4320 * 8192 * 3
     assert need["blend band"] == 3 * 256 * 4 * 8192 * 4
     assert sum(v for k, v in need.items() if k != "tiles and activations") < 4320 * 8192 * 3 * 4
+
+
+def test_opencvs_own_warnings_are_not_printed_before_ours(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """OpenCV logged "[ WARN:0@0.1] global grfmt_png.cpp:793 ... PNG input buffer is incomplete" to stderr before
+    our message for the same file."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, ext in (("cut.png", ".png"), ("cut.tif", ".tif"), ("cut.bmp", ".bmp")):
+        ok, buf = cv2.imencode(ext, _photo(1, 40, 40))
+        (src / name).write_bytes(buf.tobytes()[: len(buf) // 2])
+    assert cli.main(["-i", str(src), "-o", str(tmp_path / "out")]) == cli.EXIT_FAILED
+    err = capfd.readouterr().err
+    assert len(_failures(err)) == 3
+    assert "WARN" not in err and "[ERROR" not in err and "grfmt" not in err, err
