@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import re
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -479,13 +478,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if hasattr(signal, "SIGXFSZ"):  # over a file-size limit, a write fails with EFBIG instead of killing the run
-        try:
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        except ValueError:  # not the main thread: leave signals alone
-            pass
     import cv2
 
+    # (Over a file-size limit a write fails with EFBIG, one failed file: CPython ignores SIGXFSZ from the start.)
     level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # our messages name the file and the reason
     try:
