@@ -279,7 +279,8 @@ def test_a_failed_write_is_one_failed_file(tmp_path: Path, capsys: pytest.Captur
 
 
 def test_a_file_size_limit_fails_one_file_and_the_run_goes_on(tmp_path: Path) -> None:
-    """Over RLIMIT_FSIZE a write raised SIGXFSZ, which killed the whole run; now it is one failed file (EFBIG)."""
+    """Over RLIMIT_FSIZE a write fails with EFBIG (CPython ignores SIGXFSZ), which stopped the whole run with a
+    traceback; now it is one failed file."""
     src = tmp_path / "in"
     src.mkdir()
     write_image(src / "big.png", np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8))
