@@ -459,7 +459,6 @@ def infer(net: Any, image: np.ndarray | torch.Tensor, *, tile: int | None = None
                        threads=threads, progress=progress, sink=sink)
 
     run(color, 0)
-    del planes
     if alpha_plane is not None:
         if alpha_upsampler == "model":
             run(alpha_plane, channels - 1)

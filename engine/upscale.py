@@ -50,6 +50,7 @@ from .inference import (
     output_size,
 )
 from .ort import from_network as ort_backend
+from .ort import usable_cpus
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT_MODEL = "tiny_x4"
@@ -83,14 +84,6 @@ def resolve_model(name_or_path: str | None) -> Path:
         return shipped
     raise UsageError(f"-n {name}: neither a checkpoint file, an engine directory nor a shipped model (shipped: "
                      f"{', '.join(shipped_models()) or 'none found in ' + str(WEIGHTS_DIR)})")
-
-
-def cpu_count() -> int:
-    """CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def parser() -> argparse.ArgumentParser:
@@ -147,7 +140,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     """Every argument that can be checked without the model or the images; UsageError naming it."""
     if args.overwrite and args.skip_existing:
         raise UsageError("--overwrite and --skip-existing exclude each other")
-    cpus = cpu_count()
+    cpus = usable_cpus()
     if not 0 <= args.threads <= cpus:
         raise UsageError(f"--threads {args.threads}: this machine has {cpus} CPU(s); give 0 (all of them) or 1..{cpus}")
     if args.max_pixels < 1:

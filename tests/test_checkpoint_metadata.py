@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import save_file
-from test_models import randomize_
+from util import randomize_
 
 import engine.models as M
 import engine.models.rrdbnet as rrdbnet

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from test_models import randomize_
+from util import randomize_
 
 import engine.models as M
 

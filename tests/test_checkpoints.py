@@ -15,7 +15,7 @@ import pytest
 import torch
 from published_layouts import ESRGAN2018, ESRGAN2019, EDSROfficial
 from safetensors.torch import save_file
-from test_models import randomize_
+from util import randomize_
 
 import engine.models as M
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from util import small_rrdb
 
 import engine.models as M
 from engine.build import main as build_main
@@ -24,15 +25,11 @@ from engine.engines import read_manifest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _net(seed: int) -> M.SRNet:
-    torch.manual_seed(seed)
-    return M.create("rrdb6", num_block=1, num_feat=8, num_grow_ch=4).eval()
-
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("w")
-    M.save(_net(0), d / "a.safetensors")
+    M.save(small_rrdb(0), d / "a.safetensors")
     return d / "a.safetensors"
 
 
@@ -287,7 +284,7 @@ def test_an_engine_that_computes_something_else_fails_and_is_not_written(
 
 def test_a_network_whose_output_is_not_finite_fails_verification(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture) -> None:
-    net = _net(0)
+    net = small_rrdb(0)
     with torch.no_grad():
         net.conv_last.bias.fill_(float("inf"))
     try:
@@ -304,12 +301,12 @@ def test_verify_refuses_a_reference_network_whose_output_is_not_finite(weights: 
     from engine.build import VerificationError, verify
 
     assert _build(weights, tmp_path / "e", "--no-verify") == 0
-    net = _net(0)
+    net = small_rrdb(0)
     with torch.no_grad():
         net.conv_last.bias.fill_(float("nan"))
     with pytest.raises(VerificationError, match="the network's own output is not finite"):
         verify(tmp_path / "e", net)
-    assert verify(tmp_path / "e", _net(0)) < 1e-5
+    assert verify(tmp_path / "e", small_rrdb(0)) < 1e-5
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import torch
-from util import deadline
+from util import deadline, small_rrdb
 
 import engine
 import engine.models as M
@@ -25,17 +25,12 @@ from engine.ort import OrtBackend, usable_cpus
 from export.onnx import export_onnx
 
 
-def _net(seed: int) -> M.SRNet:
-    torch.manual_seed(seed)
-    return M.create("rrdb6", num_block=1, num_feat=8, num_grow_ch=4).eval()
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An ONNX Runtime engine with both endpoints (fp32, tile 16)."""
     d = tmp_path_factory.mktemp("dirs")
-    M.save(_net(0), d / "a.safetensors")
-    M.save(_net(1), d / "b.safetensors")
+    M.save(small_rrdb(0), d / "a.safetensors")
+    M.save(small_rrdb(1), d / "b.safetensors")
     assert build_main(["--weights", str(d / "a.safetensors"), "--gan-weights", str(d / "b.safetensors"), "--tile",
                        "16", "--no-verify", "-o", str(d / "e")]) == 0
     return d / "e"
@@ -222,8 +217,8 @@ def test_files_of_another_network_than_the_manifest_says_are_refused(built: Path
 
 
 def test_every_engine_file_gets_the_usual_mode(tmp_path: Path) -> None:
-    M.save(_net(0), tmp_path / "a.safetensors")
-    M.save(_net(1), tmp_path / "b.safetensors")
+    M.save(small_rrdb(0), tmp_path / "a.safetensors")
+    M.save(small_rrdb(1), tmp_path / "b.safetensors")
     old = os.umask(0o022)
     try:
         for backend in ("onnxruntime", "triton"):
@@ -244,7 +239,7 @@ def test_every_engine_file_gets_the_usual_mode(tmp_path: Path) -> None:
 
 def test_threads_are_bounded_by_the_cpus_and_nonsense_is_refused(built: Path,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
-    model = export_onnx(_net(0)).SerializeToString()
+    model = export_onnx(small_rrdb(0)).SerializeToString()
     for bad in (-1, 2.5, "4", True):
         with pytest.raises(ValueError, match="threads must be"):
             OrtBackend(model, scale=4, in_channels=3, out_channels=3, threads=bad)
@@ -271,7 +266,7 @@ def test_a_triton_engine_without_a_gpu_says_so_before_loading(built: Path, tmp_p
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    M.save(_net(0), tmp_path / "a.safetensors")
+    M.save(small_rrdb(0), tmp_path / "a.safetensors")
     assert build_main(["--weights", str(tmp_path / "a.safetensors"), "--backend", "triton", "--tile", "16",
                        "--no-verify", "-o", str(tmp_path / "t")]) == 0
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)

@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from util import small_rrdb
 
 import engine
 import engine.models as M
@@ -25,11 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 INT8_PSNR = 40.0  # measured 47.1, 48.4 and 48.9 dB at alpha 0, 0.6 and 1; a constant backend: about 10
 TINY = REPO / "weights" / "tiny_x4.safetensors"  # the shipped, trained default model: outputs with a real range
 
-
-def _net(seed: int, **kw: object) -> M.SRNet:
-    """A small random network (for checks that do not look at what it computes)."""
-    torch.manual_seed(seed)
-    return M.create("rrdb6", num_block=1, num_feat=8, num_grow_ch=4, **kw).eval()
 
 
 def _tiny() -> M.SRNet:
@@ -294,7 +290,7 @@ def test_ort_backend_matches_torch_and_exposes_threads() -> None:
 
 
 def test_ort_backend_refuses_alpha_without_endpoints() -> None:
-    backend = OrtBackend(export_onnx(_net(0)).SerializeToString(), scale=4, in_channels=3, out_channels=3)
+    backend = OrtBackend(export_onnx(small_rrdb(0)).SerializeToString(), scale=4, in_channels=3, out_channels=3)
     with pytest.raises(ValueError, match="--gan-weights"):
         backend.set_alpha(0.5)
 

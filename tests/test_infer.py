@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
+from util import small_rrdb
 
 import engine
 import engine.models as M
@@ -30,10 +31,6 @@ def shipped() -> TorchBackend:
     net, _ = M.load(REPO / "weights" / "tiny_x4.safetensors")
     return TorchBackend(net)
 
-
-def _small_net(seed: int = 0, **kw: object) -> M.SRNet:
-    torch.manual_seed(seed)
-    return M.create("rrdb6", num_block=1, num_feat=8, num_grow_ch=4, **kw).eval()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -165,7 +162,7 @@ def test_streamed_rows_equal_the_whole_canvas(shipped: TorchBackend) -> None:
 
 
 def test_pixel_unshuffle_networks_pad_odd_sizes() -> None:
-    net = _small_net(scale=2)  # pixel-unshuffle by 2: sides must be even inside
+    net = small_rrdb(scale=2)  # pixel-unshuffle by 2: sides must be even inside
     image = np.random.default_rng(1).random((15, 21, 3)).astype(np.float32)
     assert engine.infer(net, image, tile=0).shape == (30, 42, 3)
     assert engine.infer(net, image, tile=8, tile_overlap=2).shape == (30, 42, 3)
@@ -175,7 +172,7 @@ def test_pixel_unshuffle_networks_pad_odd_sizes() -> None:
 def test_cascades_keep_their_stages_input_multiple(scales: tuple[int, int], multiple: int) -> None:
     """A stage that pixel-unshuffles needs its own input, the earlier stages' upscaled output, to be a multiple of
     2 or 4; the cascade's input multiple carries that back, and odd images are padded to it."""
-    net = M.Cascade(*(_small_net(seed=i, scale=s) for i, s in enumerate(scales)))
+    net = M.Cascade(*(small_rrdb(seed=i, scale=s) for i, s in enumerate(scales)))
     assert net.input_multiple == multiple
     image = np.random.default_rng(2).random((15, 21, 3)).astype(np.float32)
     s = net.scale
@@ -244,10 +241,10 @@ def test_tile_size_is_chosen_from_the_memory_budget(shipped: TorchBackend) -> No
 
 
 def test_alpha_blends_the_two_networks(tmp_path: Path) -> None:
-    psnr_net, gan_net = _small_net(1), _small_net(2)
-    backend = TorchBackend(_small_net(1), gan_net=gan_net)
+    psnr_net, gan_net = small_rrdb(1), small_rrdb(2)
+    backend = TorchBackend(small_rrdb(1), gan_net=gan_net)
     image = np.random.default_rng(2).random((9, 11, 3)).astype(np.float32)
-    blended = _small_net(1)
+    blended = small_rrdb(1)
     blended.load_state_dict(M.interpolate(psnr_net, gan_net, 0.3))
     np.testing.assert_allclose(engine.infer(backend, image, tile=0, alpha=0.3), engine.infer(blended, image, tile=0),
                                atol=1e-6)
@@ -259,20 +256,20 @@ def test_alpha_blends_the_two_networks(tmp_path: Path) -> None:
 
 def test_compiled_backend_matches_eager_and_sees_set_alpha() -> None:
     """torch.compile (a benchmark row) runs the same network, and reads the weights set_alpha rewrites in place."""
-    psnr_net, gan_net = _small_net(1), _small_net(2)
-    backend = TorchBackend(_small_net(1), gan_net=gan_net, compile=True)
+    psnr_net, gan_net = small_rrdb(1), small_rrdb(2)
+    backend = TorchBackend(small_rrdb(1), gan_net=gan_net, compile=True)
     x = torch.rand(1, 3, 12, 10, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(backend.run(x), psnr_net(x), atol=1e-5, rtol=1e-5)
         backend.set_alpha(0.6)
-        blended = _small_net(1)
+        blended = small_rrdb(1)
         blended.load_state_dict(M.interpolate(psnr_net, gan_net, 0.6))
         torch.testing.assert_close(backend.run(x), blended(x), atol=1e-5, rtol=1e-5)
         assert (blended(x) - psnr_net(x)).abs().max() > 1e-3  # the blend changes the output: the check has teeth
 
 
 def test_fp16_overflow_is_recomputed_in_fp32(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    backend = TorchBackend(_small_net(), dtype="bf16")
+    backend = TorchBackend(small_rrdb(), dtype="bf16")
     backend.dtype = "fp16"  # a CPU stand-in: the fp16 pass is simulated to overflow
     real = backend._forward
     monkeypatch.setattr(backend, "_forward", lambda x, d: real(x, "fp32") * (torch.inf if d == "fp16" else 1))
@@ -292,13 +289,13 @@ def test_bf16_on_a_cpu_without_bf16_instructions_is_named(tmp_path: Path, caplog
     assert engine.inference.cpu_has_bf16(str(info)) is fast
     monkeypatch.setattr(engine.inference, "cpu_has_bf16", lambda: fast)
     with caplog.at_level("WARNING", logger="engine"):
-        TorchBackend(_small_net(), dtype="bf16")
+        TorchBackend(small_rrdb(), dtype="bf16")
     assert ("no bf16 instructions" in caplog.text) is not fast
 
 
 def test_fp16_on_the_cpu_is_refused() -> None:
     with pytest.raises(ValueError, match="fp16 inference needs a CUDA device"):
-        TorchBackend(_small_net(), dtype="fp16")
+        TorchBackend(small_rrdb(), dtype="fp16")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -375,8 +372,8 @@ def test_cli_refuses_images_over_max_pixels(tmp_path: Path, capsys: pytest.Captu
 
 def test_cli_accepts_real_esrgan_spellings_and_alpha(tmp_path: Path) -> None:
     src = _folder(tmp_path, 1)
-    M.save(_small_net(1), tmp_path / "psnr.safetensors")
-    M.save(_small_net(2), tmp_path / "gan.safetensors")
+    M.save(small_rrdb(1), tmp_path / "psnr.safetensors")
+    M.save(small_rrdb(2), tmp_path / "gan.safetensors")
     code = upscale_main(["-i", str(src), "-o", str(tmp_path / "out"),
                          "--model_path", str(tmp_path / "psnr.safetensors"),
                          "--tile_pad", "4", "-t", "16", "--alpha", "0.5", "--gan-weights",

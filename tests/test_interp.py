@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from published_layouts import ESRGAN2018
-from test_models import randomize_
+from util import randomize_
 
 import engine.models as M
 from engine.interp import main as interp_main

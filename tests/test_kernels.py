@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from test_models import randomize_
+from util import randomize_
 
 import engine.models as M
 from kernels.conv import conv2d, conv3x3, fold_upconv_weight, pack_conv_weight, record_launches, upconv2x

@@ -6,31 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 from published_layouts import edsr_math, msrresnet_math, rrdbnet_math, srresnet_math
+from util import n_params, randomize_
 
 import engine.models as M
 
 torch.manual_seed(0)
-
-
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-trivial weights and batch-norm statistics, so that every tensor matters in a comparison."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if not t.is_floating_point():
-                continue
-            if name.endswith("running_var"):
-                t.copy_(0.5 + torch.rand(t.shape, generator=g))
-            elif name.endswith(".weight") and t.dim() == 4:
-                fan_in = t[0].numel()
-                t.copy_(torch.randn(t.shape, generator=g) * (0.5 / fan_in) ** 0.5)
-            else:
-                t.copy_(0.1 * torch.randn(t.shape, generator=g))
-    return model.eval()
 
 
 def test_rrdb23_parameter_count_is_esrgans() -> None:

@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from test_models import randomize_
+from util import randomize_
 
 import engine.models as M
 from engine.models import registry

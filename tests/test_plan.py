@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 from test_ext import no_gpu_message
-from test_models import randomize_
+from util import randomize_
 
 import engine
 import engine.models as M

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from published_layouts import EDSROfficial, RCANOfficial, depth_to_space
-from test_models import n_params, randomize_
+from util import n_params, randomize_
 
 import engine.models as M
 from engine.models.formats import detect
