@@ -8,7 +8,6 @@ tests in the environment the extension was built in (e.g. `ENGINE_CUDA=0 python 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from util import has_gpu, no_gpu_message
 
 from engine import pixels
 from engine._ext import load_C
@@ -37,17 +37,6 @@ def find_nvcc() -> str | None:
 def expected_archs() -> list[int]:
     spec = os.environ.get("ENGINE_CUDA_ARCHS", "90").replace(",", ";").replace(".", "")
     return sorted({int(s) for s in spec.split(";") if s.strip()})
-
-
-def has_gpu() -> bool:
-    return any(Path("/dev").glob("nvidia[0-9]*"))
-
-
-def no_gpu_message() -> str:
-    """The pattern of the RuntimeError a CUDA function of engine._C raises on a machine without a GPU."""
-    if C.built_with_cuda():
-        return r"no CUDA device is available \(cudaGetDeviceCount: "
-    return re.escape("engine._C was built without CUDA; rebuild with nvcc on PATH (ENGINE_CUDA=1 pip install -e .)")
 
 
 def channel_order(channels: int, reverse: bool) -> list[int]:

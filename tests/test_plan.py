@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_ext import no_gpu_message
-from util import randomize_
+from util import no_gpu_message, randomize_
 
 import engine
 import engine.models as M

@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 import pytest
-from test_ext import has_gpu, no_gpu_message
+from util import has_gpu, no_gpu_message
 
 from engine._ext import load_C
 

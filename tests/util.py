@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,3 +56,17 @@ def small_rrdb(seed: int = 0, **overrides: Any) -> M.SRNet:
     hyper-parameters (e.g. scale=2)."""
     torch.manual_seed(seed)
     return M.create("rrdb6", num_block=1, num_feat=8, num_grow_ch=4, **overrides).eval()
+
+
+def has_gpu() -> bool:
+    """Whether this machine has an NVIDIA device node (a GPU the driver exposes)."""
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def no_gpu_message() -> str:
+    """The pattern of the RuntimeError a CUDA function of engine._C raises on a machine without a GPU."""
+    from engine._ext import load_C
+
+    if load_C().built_with_cuda():
+        return r"no CUDA device is available \(cudaGetDeviceCount: "
+    return re.escape("engine._C was built without CUDA; rebuild with nvcc on PATH (ENGINE_CUDA=1 pip install -e .)")
