@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.inference import cpu_has_bf16
+from engine.machine import cpu_has_bf16
 
 jsonschema = pytest.importorskip("jsonschema")
 
@@ -178,15 +178,49 @@ def test_psnr_and_percentiles_follow_their_definitions() -> None:
     assert lat == {"median": pytest.approx(5.5), "p20": pytest.approx(2.8), "p80": pytest.approx(8.2)}
 
 
-def test_readme_performance_section_is_made_from_the_committed_results() -> None:
-    """README between the bench markers is exactly what bench/report.py renders from bench/results."""
-    readme = (REPO / "README.md").read_text()
-    assert report.splice(readme, report.render(REPO / "bench" / "results")) == readme, \
-        "README's performance section is out of date: run python bench/report.py"
+def test_readme_and_docs_benchmark_sections_are_made_from_the_committed_results() -> None:
+    """README's summary table and docs/benchmarks.md's full tables are exactly what bench/report.py renders from
+    bench/results (what `python bench/report.py --check` checks)."""
+    for path, now, rendered in report.updated(REPO / "README.md", REPO / "docs" / "benchmarks.md",
+                                              REPO / "bench" / "results"):
+        assert rendered == now, f"{path.name}'s benchmark results are out of date: run python bench/report.py"
     runs = report.latest_runs(REPO / "bench" / "results")
     assert runs, "no full run is committed under bench/results/<device>/"
     for _, doc in runs:
         validate(doc)
+
+
+def test_readme_summary_has_one_row_per_measured_backend() -> None:
+    """One table: a row per (device, workload, backend) that ran, its speed-up as the run computed it; the
+    workloads a device skipped are named below it; the full tables go to docs/benchmarks.md."""
+    results = REPO / "bench" / "results"
+    summary = report.render_summary(results)
+    rows = [line for line in summary.splitlines() if line.startswith("| ") and not line.startswith("| device")]
+    expected = [(doc["conditions"]["device"], w["name"], r) for _, doc in report.latest_runs(results)
+                for w in doc["workloads"] if not w.get("skipped") for r in w["rows"]]
+    assert len(rows) == len(expected) > 0
+    for line, (device, workload, r) in zip(rows, expected, strict=True):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[:4] == [device, f"`{workload}`", r["label"], r["dtype"]]
+        assert cells[6] == f"{r['vs_baseline']:.2f}×"
+    assert summary.count("](docs/benchmarks.md)") == 1
+    for _, doc in report.latest_runs(results):
+        for w in doc["workloads"]:
+            if w.get("skipped"):
+                assert f"`{w['name']}`" in summary and w["skipped"] in summary
+    full = report.render_full(results)
+    assert "](../bench/results/" in full and "| backend | dtype | median ms (p20–p80) |" in full
+
+
+def test_report_check_fails_on_a_stale_file(tmp_path: Path) -> None:
+    readme, docs = tmp_path / "README.md", tmp_path / "benchmarks.md"
+    readme.write_text(f"x\n{report.BEGIN}\nold\n{report.END}\n")
+    docs.write_text(f"y\n{report.FULL_BEGIN}\n{report.FULL_END}\n")
+    args = ["--readme", str(readme), "--docs", str(docs), "--results", str(REPO / "bench" / "results")]
+    assert report.main(["--check", *args]) == 1
+    assert "old" in readme.read_text()  # --check changes nothing
+    assert report.main(args) == 0 and report.main(["--check", *args]) == 0
+    assert "| device | workload |" in readme.read_text() and "#### default-cpu" in docs.read_text()
 
 
 def test_report_picks_the_newest_full_run_per_device(tmp_path: Path) -> None:
@@ -201,6 +235,8 @@ def test_report_picks_the_newest_full_run_per_device(tmp_path: Path) -> None:
     assert [p.name for p, _ in runs] == ["b.json"]
     with pytest.raises(ValueError, match="bench:begin"):
         report.splice("no markers", "x")
+    with pytest.raises(ValueError, match="bench-full:begin"):
+        report.splice(f"{report.FULL_END} {report.FULL_BEGIN}", "x", report.FULL_BEGIN, report.FULL_END)
 
 
 def test_triton_rows_build_time_and_check_under_the_interpreter(tmp_path: Path) -> None:
