@@ -29,8 +29,9 @@ from safetensors.torch import save_file
 
 from ..atomic import atomic_write
 from .base import SRNet
-from .formats import ACCEPTED, FormatError, StateDict, detect
-from .registry import VARIANTS, build, cascade_stages, check_hparams, variant_name
+from .formats import ACCEPTED, MAX_CASCADE_DEPTH, detect, detect_arch
+from .registry import ARCHS, VARIANTS, build, cascade_stages, check_hparams, variant_name
+from .shapes import FormatError, StateDict, count
 
 FORMAT_TAG = "esrgan-engine"
 FORMAT_VERSION = "1"
@@ -330,40 +331,61 @@ def _from_metadata(sd: StateDict, metadata: dict[str, str], where: str) -> tuple
         raise _fail(where, f"its engine.hparams metadata is not valid JSON ({_short(e, 120)}); the file is damaged: "
                     "save it again") from None
     try:
-        found = detect(sd)
+        hparams, sd = _merge(arch, claimed, sd)
     except FormatError as e:
         raise _fail(where, f"its tensors do not form the network its metadata names ({arch!r}): {e}") from None
-    if found is None:
-        raise _fail(where, f"its metadata names a {arch!r} network, but its tensors are no known network")
-    try:
-        return arch, _merge(arch, claimed, found.arch, found.hparams), found.state_dict
     except ValueError as e:
         raise _fail(where, f"its engine.hparams metadata does not describe its tensors: {e}; the file is damaged or "
                     "was edited: save it again") from None
+    return arch, hparams, sd
 
 
-def _merge(arch: Any, claimed: Any, found_arch: str, found: dict[str, Any]) -> dict[str, Any]:
-    """The hyper-parameters read from the shapes (`found`), with `claimed` (the metadata's) for the rest after
-    checking their kinds and the counts of repeated modules. Recursion follows the tensors' own cascade depth."""
-    if arch != found_arch:
-        raise ValueError(f"it names a {_short(repr(arch), 60)} network, the tensors are a {found_arch}")
-    if arch == "cascade":
-        stages = cascade_stages(claimed)
-        if len(stages) != len(found["stages"]):
-            raise ValueError(f"it lists {len(stages)} cascade stages, the tensors hold {len(found['stages'])}")
-        merged = []
-        for s, f in zip(stages, found["stages"], strict=True):
-            if isinstance(s, str):
-                if s not in VARIANTS:
-                    raise ValueError(f"cascade stage {s!r} is no registered model")
-                s = {"arch": VARIANTS[s][0], "hparams": VARIANTS[s][1]}
-            merged.append({"arch": s["arch"], "hparams": _merge(s["arch"], s["hparams"], f["arch"], f["hparams"])})
-        return {"stages": merged}
+def _merge(arch: str, claimed: Any, sd: StateDict, depth: int = 0) -> tuple[dict[str, Any], StateDict]:
+    """The hyper-parameters of the network our metadata names (`arch`, `claimed`), and its tensors in our key names.
+    The shapes of `sd` give what they can: through the layout its keys are recognised as, else through the
+    architecture the metadata names (so an architecture registered at run time loads back too); `claimed` gives the
+    rest once its kinds and the counts of repeated modules are checked. FormatError when the tensors form no such
+    network, ValueError when the metadata contradicts them. Cascades recurse as deep as the tensors' own stages."""
+    if arch == "cascade" and any(k.startswith("stages.") for k in sd):
+        return _merge_cascade(claimed, sd, depth)
+    found = detect(sd)
+    if found is None and arch in ARCHS and arch != "cascade":
+        found = detect_arch(sd, arch)
+    if found is None:
+        raise FormatError("no known network has these tensors, and it is no registered architecture")
+    if arch != found.arch:
+        raise ValueError(f"it names a {_short(repr(arch), 60)} network, the tensors are a {found.arch}")
     check_hparams(arch, claimed)
     for name in COUNTS:
-        if name in claimed and claimed[name] != found.get(name):
-            raise ValueError(f"{name}={claimed[name]}, but the tensors hold {found.get(name)}")
-    return {**found, **claimed}
+        if name in claimed and claimed[name] != found.hparams.get(name):
+            raise ValueError(f"{name}={claimed[name]}, but the tensors hold {found.hparams.get(name)}")
+    return {**found.hparams, **claimed}, found.state_dict
+
+
+def _merge_cascade(claimed: Any, sd: StateDict, depth: int) -> tuple[dict[str, Any], StateDict]:
+    """`_merge` of a cascade: each stage's tensors (`stages.{i}.…`) against the stage the metadata lists."""
+    if depth >= MAX_CASCADE_DEPTH:
+        raise FormatError(f"cascades nested more than {MAX_CASCADE_DEPTH} deep (keys like {next(iter(sd))!r})")
+    stages = cascade_stages(claimed)
+    held = count(sd, r"stages\.(\d+)\..+")
+    if len(stages) != held:
+        raise ValueError(f"it lists {len(stages)} cascade stages, the tensors hold {held}")
+    stray = [k for k in sd if not re.match(r"stages\.\d+\.", k)]
+    if stray:
+        raise FormatError(f"cascade checkpoint has tensors outside its stages, e.g. {stray[0]!r}")
+    merged: list[dict[str, Any]] = []
+    ours: StateDict = {}
+    for i, stage in enumerate(stages):
+        if isinstance(stage, str):
+            if stage not in VARIANTS:
+                raise ValueError(f"cascade stage {stage!r} is no registered model")
+            stage = {"arch": VARIANTS[stage][0], "hparams": VARIANTS[stage][1]}
+        prefix = f"stages.{i}."
+        sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        hparams, sub = _merge(stage["arch"], stage["hparams"], sub, depth + 1)
+        merged.append({"arch": stage["arch"], "hparams": hparams})
+        ours |= {prefix + k: v for k, v in sub.items()}
+    return {"stages": merged}, ours
 
 
 def _mismatch(expected: StateDict, sd: StateDict) -> str | None:

@@ -11,11 +11,13 @@ The upsampler is an `nn.Sequential` of (conv, PixelShuffle) pairs, so its convs 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from .base import SRNet
+from .shapes import StateDict, conv_channels, count, upsample_scale
 from .srresnet import ResidualBlockNoBN, _stage_factors
 
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
@@ -86,3 +88,24 @@ class EDSR(MeanShiftSR):
             *(ResidualBlockNoBN(num_feat, res_scale, pytorch_init=True) for _ in range(num_block))),
             num_in_ch=num_in_ch, num_out_ch=num_out_ch, scale=scale, num_feat=num_feat, img_range=img_range,
             rgb_mean=rgb_mean)
+
+
+# Hyper-parameters from shapes, on our key names:
+#
+#   conv_first              (nf, in, 3, 3)
+#   body.{0..nb−1}.conv1    (nf, nf, 3, 3)        (and conv2)
+#   conv_after_body         (nf, nf, 3, 3)
+#   upsample.{0, 2, …}      (nf·s², nf, 3, 3)     PixelShuffle(s) between: scale = ∏ s
+#   conv_last               (out, nf, 3, 3)
+# res_scale, img_range and rgb_mean are not in the shapes: the defaults, or what a layout or our metadata adds.
+
+
+def edsr_hparams(sd: StateDict) -> dict[str, Any]:
+    """EDSR's hyper-parameters read from the shapes of its tensors (our key names)."""
+    num_feat, in_ch = conv_channels(sd, "conv_first.weight")
+    scale = upsample_scale(sd, num_feat, "EDSR")
+    # res_scale is not stored in the weights: EDSR's published wide model (256 features, 32 blocks) uses
+    # 0.1, the baseline (64 features) 1.0.
+    return dict(num_in_ch=in_ch, num_out_ch=conv_channels(sd, "conv_last.weight")[0], scale=scale,
+                num_feat=num_feat, num_block=count(sd, r"body\.(\d+)\.conv1\.weight"),
+                res_scale=0.1 if num_feat >= 256 else 1.0)

@@ -1,25 +1,20 @@
-"""Checkpoint layouts found in the wild: each is recognised by the keys it must have, renamed to our key names
-(BasicSR's), and its hyper-parameters are read from tensor shapes, never assumed.
+"""Checkpoint layouts found in the wild: each is recognised by the keys it must have and renamed to our key names
+(BasicSR's); the architecture it names then reads its hyper-parameters from the renamed tensors' shapes (each
+architecture's `detect`, beside its class), never assumed.
 
-Adding a layout = one `Format` row in `FORMATS`: required keys, a rename table, and the arch whose
-hyper-parameters are read from the renamed tensors.
+Adding a layout = one `Format` row in `FORMATS`: required keys, a rename table, and the registered architecture
+whose detection runs on the renamed tensors.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-StateDict = dict[str, torch.Tensor]
-
-
-class FormatError(ValueError):
-    """A layout was recognised by its keys, but its tensors do not form a network of that layout."""
+from .registry import ARCHS
+from .shapes import FormatError, StateDict, count, indices
 
 
 @dataclass(frozen=True)
@@ -29,119 +24,6 @@ class Detected:
     hparams: dict[str, Any]
     state_dict: StateDict  # our key names
 
-
-# ---------------------------------------------------------------------------------------------------------
-# Hyper-parameters from tensor shapes, on our key names.
-
-
-def _indices(sd: StateDict, pattern: str) -> list[int]:
-    """Sorted distinct integers captured by `pattern` (one group) over the keys."""
-    return sorted({int(m.group(1)) for k in sd if (m := re.fullmatch(pattern, k))})
-
-
-def _count(sd: StateDict, pattern: str, start: int = 0) -> int:
-    """Number of consecutive indices start, start+1, … matched by `pattern`; gaps are an error."""
-    found = _indices(sd, pattern)
-    if found != list(range(start, start + len(found))):
-        raise FormatError(f"layer indices of {pattern!r} are not consecutive from {start}: {found}")
-    return len(found)
-
-
-def _conv(sd: StateDict, key: str) -> tuple[int, int]:
-    """(output, input) channels of the conv weight `key`: a 4-D tensor with no empty dimension."""
-    shape = tuple(sd[key].shape)
-    if len(shape) != 4 or 0 in shape:
-        raise FormatError(f"tensor {key!r} has shape {list(shape)}; a conv weight is 4-D (out, in, kh, kw) and "
-                          "not empty")
-    return shape[0], shape[1]
-
-
-def _shuffle_factor(conv_out: int, num_feat: int, what: str) -> int:
-    factor = math.isqrt(conv_out // num_feat)
-    if factor * factor * num_feat != conv_out or factor not in (2, 3):
-        raise FormatError(f"{what} gives {conv_out} channels for num_feat={num_feat}: not a ×2 or ×3 "
-                          f"pixel-shuffle stage (expected {4 * num_feat} or {9 * num_feat})")
-    return factor
-
-
-def _rrdbnet_hparams(sd: StateDict) -> dict[str, Any]:
-    num_feat, in_ch = _conv(sd, "conv_first.weight")
-    out_ch = _conv(sd, "conv_last.weight")[0]
-    num_upsample = _count(sd, r"conv_up(\d+)\.weight", start=1)
-    hp: dict[str, Any] = dict(
-        num_feat=num_feat,
-        num_block=_count(sd, r"body\.(\d+)\.rdb1\.conv1\.weight"),
-        num_grow_ch=_conv(sd, "body.0.rdb1.conv1.weight")[0],  # gc: conv1's output channels, never assumed 32
-        num_out_ch=out_ch,
-    )
-    # BasicSR ×2 / ×1: the ×4 network behind pixel-unshuffle by 2 / 4, so conv_first reads 4× / 16× the
-    # image channels (Real-ESRGAN x2plus: 12 = 4·3).
-    if num_upsample == 2 and in_ch in (4 * out_ch, 16 * out_ch):
-        unshuffle = 2 if in_ch == 4 * out_ch else 4
-        return {**hp, "num_in_ch": in_ch // unshuffle**2, "scale": 4 // unshuffle, "pixel_unshuffle": True}
-    if num_upsample > 3:
-        raise FormatError(f"RRDBNet with {num_upsample} upsampling stages (×{2 ** num_upsample}) is not supported")
-    return {**hp, "num_in_ch": in_ch, "scale": 2**num_upsample, "pixel_unshuffle": num_upsample >= 2}
-
-
-def _msrresnet_hparams(sd: StateDict) -> dict[str, Any]:
-    num_feat, in_ch = _conv(sd, "conv_first.weight")
-    if "upconv2.weight" in sd:
-        scale = 4
-    else:
-        scale = _shuffle_factor(_conv(sd, "upconv1.weight")[0], num_feat, "upconv1")
-    return dict(num_in_ch=in_ch, num_out_ch=_conv(sd, "conv_last.weight")[0], scale=scale, num_feat=num_feat,
-                num_block=_count(sd, r"body\.(\d+)\.conv1\.weight"))
-
-
-def _upsample_scale(sd: StateDict, num_feat: int, arch: str) -> int:
-    """Scale of an `upsample` Sequential of (conv, PixelShuffle) pairs, convs at upsample.0, upsample.2, …"""
-    convs = _indices(sd, r"upsample\.(\d+)\.weight")
-    if convs != list(range(0, 2 * len(convs), 2)):
-        raise FormatError(f"{arch} upsampler convs at unexpected positions {convs} (expected 0, 2, …)")
-    return math.prod(_shuffle_factor(_conv(sd, f"upsample.{i}.weight")[0], num_feat, f"upsample.{i}")
-                     for i in convs)
-
-
-def _edsr_hparams(sd: StateDict) -> dict[str, Any]:
-    num_feat, in_ch = _conv(sd, "conv_first.weight")
-    scale = _upsample_scale(sd, num_feat, "EDSR")
-    # res_scale is not stored in the weights: EDSR's published wide model (256 features, 32 blocks) uses
-    # 0.1, the baseline (64 features) 1.0.
-    return dict(num_in_ch=in_ch, num_out_ch=_conv(sd, "conv_last.weight")[0], scale=scale, num_feat=num_feat,
-                num_block=_count(sd, r"body\.(\d+)\.conv1\.weight"), res_scale=0.1 if num_feat >= 256 else 1.0)
-
-
-def _srresnet_hparams(sd: StateDict) -> dict[str, Any]:
-    num_feat, in_ch = _conv(sd, "conv_first.weight")
-    stages = _count(sd, r"upsample\.(\d+)\.conv\.weight")
-    scale = math.prod(_shuffle_factor(_conv(sd, f"upsample.{i}.conv.weight")[0], num_feat, f"upsample.{i}.conv")
-                      for i in range(stages))
-    return dict(num_in_ch=in_ch, num_out_ch=_conv(sd, "conv_last.weight")[0], scale=scale, num_feat=num_feat,
-                num_block=_count(sd, r"body\.(\d+)\.conv1\.weight"),
-                prelu_per_channel=sd["prelu_first.weight"].numel() > 1)
-
-
-def _rcan_hparams(sd: StateDict) -> dict[str, Any]:
-    num_feat, in_ch = _conv(sd, "conv_first.weight")
-    squeezed = _conv(sd, "body.0.residual_group.0.rcab.3.attention.1.weight")[0]  # the attention's nf // r
-    reduction = num_feat // squeezed
-    if num_feat // reduction != squeezed:
-        raise FormatError(f"RCAN channel attention squeezes {num_feat} features to {squeezed}: not "
-                          f"num_feat // reduction for any integer reduction")
-    return dict(num_in_ch=in_ch, num_out_ch=_conv(sd, "conv_last.weight")[0],
-                scale=_upsample_scale(sd, num_feat, "RCAN"), num_feat=num_feat,
-                num_group=_count(sd, r"body\.(\d+)\.conv\.weight"),
-                num_block=_count(sd, r"body\.0\.residual_group\.(\d+)\.rcab\.0\.weight"), reduction=reduction)
-
-
-HPARAMS: dict[str, Callable[[StateDict], dict[str, Any]]] = {
-    "rrdbnet": _rrdbnet_hparams,
-    "msrresnet": _msrresnet_hparams,
-    "edsr": _edsr_hparams,
-    "srresnet": _srresnet_hparams,
-    "rcan": _rcan_hparams,
-}
 
 # ---------------------------------------------------------------------------------------------------------
 # Renaming foreign keys to ours.
@@ -183,8 +65,8 @@ def _esrgan_2018_rules(sd: StateDict) -> list[Rule]:
         model.{3n+2}       HR conv (then LeakyReLU at 3n+3)
         model.{3n+4}       last conv                                (×4: 3, 6, 8, 10)
     """
-    nb = _count(sd, r"model\.1\.sub\.(\d+)\.RDB1\.conv1\.0\.weight")
-    top = [i for i in _indices(sd, r"model\.(\d+)\.weight") if i != 1]
+    nb = count(sd, r"model\.1\.sub\.(\d+)\.RDB1\.conv1\.0\.weight")
+    top = [i for i in indices(sd, r"model\.(\d+)\.weight") if i != 1]
     n = (top[-1] - 4) // 3 if top else -1
     expected = [0, *range(3, 3 * n + 1, 3), 3 * n + 2, 3 * n + 4]
     if n < 0 or top != expected:
@@ -203,7 +85,7 @@ def _edsr_official_rules(sd: StateDict) -> list[Rule]:
     """EDSR-PyTorch (the authors' code): sub_mean/add_mean are fixed mean-shift convs, `head.0` the first
     conv, `body.{i}.body.{0,2}` the block convs, `body.{nb}` the conv after the body, `tail.0.{2k}` the
     upsampler convs and `tail.1` the last conv."""
-    nb = _count(sd, r"body\.(\d+)\.body\.0\.weight")
+    nb = count(sd, r"body\.(\d+)\.body\.0\.weight")
     return [
         (r"(sub_mean|add_mean)\.(weight|bias)", ""),
         (r"head\.0\.(weight|bias)", r"conv_first.\1"),
@@ -228,11 +110,11 @@ def _rcan_official_rules(sd: StateDict) -> list[Rule]:
 
     Every tensor of that network must be present: the first one missing is named.
     """
-    blocks = _indices(sd, r"body\.\d+\.body\.(\d+)\.body\..+")
-    tails = _indices(sd, r"body\.\d+\.body\.(\d+)\.(?:weight|bias)")
-    groups = _indices(sd, r"body\.(\d+)\.body\..+")
-    trunks = _indices(sd, r"body\.(\d+)\.(?:weight|bias)")
-    ups = _indices(sd, r"tail\.0\.(\d+)\.(?:weight|bias)")
+    blocks = indices(sd, r"body\.\d+\.body\.(\d+)\.body\..+")
+    tails = indices(sd, r"body\.\d+\.body\.(\d+)\.(?:weight|bias)")
+    groups = indices(sd, r"body\.(\d+)\.body\..+")
+    trunks = indices(sd, r"body\.(\d+)\.(?:weight|bias)")
+    ups = indices(sd, r"tail\.0\.(\d+)\.(?:weight|bias)")
     nb = max(blocks[-1] + 1 if blocks else 0, tails[-1] if tails else 0)  # a lost last block or tail conv
     ng = max(groups[-1] + 1 if groups else 0, trunks[-1] if trunks else 0)  # still leaves the count right
     block = ("body.0", "body.2", "body.3.conv_du.0", "body.3.conv_du.2")
@@ -283,10 +165,29 @@ class Format:
     def convert(self, sd: StateDict) -> Detected:
         try:
             ours = _rename(sd, self.rules(sd), self.name)
-            hparams = {**HPARAMS[self.arch](ours), **self.extra_hparams(sd)}
+            hparams = {**_arch_hparams(self.arch, ours, self.name), **self.extra_hparams(sd)}
         except KeyError as e:
             raise FormatError(f"{self.name} layout without the tensor {e.args[0]!r}") from None
         return Detected(self.name, self.arch, hparams, ours)
+
+
+def _arch_hparams(arch: str, sd: StateDict, layout: str) -> dict[str, Any]:
+    """The hyper-parameters that registered architecture `arch` reads from the shapes of `sd` (our key names)."""
+    detect = ARCHS[arch].detect
+    if detect is None:
+        raise FormatError(f"the {layout} layout names architecture {arch!r}, which reads nothing from shapes")
+    try:
+        return detect(sd)
+    except KeyError as e:
+        raise FormatError(f"{layout} layout without the tensor {e.args[0]!r}") from None
+
+
+def detect_arch(sd: StateDict, arch: str) -> Detected:
+    """`sd` in our key names as a network of the registered architecture `arch` (not a cascade): what our
+    safetensors hold when their metadata names an architecture that no layout row recognises by its keys. The
+    hyper-parameters are those its `detect` reads from the shapes ({} when it reads none)."""
+    entry = ARCHS[arch]
+    return Detected(arch, arch, {} if entry.detect is None else _arch_hparams(arch, sd, arch), sd)
 
 
 FORMATS: list[Format] = [
@@ -333,7 +234,7 @@ MAX_CASCADE_DEPTH = 4  # cascades of cascades, so deep; deeper keys are refused 
 
 def detect(sd: StateDict, *, depth: int = 0) -> Detected | None:
     """Recognise the layout of `sd`; None when no layout's required keys are all present."""
-    stages = _indices(sd, r"stages\.(\d+)\..+")
+    stages = indices(sd, r"stages\.(\d+)\..+")
     if stages:
         if depth >= MAX_CASCADE_DEPTH:
             raise FormatError(f"cascades nested more than {MAX_CASCADE_DEPTH} deep (keys like {next(iter(sd))!r})")

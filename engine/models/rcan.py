@@ -20,10 +20,13 @@ input pixel, so tiled inference can only approximate whole-image inference.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from .edsr import DIV2K_RGB_MEAN, MeanShiftSR, mean_per_channel
+from .shapes import FormatError, StateDict, conv_channels, count, upsample_scale
 
 
 class ChannelAttention(nn.Module):
@@ -94,3 +97,27 @@ class RCAN(MeanShiftSR):
             *(ResidualGroup(num_feat, num_block, reduction) for _ in range(num_group))),
             num_in_ch=num_in_ch, num_out_ch=num_out_ch, scale=scale, num_feat=num_feat, img_range=img_range,
             rgb_mean=rgb_mean)
+
+
+# Hyper-parameters from shapes, on our key names:
+#
+#   conv_first                                      (nf, in, 3, 3)
+#   body.{g}.residual_group.{0..nb−1}.rcab.0        (nf, nf, 3, 3)      g in 0..ng−1 (and rcab.2)
+#   body.0.residual_group.0.rcab.3.attention.1      (nf // r, nf, 1, 1) the squeeze conv gives the reduction r
+#   body.{0..ng−1}.conv                             (nf, nf, 3, 3)
+#   conv_after_body, upsample.{0, 2, …}, conv_last  as EDSR's
+# img_range and rgb_mean are not in the shapes: the defaults, or what a layout or our metadata adds.
+
+
+def rcan_hparams(sd: StateDict) -> dict[str, Any]:
+    """RCAN's hyper-parameters read from the shapes of its tensors (our key names)."""
+    num_feat, in_ch = conv_channels(sd, "conv_first.weight")
+    squeezed = conv_channels(sd, "body.0.residual_group.0.rcab.3.attention.1.weight")[0]  # the attention's nf // r
+    reduction = num_feat // squeezed
+    if num_feat // reduction != squeezed:
+        raise FormatError(f"RCAN channel attention squeezes {num_feat} features to {squeezed}: not "
+                          f"num_feat // reduction for any integer reduction")
+    return dict(num_in_ch=in_ch, num_out_ch=conv_channels(sd, "conv_last.weight")[0],
+                scale=upsample_scale(sd, num_feat, "RCAN"), num_feat=num_feat,
+                num_group=count(sd, r"body\.(\d+)\.conv\.weight"),
+                num_block=count(sd, r"body\.0\.residual_group\.(\d+)\.rcab\.0\.weight"), reduction=reduction)

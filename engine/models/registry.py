@@ -1,27 +1,76 @@
-"""Architectures and named variants. A variant is one row of data, not a subclass."""
+"""Architectures and named variants, as data: one `Arch` row per architecture in `ARCHS`, one row per named model
+in `VARIANTS` (a variant is a row, not a subclass).
+
+Adding an architecture = its module (the `SRNet` subclass and, beside it, the function that reads its
+hyper-parameters from tensor shapes) + one `register_arch(...)` call below (+ an ONNX emitter in export/onnx.py
+if it has one; without one, export traces it). A registered architecture builds, saves and loads back by name.
+"""
 
 from __future__ import annotations
 
 import inspect
 import math
 import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .base import SRNet
 from .cascade import Cascade
-from .edsr import EDSR
-from .rcan import RCAN
-from .rrdbnet import RRDBNet
-from .srresnet import MSRResNet, SRResNet
+from .edsr import EDSR, edsr_hparams
+from .rcan import RCAN, rcan_hparams
+from .rrdbnet import RRDBNet, rrdbnet_hparams
+from .shapes import StateDict
+from .srresnet import MSRResNet, SRResNet, msrresnet_hparams, srresnet_hparams
 
-ARCHS: dict[str, type[SRNet]] = {
-    "rrdbnet": RRDBNet,
-    "srresnet": SRResNet,
-    "msrresnet": MSRResNet,
-    "edsr": EDSR,
-    "rcan": RCAN,
-    "cascade": Cascade,
-}
+
+@dataclass(frozen=True)
+class Arch:
+    """One architecture.
+
+    name: its name in checkpoint metadata, manifests and `build(arch, hparams)`; equal to `cls.arch`.
+    cls: the network class; its keyword arguments with defaults are the hyper-parameters.
+    detect: the hyper-parameters read from the tensor shapes of a state dict in our key names (None: not read from
+        shapes; a cascade is recognised by its structure, see formats.detect).
+    fused: the name of the fused Triton program that runs it ("rrdbnet", "srresnet"), or None.
+    """
+
+    name: str
+    cls: type[SRNet]
+    detect: Callable[[StateDict], dict[str, Any]] | None
+    fused: str | None = None
+
+
+ARCHS: dict[str, Arch] = {}
+
+
+def register_arch(arch: Arch) -> Arch:
+    """Add `arch` to `ARCHS` and return it; a name registers once (ValueError for a second one)."""
+    if arch.name in ARCHS:
+        raise ValueError(f"architecture {arch.name!r} is already registered (as {ARCHS[arch.name].cls.__name__}); "
+                         "choose another name")
+    if getattr(arch.cls, "arch", None) != arch.name:
+        raise ValueError(f"{arch.cls.__name__}.arch is {getattr(arch.cls, 'arch', None)!r}: it must be the name it "
+                         f"registers as, {arch.name!r} (saved checkpoints name the architecture by it)")
+    ARCHS[arch.name] = arch
+    return arch
+
+
+def arch_of(net: SRNet) -> Arch:
+    """The registered row of `type(net)`; ValueError naming the class when it is not registered."""
+    for arch in ARCHS.values():
+        if arch.cls is type(net):
+            return arch
+    raise ValueError(f"{type(net).__name__} is not a registered architecture; register it with "
+                     "engine.models.registry.register_arch(Arch(name, cls, detect))")
+
+
+register_arch(Arch("rrdbnet", RRDBNet, rrdbnet_hparams, fused="rrdbnet"))
+register_arch(Arch("srresnet", SRResNet, srresnet_hparams, fused="srresnet"))
+register_arch(Arch("msrresnet", MSRResNet, msrresnet_hparams))
+register_arch(Arch("edsr", EDSR, edsr_hparams))
+register_arch(Arch("rcan", RCAN, rcan_hparams))
+register_arch(Arch("cascade", Cascade, None))
 
 # name → (arch, hyper-parameters). Hyper-parameters not given take the constructor's defaults.
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -50,7 +99,7 @@ def build(arch: str, hparams: dict[str, Any]) -> SRNet:
         return Cascade(*(create(s) if isinstance(s, str) else build(s["arch"], s["hparams"])
                          for s in cascade_stages(hparams)))
     check_hparams(arch, hparams)
-    return ARCHS[arch](**hparams)
+    return ARCHS[arch].cls(**hparams)
 
 
 def cascade_stages(hparams: Any) -> list[str | dict[str, Any]]:
@@ -104,7 +153,10 @@ def _short(value: Any) -> str:
 
 
 def _defaults(arch: str) -> dict[str, Any]:
-    params = inspect.signature(ARCHS[arch]).parameters.values()
+    """The constructor's keyword arguments of `arch` with their defaults (its hyper-parameters)."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
+    params = inspect.signature(ARCHS[arch].cls).parameters.values()
     return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
 

@@ -13,12 +13,14 @@ All convs are 3×3, stride 1, padding 1, with bias. No batch norm.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import SRNet
+from .shapes import FormatError, StateDict, conv_channels, count
 
 
 def _scaled_kaiming_(modules: list[nn.Module], scale: float) -> None:
@@ -123,3 +125,33 @@ class RRDBNet(SRNet):
             conv_up = getattr(self, f"conv_up{k}")
             feat = F.leaky_relu(conv_up(F.interpolate(feat, scale_factor=2, mode="nearest")), 0.2)
         return self.conv_last(F.leaky_relu(self.conv_hr(feat), 0.2))
+
+
+# Hyper-parameters from shapes, on our key names:
+#
+#   conv_first            (nf, in·u², 3, 3)       u = 2 / 4 for BasicSR's pixel-unshuffle ×2 / ×1, else 1
+#   body.{0..nb−1}.rdb{1,2,3}.conv{1..5}           conv1: (gc, nf, 3, 3)
+#   conv_body             (nf, nf, 3, 3)
+#   conv_up{1..n}         (nf, nf, 3, 3)          n nearest ×2 stages: scale 2ⁿ (÷u)
+#   conv_hr, conv_last    (nf, nf, 3, 3), (out, nf, 3, 3)
+
+
+def rrdbnet_hparams(sd: StateDict) -> dict[str, Any]:
+    """RRDBNet's hyper-parameters read from the shapes of its tensors (our key names)."""
+    num_feat, in_ch = conv_channels(sd, "conv_first.weight")
+    out_ch = conv_channels(sd, "conv_last.weight")[0]
+    num_upsample = count(sd, r"conv_up(\d+)\.weight", start=1)
+    hp: dict[str, Any] = dict(
+        num_feat=num_feat,
+        num_block=count(sd, r"body\.(\d+)\.rdb1\.conv1\.weight"),
+        num_grow_ch=conv_channels(sd, "body.0.rdb1.conv1.weight")[0],  # gc: conv1's output channels, never assumed
+        num_out_ch=out_ch,
+    )
+    # BasicSR ×2 / ×1: the ×4 network behind pixel-unshuffle by 2 / 4, so conv_first reads 4× / 16× the
+    # image channels (Real-ESRGAN x2plus: 12 = 4·3).
+    if num_upsample == 2 and in_ch in (4 * out_ch, 16 * out_ch):
+        unshuffle = 2 if in_ch == 4 * out_ch else 4
+        return {**hp, "num_in_ch": in_ch // unshuffle**2, "scale": 4 // unshuffle, "pixel_unshuffle": True}
+    if num_upsample > 3:
+        raise FormatError(f"RRDBNet with {num_upsample} upsampling stages (×{2 ** num_upsample}) is not supported")
+    return {**hp, "num_in_ch": in_ch, "scale": 2**num_upsample, "pixel_unshuffle": num_upsample >= 2}

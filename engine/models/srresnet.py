@@ -17,6 +17,7 @@ MSRResNet (BasicSR `MSRResNet`, key names identical to BasicSR):
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ from torch import nn
 
 from .base import SRNet
 from .rrdbnet import _scaled_kaiming_
+from .shapes import StateDict, conv_channels, count, shuffle_factor
 
 
 def _stage_factors(scale: int, arch: str) -> list[int]:
@@ -101,6 +103,25 @@ class SRResNet(SRNet):
         return self.conv_last(self.upsample(feat))
 
 
+
+# SRResNet's hyper-parameters from shapes, on our key names:
+#
+#   conv_first            (nf, in, 9, 9)          prelu_first: (nf,) per channel or (1,)
+#   body.{0..nb−1}.conv1  (nf, nf, 3, 3)          (with bn1, prelu, conv2, bn2)
+#   upsample.{i}.conv     (nf·s², nf, 3, 3)       one stage per ×2 (or one ×3): scale = ∏ s
+#   conv_last             (out, nf, 9, 9)
+
+
+def srresnet_hparams(sd: StateDict) -> dict[str, Any]:
+    """SRResNet's hyper-parameters read from the shapes of its tensors (our key names)."""
+    num_feat, in_ch = conv_channels(sd, "conv_first.weight")
+    stages = count(sd, r"upsample\.(\d+)\.conv\.weight")
+    scale = math.prod(shuffle_factor(conv_channels(sd, f"upsample.{i}.conv.weight")[0], num_feat,
+                                     f"upsample.{i}.conv") for i in range(stages))
+    return dict(num_in_ch=in_ch, num_out_ch=conv_channels(sd, "conv_last.weight")[0], scale=scale,
+                num_feat=num_feat, num_block=count(sd, r"body\.(\d+)\.conv1\.weight"),
+                prelu_per_channel=sd["prelu_first.weight"].numel() > 1)
+
 class ResidualBlockNoBN(nn.Module):
     """conv ─ ReLU ─ conv, scaled by `res_scale`, plus the identity (BasicSR's block of MSRResNet and EDSR)."""
 
@@ -155,3 +176,22 @@ class MSRResNet(SRNet):
             feat = F.leaky_relu(self.pixel_shuffle(self.upconv2(feat)), 0.1)
         out = self.conv_last(F.leaky_relu(self.conv_hr(feat), 0.1))
         return out + F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+
+
+# MSRResNet's hyper-parameters from shapes, on our key names:
+#
+#   conv_first            (nf, in, 3, 3)
+#   body.{0..nb−1}.conv1  (nf, nf, 3, 3)
+#   upconv1               (nf·s², nf, 3, 3)       s = 2 or 3; an upconv2 (4·nf, nf, 3, 3) makes it ×4
+#   conv_hr, conv_last    (nf, nf, 3, 3), (out, nf, 3, 3)
+
+
+def msrresnet_hparams(sd: StateDict) -> dict[str, Any]:
+    """MSRResNet's hyper-parameters read from the shapes of its tensors (our key names)."""
+    num_feat, in_ch = conv_channels(sd, "conv_first.weight")
+    if "upconv2.weight" in sd:
+        scale = 4
+    else:
+        scale = shuffle_factor(conv_channels(sd, "upconv1.weight")[0], num_feat, "upconv1")
+    return dict(num_in_ch=in_ch, num_out_ch=conv_channels(sd, "conv_last.weight")[0], scale=scale,
+                num_feat=num_feat, num_block=count(sd, r"body\.(\d+)\.conv1\.weight"))
