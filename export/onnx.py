@@ -3,8 +3,9 @@
     model = export.onnx.export_onnx(net, precision="fp16", io_dtype="fp32")
     export.onnx.save(model, "engines/rrdb23/model.onnx")
 
-The graph is written op by op from the network's own modules rather than traced by `torch.onnx.export`,
-because the traced graphs break what engines need (torch 2.13, checked while writing this):
+The graph is written op by op from the network's own modules by the emitter registered for its architecture
+(`EMITTERS`, one `@register_emitter(arch)` function each) rather than traced by `torch.onnx.export`, because the
+traced graphs break what engines need (torch 2.13, checked while writing this):
 - both exporters write `pixel_unshuffle` as Reshape/Transpose with sizes taken from the traced shape, the
   pattern that breaks dynamic shapes in TensorRT (pytorch/TensorRT#595); here it is the standard
   `SpaceToDepth` followed by a constant channel `Gather` (ONNX's order is block-major, PyTorch's channel-major),
@@ -16,13 +17,21 @@ Here every weight initializer is named by its state-dict key (`body.0.rdb1.conv1
 alpha refit (ONNX Runtime initializer rebinding, TensorRT's Refitter) and the INT8 calibration map by. Each Conv
 node is named by its module's prefix (`body.0.rdb1.conv1`). Constants that are not weights live under `const/`.
 
+An architecture without an emitter is traced instead (TorchScript exporter, `dynamo=False`, without constant
+folding and with initializers kept apart, so that they keep their state-dict names), with a warning once per
+architecture; whether the names survived, and so whether alpha refit works for it, is `refit_names_ok(model, net)`.
+
 Input `input` is (batch, in_channels, height, width), output `output` is (batch, out_channels, height·s, width·s);
-batch, height and width are dynamic (height and width multiples of 4 or 2 for pixel-unshuffle networks).
+batch, height and width are dynamic (height and width multiples of `net.input_multiple`).
 """
 
 from __future__ import annotations
 
+import copy
+import io
+import logging
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -33,7 +42,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from engine.atomic import atomic_write
-from engine.models import SRNet
+from engine.models import SRNet, arch_of
 from engine.models.cascade import Cascade
 from engine.models.edsr import EDSR
 from engine.models.rcan import RCAN
@@ -44,6 +53,9 @@ OPSET = 18
 NOT_WEIGHTS = ("const/", "qdq/")  # initializer name prefixes of graph constants and INT8 scales (export/quantize.py)
 PRECISIONS = ("fp32", "fp16")
 INPUT, OUTPUT = "input", "output"
+ELEM = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16}
+
+log = logging.getLogger("export.onnx")
 
 
 class ExportError(ValueError):
@@ -145,7 +157,21 @@ class _Graph:
 
 # architectures ---------------------------------------------------------------------------------------------
 
+Emitter = Callable[[_Graph, Any, str, str], str]  # (graph, network, key prefix, input value) → output value
+EMITTERS: dict[str, Emitter] = {}
 
+
+def register_emitter(arch: str) -> Callable[[Emitter], Emitter]:
+    """Decorator: the function writes the ONNX nodes of registered architecture `arch` (one emitter per arch)."""
+    def add(emitter: Emitter) -> Emitter:
+        if arch in EMITTERS:
+            raise ValueError(f"architecture {arch!r} already has an ONNX emitter ({EMITTERS[arch].__name__})")
+        EMITTERS[arch] = emitter
+        return emitter
+    return add
+
+
+@register_emitter("rrdbnet")
 def _rrdbnet(g: _Graph, net: RRDBNet, p: str, x: str) -> str:
     if net.unshuffle > 1:
         x = g.pixel_unshuffle(x, net.unshuffle, net.in_channels)
@@ -170,15 +196,18 @@ def _rrdbnet(g: _Graph, net: RRDBNet, p: str, x: str) -> str:
     return g.conv(net.conv_last, f"{p}conv_last", g.leaky_relu(g.conv(net.conv_hr, f"{p}conv_hr", feat), 0.2))
 
 
+@register_emitter("srresnet")
 def _srresnet(g: _Graph, net: SRResNet, p: str, x: str) -> str:
     feat = g.prelu(net.prelu_first, f"{p}prelu_first", g.conv(net.conv_first, f"{p}conv_first", x))
     body = feat
+    block: Any  # the submodules, typed as nn.Module by torch
     for i, block in enumerate(net.body):
         q = f"{p}body.{i}"
         y = g.prelu(block.prelu, f"{q}.prelu", g.batch_norm(block.bn1, f"{q}.bn1", g.conv(block.conv1, f"{q}.conv1",
                                                                                              body)))
         body = g.add(body, g.batch_norm(block.bn2, f"{q}.bn2", g.conv(block.conv2, f"{q}.conv2", y)))
     feat = g.add(feat, g.batch_norm(net.bn_body, f"{p}bn_body", g.conv(net.conv_body, f"{p}conv_body", body)))
+    stage: Any
     for i, stage in enumerate(net.upsample):
         q = f"{p}upsample.{i}"
         feat = g.prelu(stage.prelu, f"{q}.prelu",
@@ -186,7 +215,8 @@ def _srresnet(g: _Graph, net: SRResNet, p: str, x: str) -> str:
     return g.conv(net.conv_last, f"{p}conv_last", feat)
 
 
-def _res_blocks(g: _Graph, blocks: nn.Sequential, p: str, x: str) -> str:
+def _res_blocks(g: _Graph, blocks: Any, p: str, x: str) -> str:
+    block: Any
     for i, block in enumerate(blocks):
         q = f"{p}body.{i}"
         y = g.conv(block.conv2, f"{q}.conv2", g.relu(g.conv(block.conv1, f"{q}.conv1", x)))
@@ -194,6 +224,7 @@ def _res_blocks(g: _Graph, blocks: nn.Sequential, p: str, x: str) -> str:
     return x
 
 
+@register_emitter("msrresnet")
 def _msrresnet(g: _Graph, net: MSRResNet, p: str, x: str) -> str:
     feat = _res_blocks(g, net.body, p, g.leaky_relu(g.conv(net.conv_first, f"{p}conv_first", x), 0.1))
     factor = net.pixel_shuffle.upscale_factor
@@ -210,6 +241,7 @@ def _mean_shifted(g: _Graph, net: EDSR | RCAN, p: str, x: str, trunk: Callable[[
     mean = g.const(net.mean.detach().cpu().double().numpy())
     feat = g.conv(net.conv_first, f"{p}conv_first", g.scaled(g.op("Sub", [x, mean]), float(net.img_range)))
     feat = g.add(feat, g.conv(net.conv_after_body, f"{p}conv_after_body", trunk(feat)))
+    layer: Any
     for i, layer in enumerate(net.upsample):
         if isinstance(layer, nn.Conv2d):
             feat = g.conv(layer, f"{p}upsample.{i}", feat)
@@ -219,12 +251,15 @@ def _mean_shifted(g: _Graph, net: EDSR | RCAN, p: str, x: str, trunk: Callable[[
     return g.op("Add", [g.op("Div", [out, g.const(float(net.img_range))]), mean])
 
 
+@register_emitter("edsr")
 def _edsr(g: _Graph, net: EDSR, p: str, x: str) -> str:
     return _mean_shifted(g, net, p, x, lambda feat: _res_blocks(g, net.body, p, feat))
 
 
 def _rcan_groups(g: _Graph, net: RCAN, p: str, x: str) -> str:
-    for i, group in enumerate(net.body):
+    group: Any
+    block: Any
+    for i, group in enumerate(net.body):  # type: ignore[arg-type]  # an nn.Sequential of ResidualGroups
         group_in = x
         for j, block in enumerate(group.residual_group):
             q = f"{p}body.{i}.residual_group.{j}.rcab"
@@ -237,31 +272,36 @@ def _rcan_groups(g: _Graph, net: RCAN, p: str, x: str) -> str:
     return x
 
 
+@register_emitter("rcan")
 def _rcan(g: _Graph, net: RCAN, p: str, x: str) -> str:
     return _mean_shifted(g, net, p, x, lambda feat: _rcan_groups(g, net, p, feat))
 
 
+@register_emitter("cascade")
 def _cascade(g: _Graph, net: Cascade, p: str, x: str) -> str:
+    stage: Any
     for i, stage in enumerate(net.stages):
         x = _emit(g, stage, f"{p}stages.{i}.", x)
     return x
 
 
-_EMITTERS: dict[type, Callable[..., str]] = {
-    RRDBNet: _rrdbnet, SRResNet: _srresnet, MSRResNet: _msrresnet, EDSR: _edsr, RCAN: _rcan, Cascade: _cascade,
-}
+class _NoEmitter(Exception):
+    """A network (or a stage of it) has no emitter: export traces the whole network instead."""
 
 
 def _emit(g: _Graph, net: SRNet, prefix: str, x: str) -> str:
-    emitter = _EMITTERS.get(type(net))
+    try:
+        emitter = EMITTERS.get(arch_of(net).name)
+    except ValueError:  # a class that is no registered architecture
+        emitter = None
     if emitter is None:
-        raise ExportError(f"no ONNX export for {type(net).__name__}; exportable: "
-                          f"{', '.join(t.__name__ for t in _EMITTERS)}")
+        raise _NoEmitter(type(net).__name__)
     return emitter(g, net, prefix, x)
 
 
 def input_multiple(net: SRNet) -> int:
-    """Height and width of the input must be multiples of this (`SRNet.input_multiple`)."""
+    """Height and width of the input must be multiples of this. Use `net.input_multiple`: this wrapper stays only
+    while engine.backends.ort and export.quantize still import it."""
     return net.input_multiple
 
 
@@ -269,8 +309,9 @@ def export_onnx(net: SRNet, *, precision: str = "fp32", io_dtype: str = "fp32", 
     """The ONNX graph of `net` (in eval mode) with dynamic batch, height and width.
 
     `precision` fp32 or fp16 sets the weights' and the computation's type; `io_dtype` (fp32 or fp16) the type of
-    `input` and `output` (an fp16 graph with fp32 I/O casts at both ends). The returned model passed
-    `onnx.checker` with full checking.
+    `input` and `output` (an fp16 graph with fp32 I/O casts at both ends). The graph is written by the emitters
+    of `net`'s architecture (and of each cascade stage's); a network without one is traced by torch.onnx.export
+    (see the module's docstring). The returned model passed `onnx.checker` with full checking.
     """
     if precision not in PRECISIONS:
         raise ExportError(f"precision must be fp32 or fp16, got {precision!r}")
@@ -280,28 +321,121 @@ def export_onnx(net: SRNet, *, precision: str = "fp32", io_dtype: str = "fp32", 
         raise ExportError(f"opset must be 17 or newer, got {opset}")
     if net.training:
         raise ExportError("the network is in training mode (batch norm would use batch statistics): call .eval()")
-    compute = np.float16 if precision == "fp16" else np.float32
-    g = _Graph(np.dtype(compute))
+    try:
+        model = _emitted(net, precision, io_dtype, opset)
+    except _NoEmitter as e:
+        _warn_traced(net, str(e))
+        model = _traced(net, precision, io_dtype, opset)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _emitted(net: SRNet, precision: str, io_dtype: str, opset: int) -> onnx.ModelProto:
+    """The graph written by the architectures' emitters; _NoEmitter when one is missing."""
+    g = _Graph(np.dtype(np.float16 if precision == "fp16" else np.float32))
     x = INPUT
-    elem = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16}
     if io_dtype != precision:
-        x = g.op("Cast", [x], name="cast_input", to=elem[precision])
+        x = g.op("Cast", [x], name="cast_input", to=ELEM[precision])
     with torch.no_grad():
         y = _emit(g, net, "", x)
     if io_dtype != precision:
-        y = g.op("Cast", [y], name="cast_output", to=elem[io_dtype])
+        y = g.op("Cast", [y], name="cast_output", to=ELEM[io_dtype])
     g.nodes.append(helper.make_node("Identity", [y], [OUTPUT], name="output"))
 
     s = net.scale
-    inputs = [helper.make_tensor_value_info(INPUT, elem[io_dtype], ["batch", net.in_channels, "height", "width"])]
-    outputs = [helper.make_tensor_value_info(OUTPUT, elem[io_dtype],
+    inputs = [helper.make_tensor_value_info(INPUT, ELEM[io_dtype], ["batch", net.in_channels, "height", "width"])]
+    outputs = [helper.make_tensor_value_info(OUTPUT, ELEM[io_dtype],
                                              ["batch", net.out_channels, f"height*{s}", f"width*{s}"])]
     graph = helper.make_graph(g.nodes, f"{net.arch}_x{s}", inputs, outputs, list(g.initializers.values()))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="esrgan-engine")
     model.ir_version = min(model.ir_version, 10)  # readable by onnxruntime ≥ 1.20 and TensorRT 10
-    onnx.checker.check_model(model, full_check=True)
     return model
+
+
+_warned: set[str] = set()
+
+
+def _warn_traced(net: SRNet, missing: str) -> None:
+    """Say once per network class that its graph is traced, not written by an emitter."""
+    name = type(net).__name__
+    if name not in _warned:
+        _warned.add(name)
+        where = "" if missing == name else f" (a stage of {name})"
+        log.warning("no ONNX emitter for %s%s: tracing it with torch.onnx.export; refit of its weights for alpha "
+                    "works only where export.onnx.refit_names_ok says so", missing, where)
+
+
+def _traced(net: SRNet, precision: str, io_dtype: str, opset: int) -> onnx.ModelProto:
+    """`net` traced by the TorchScript exporter at `precision`, its initializers named by state-dict keys where the
+    exporter kept them (other tensors are renamed under const/), `io_dtype` casts at both ends."""
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    traced = copy.deepcopy(net).to(device="cpu", dtype=dtype)
+    side = 8 * net.input_multiple
+    probe = torch.rand(1, net.in_channels, side, side, generator=torch.Generator().manual_seed(0)).to(dtype)
+    s = net.scale
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice and tracer warnings
+        torch.onnx.export(
+            traced, (probe,), buffer, dynamo=False,  # type: ignore[arg-type]  # a file object works too
+            opset_version=opset, input_names=[INPUT], output_names=[OUTPUT],
+            dynamic_axes={INPUT: {0: "batch", 2: "height", 3: "width"},
+                          OUTPUT: {0: "batch", 2: f"height*{s}", 3: f"width*{s}"}},
+            # constant folding fuses batch norm into convs and renames what it folds; initializers kept as inputs
+            # are not merged when equal: both keep the state-dict names refit maps by
+            do_constant_folding=False, keep_initializers_as_inputs=True, training=torch.onnx.TrainingMode.EVAL)
+    model = onnx.load_from_string(buffer.getvalue())
+    graph = model.graph
+    keys = set(net.state_dict())
+    renamed = {t.name: f"const/{t.name}" for t in graph.initializer if t.name not in keys}
+    for t in graph.initializer:
+        t.name = renamed.get(t.name, t.name)
+    initializers = {t.name for t in graph.initializer} | set(renamed)
+    kept = [v for v in graph.input if v.name not in initializers]
+    del graph.input[:]
+    graph.input.extend(kept)
+    nodes = list(graph.node)
+    for node in nodes:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+    if io_dtype != precision:
+        for node in nodes:
+            node.input[:] = ["cast_input" if name == INPUT else name for name in node.input]
+            node.output[:] = ["cast_output" if name == OUTPUT else name for name in node.output]
+        nodes = [helper.make_node("Cast", [INPUT], ["cast_input"], name="cast_input", to=ELEM[precision]), *nodes,
+                 helper.make_node("Cast", ["cast_output"], [OUTPUT], name="cast_output", to=ELEM[io_dtype])]
+        graph.input[0].type.tensor_type.elem_type = ELEM[io_dtype]
+        graph.output[0].type.tensor_type.elem_type = ELEM[io_dtype]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.name = f"{net.arch}_x{s}"
+    model.producer_name = "esrgan-engine (traced)"
+    model.ir_version = min(model.ir_version, 10)
+    return model
+
+
+def refit_names_ok(model: onnx.ModelProto, net: SRNet) -> bool:
+    """Whether alpha refit works for `model`: its weight initializers are exactly `net`'s floating-point state-dict
+    tensors, by name (graphs of the emitters always; traced graphs when the exporter kept every name)."""
+    return _refit_problem(model, net) is None
+
+
+def require_refit_names(model: onnx.ModelProto, net: SRNet) -> None:
+    """Raise ExportError naming the first tensor that breaks `refit_names_ok`."""
+    problem = _refit_problem(model, net)
+    if problem is not None:
+        raise ExportError(f"alpha refit is unavailable for this {type(net).__name__} graph: {problem}; build an "
+                          "engine per alpha instead, or register an ONNX emitter for its architecture")
+
+
+def _refit_problem(model: onnx.ModelProto, net: SRNet) -> str | None:
+    weights = set(weight_names(model))
+    tensors = [k for k, t in net.state_dict().items() if t.is_floating_point()]
+    missing = next((k for k in tensors if k not in weights), None)
+    if missing is not None:
+        return f"no initializer is named by its state-dict tensor {missing!r}"
+    extra = next((w for w in weight_names(model) if w not in set(tensors)), None)
+    return None if extra is None else f"its initializer {extra!r} is no state-dict tensor"
 
 
 def weight_names(model: onnx.ModelProto) -> list[str]:

@@ -4,6 +4,9 @@
     model, info = engine.models.load("RealESRGAN_x4plus.pth")  # any supported checkpoint layout
     engine.models.save(model, "net.safetensors")
     blended = engine.models.interpolate(psnr_net, gan_net, alpha=0.8)
+
+Architectures are rows of `ARCHS` (registry.py): an `Arch` names the class and the function that reads its
+hyper-parameters from tensor shapes; `register_arch` adds one.
 """
 
 from .base import SRNet
@@ -13,12 +16,12 @@ from .edsr import EDSR
 from .formats import ACCEPTED as ACCEPTED_FORMATS
 from .interpolation import InterpolationError, interpolate, interpolated
 from .rcan import RCAN
-from .registry import ARCHS, VARIANTS, build, create
+from .registry import ARCHS, VARIANTS, Arch, arch_of, build, create, register_arch
 from .rrdbnet import RRDB, ResidualDenseBlock, RRDBNet
 from .srresnet import MSRResNet, SRResNet
 
 __all__ = [
-    "ACCEPTED_FORMATS", "ARCHS", "VARIANTS", "Cascade", "CheckpointError", "EDSR", "InterpolationError",
-    "MSRResNet", "ModelInfo", "RCAN", "RRDB", "RRDBNet", "ResidualDenseBlock", "SRNet", "SRResNet", "build", "create",
-    "interpolate", "interpolated", "load", "save",
+    "ACCEPTED_FORMATS", "ARCHS", "VARIANTS", "Arch", "Cascade", "CheckpointError", "EDSR", "InterpolationError",
+    "MSRResNet", "ModelInfo", "RCAN", "RRDB", "RRDBNet", "ResidualDenseBlock", "SRNet", "SRResNet", "arch_of", "build",
+    "create", "interpolate", "interpolated", "load", "register_arch", "save",
 ]
