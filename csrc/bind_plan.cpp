@@ -1,6 +1,6 @@
 // engine._C bindings of native plans: PlanError, read_plan (plan.cpp, host only) and the NativePlan class
-// (plan_runtime.h: plan_runtime.cu, or cuda_stub.cpp without CUDA), including DLPack in and out of
-// upscale_dlpack. Arguments are checked here.
+// (plan_runtime.h: plan_runtime.cu and plan_upscale.cu, or cuda_stub.cpp without CUDA), including DLPack in
+// and out of upscale_dlpack. Arguments are checked here.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>

@@ -1,5 +1,5 @@
 // CUDA twins of the host pixel conversions. Implemented in pixels_cuda.cu when engine._C is built with CUDA
-// (ENGINE_WITH_CUDA), otherwise by cuda_stub.cpp. Plain C++: no CUDA headers, so module.cpp can include it.
+// (ENGINE_WITH_CUDA), otherwise by cuda_stub.cpp. Plain C++: no CUDA headers, so bind_pixels.cpp can include it.
 // Errors are thrown as std::runtime_error (RuntimeError in Python).
 #pragma once
 

@@ -1,5 +1,5 @@
 // CUDA twin of the host tile blending. Implemented in tiles_cuda.cu when engine._C is built with CUDA
-// (ENGINE_WITH_CUDA), otherwise by cuda_stub.cpp. Plain C++: no CUDA headers, so module.cpp can include it.
+// (ENGINE_WITH_CUDA), otherwise by cuda_stub.cpp. Plain C++: no CUDA headers, so bind_tiles.cpp can include it.
 // Errors are thrown as std::runtime_error (RuntimeError in Python).
 #pragma once
 

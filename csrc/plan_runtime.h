@@ -1,9 +1,9 @@
 // The CUDA runtime of native plans (plan.h): loads a plan's cubins through the driver API (without linking
 // libcuda), holds its arena and weights on one GPU, runs its shapes (with CUDA graphs), its alpha program, and
-// whole tiled upscales. Implemented in plan_runtime.cu when engine._C is built with CUDA (ENGINE_WITH_CUDA),
-// otherwise by cuda_stub.cpp, whose constructor throws. Plain C++: no CUDA headers, so module.cpp can include
-// it. Errors: engine::PlanError (an unusable plan, or one for another GPU), std::invalid_argument (arguments),
-// std::runtime_error (no device, CUDA errors, naming the call).
+// whole tiled upscales. Implemented in plan_runtime.cu and plan_upscale.cu when engine._C is built with CUDA
+// (ENGINE_WITH_CUDA), otherwise by cuda_stub.cpp, whose constructor throws. Plain C++: no CUDA headers, so
+// bind_plan.cpp can include it. Errors: engine::PlanError (an unusable plan, or one for another GPU),
+// std::invalid_argument (arguments), std::runtime_error (no device, CUDA errors, naming the call).
 #pragma once
 
 #include <cstdint>

@@ -25,7 +25,7 @@ ENGINE_HD float blend_step(float dst, float src, float wy, float wx) {
 
 // --- host-only: planning -----------------------------------------------------------------------------------
 
-// Tile starts along one axis of `length` pixels (see axis_tiles in module.cpp). Arguments must be valid
+// Tile starts along one axis of `length` pixels (see axis_tiles in bind_tiles.cpp). Arguments must be valid
 // (length, tile >= 1, 0 <= overlap, 2 * overlap <= tile when length > tile).
 std::vector<int64_t> axis_tiles(int64_t length, int64_t tile, int64_t overlap);
 
