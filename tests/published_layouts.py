@@ -5,10 +5,18 @@ Two kinds, both written from the papers' descriptions and the published key layo
 - modules with the exact names of the foreign layouts (ESRGAN 2018 `nn.Sequential`, ESRGAN 2019 / BSRGAN,
   EDSR-PyTorch, RCAN's `model/rcan.py`), so that their `state_dict()` is a checkpoint in that format;
 - functional float64 forwards over a state dict in BasicSR's key names (RRDBNet, MSRResNet, EDSR, and our
-  SRResNet layout), to check our modules against the math.
+  SRResNet layout), to check our modules against the math;
+- `LAYOUTS`: per architecture, the checkpoint layouts a network of ours can be written in (our key names bare or in
+  `params_ema`, and the published modules above filled with its weights), for `util.assert_round_trip`.
 """
 
 from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +65,7 @@ class _RDB5C(nn.Module):
         for j in range(1, 5):
             y = getattr(self, f"conv{j}")(torch.cat(feats, 1))
             feats.append(y if self.wrapped else lrelu(y))
-        return x + 0.2 * self.conv5(torch.cat(feats, 1))
+        return x + 0.2 * getattr(self, "conv5")(torch.cat(feats, 1))  # noqa: B009  # set by setattr
 
 
 class _RRDBPublished(nn.Module):
@@ -128,6 +136,7 @@ class _MeanShift(nn.Conv2d):
     def __init__(self, rgb_range: float, rgb_mean: tuple[float, ...], sign: int) -> None:
         super().__init__(3, 3, 1)
         self.weight.data = torch.eye(3).view(3, 3, 1, 1)
+        assert self.bias is not None
         self.bias.data = sign * rgb_range * torch.tensor(rgb_mean)
         self.requires_grad_(False)
 
@@ -296,3 +305,163 @@ def srresnet_math(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         h = prelu(f"upsample.{i}.prelu", depth_to_space(y, int(round((y.shape[1] / h.shape[1]) ** 0.5))))
         i += 1
     return _conv(sd, "conv_last", h)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing a network of ours in each layout. A writer takes the network (its `hparams` and its state dict in
+# BasicSR's key names) and returns the checkpoint, or None when the layout cannot hold those hyper-parameters
+# exactly (what a layout does not store, a loader can only assume).
+
+DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
+
+
+@dataclass(frozen=True)
+class Written:
+    checkpoint: dict[str, Any]  # what torch.save stores
+    published: nn.Module | None = None  # the layout's own implementation holding the weights, on [0, 1] images
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str  # the file's name in a round trip
+    format: str  # what engine.models.load reports as ModelInfo.format
+    write: Callable[[Any], Written | None]
+    wrapper: str | None = None  # what load reports as ModelInfo.wrapper
+
+
+class _Ranged(nn.Module):
+    """A published network that works on [0, rgb_range], run on [0, 1] images: net(x·r) / r."""
+
+    def __init__(self, net: nn.Module, rgb_range: float) -> None:
+        super().__init__()
+        self.net, self.rgb_range = net, rgb_range
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x * self.rgb_range) / self.rgb_range
+
+
+def _renamed(net: Any, rules: list[tuple[str, str]], module: nn.Module) -> nn.Module:
+    """`module` holding `net`'s weights, each key renamed by the first rule (regex, template) that matches it;
+    every key must be renamed and every tensor of `module` filled (load_state_dict is strict)."""
+    sd = {}
+    for key, tensor in net.state_dict().items():
+        new = next((m.expand(t) for r, t in rules if (m := re.fullmatch(r, key))), None)
+        assert new is not None, f"no rule renames {key!r}"
+        sd[new] = tensor
+    module.load_state_dict(sd, strict=False)  # the fixed mean shifts of EDSR/RCAN are the module's own
+    missing = set(module.state_dict()) - set(sd) - {k for k in module.state_dict() if k.split(".")[0].endswith(
+        "_mean")}
+    assert not missing and set(sd) <= set(module.state_dict()), (missing, set(sd) - set(module.state_dict()))
+    return module.eval()
+
+
+def _exact_from_shapes(net: Any) -> bool:
+    """Whether the shapes of `net`'s tensors tell all its hyper-parameters (so a bare state dict holds them)."""
+    hp, arch = net.hparams, net.arch
+    if arch == "rrdbnet":  # pixel_unshuffle changes nothing at ×4 and ×8, and is read as True there
+        return hp["scale"] < 4 or hp["pixel_unshuffle"]
+    if arch == "srresnet":  # one feature: one PReLU slope either way
+        return hp["num_feat"] > 1 or not hp["prelu_per_channel"]
+    if arch in ("edsr", "rcan"):  # the mean shift and EDSR's res_scale are no tensors
+        conventional = arch == "rcan" or hp["res_scale"] == (0.1 if hp["num_feat"] >= 256 else 1.0)
+        reduction = arch == "edsr" or hp["num_feat"] // (hp["num_feat"] // hp["reduction"]) == hp["reduction"]
+        return conventional and reduction and hp["img_range"] == 255.0 and tuple(hp["rgb_mean"]) == DIV2K_MEAN
+    if arch == "cascade":
+        return all(_exact_from_shapes(stage) for stage in net.stages)
+    return arch == "msrresnet"
+
+
+def _bare(net: Any) -> Written | None:
+    return Written(dict(net.state_dict())) if _exact_from_shapes(net) else None
+
+
+def _params_ema(net: Any) -> Written | None:
+    return Written({"params_ema": dict(net.state_dict())}) if _exact_from_shapes(net) else None
+
+
+def _esrgan_hparams(net: Any) -> tuple[int, int, int, int, int, int] | None:
+    """(in_nc, out_nc, nf, nb, gc, n_upscale) of an RRDBNet that ESRGAN's layouts hold: no pixel-unshuffle (what
+    they are read back as: pixel_unshuffle False below ×4, True from ×4 on)."""
+    hp = net.hparams
+    if hp["pixel_unshuffle"] != (hp["scale"] >= 4):
+        return None
+    return hp["num_in_ch"], hp["num_out_ch"], hp["num_feat"], hp["num_block"], hp["num_grow_ch"], \
+        int(math.log2(hp["scale"]))
+
+
+def _esrgan_2018(net: Any) -> Written | None:
+    found = _esrgan_hparams(net)
+    if found is None:
+        return None
+    nb, n = found[3], found[5]
+    rules = [(r"conv_first\.(\w+)", r"model.0.\1"),
+             (r"body\.(\d+)\.rdb(\d)\.conv(\d)\.(\w+)", r"model.1.sub.\1.RDB\2.conv\3.0.\4"),
+             (r"conv_body\.(\w+)", rf"model.1.sub.{nb}.\1"), (r"conv_hr\.(\w+)", rf"model.{3 * n + 2}.\1"),
+             (r"conv_last\.(\w+)", rf"model.{3 * n + 4}.\1"),
+             *((rf"conv_up{k}\.(\w+)", rf"model.{3 * k}.\1") for k in range(1, n + 1))]
+    module = _renamed(net, rules, ESRGAN2018(*found))
+    return Written(dict(module.state_dict()), module)
+
+
+def _esrgan_2019(net: Any) -> Written | None:
+    found = _esrgan_hparams(net)
+    if found is None:
+        return None
+    rules = [(r"conv_first\.(\w+)", r"conv_first.\1"),
+             (r"body\.(\d+)\.rdb(\d)\.conv(\d)\.(\w+)", r"RRDB_trunk.\1.RDB\2.conv\3.\4"),
+             (r"conv_body\.(\w+)", r"trunk_conv.\1"), (r"conv_up(\d)\.(\w+)", r"upconv\1.\2"),
+             (r"conv_hr\.(\w+)", r"HRconv.\1"), (r"conv_last\.(\w+)", r"conv_last.\1")]
+    module = _renamed(net, rules, ESRGAN2019(*found))
+    return Written(dict(module.state_dict()), module)
+
+
+def _official_range(net: Any) -> float | None:
+    """The rgb_range of the authors' EDSR/RCAN code that holds `net`: three channels, the DIV2K mean, a range of 255
+    or 1 (their add_mean bias is range·mean, which is how the range is read back)."""
+    hp = net.hparams
+    ok = hp["num_in_ch"] == hp["num_out_ch"] == 3 and tuple(hp["rgb_mean"]) == DIV2K_MEAN
+    return hp["img_range"] if ok and hp["img_range"] in (1.0, 255.0) else None
+
+
+def _edsr_official(net: Any) -> Written | None:
+    hp, rgb_range = net.hparams, _official_range(net)
+    if rgb_range is None or hp["res_scale"] != (0.1 if hp["num_feat"] >= 256 else 1.0):  # res_scale is not stored
+        return None
+    nb = hp["num_block"]
+    rules = [(r"conv_first\.(\w+)", r"head.0.\1"), (r"body\.(\d+)\.conv1\.(\w+)", r"body.\1.body.0.\2"),
+             (r"body\.(\d+)\.conv2\.(\w+)", r"body.\1.body.2.\2"), (r"conv_after_body\.(\w+)", rf"body.{nb}.\1"),
+             (r"upsample\.(\d+)\.(\w+)", r"tail.0.\1.\2"), (r"conv_last\.(\w+)", r"tail.1.\1")]
+    module = _renamed(net, rules, EDSROfficial(hp["num_feat"], nb, hp["scale"], hp["res_scale"], rgb_range))
+    return Written(dict(module.state_dict()), _Ranged(module, rgb_range))
+
+
+def _rcan_official(net: Any) -> Written | None:
+    hp, rgb_range = net.hparams, _official_range(net)
+    nf, r = hp["num_feat"], hp["reduction"]
+    if rgb_range is None or nf // (nf // r) != r:  # the reduction is read from the squeezed width
+        return None
+    ng, nb = hp["num_group"], hp["num_block"]
+    q = r"body\.(\d+)\.residual_group\.(\d+)\.rcab"
+    rules = [(r"conv_first\.(\w+)", r"head.0.\1"), (rf"{q}\.([02])\.(\w+)", r"body.\1.body.\2.body.\3.\4"),
+             (rf"{q}\.3\.attention\.1\.(\w+)", r"body.\1.body.\2.body.3.conv_du.0.\3"),
+             (rf"{q}\.3\.attention\.3\.(\w+)", r"body.\1.body.\2.body.3.conv_du.2.\3"),
+             (r"body\.(\d+)\.conv\.(\w+)", rf"body.\1.body.{nb}.\2"), (r"conv_after_body\.(\w+)", rf"body.{ng}.\1"),
+             (r"upsample\.(\d+)\.(\w+)", r"tail.0.\1.\2"), (r"conv_last\.(\w+)", r"tail.1.\1")]
+    module = _renamed(net, rules, RCANOfficial(nf, ng, nb, r, hp["scale"], rgb_range))
+    return Written(dict(module.state_dict()), _Ranged(module, rgb_range))
+
+
+def _ours(fmt: str) -> list[Layout]:
+    """Our key names (BasicSR's) in a .pth, bare and wrapped as BasicSR saves them."""
+    return [Layout("bare", fmt, _bare), Layout("params_ema", fmt, _params_ema, wrapper="params_ema")]
+
+
+LAYOUTS: dict[str, list[Layout]] = {
+    "rrdbnet": [*_ours("basicsr"), Layout("esrgan-2018", "esrgan-2018", _esrgan_2018),
+                Layout("esrgan-2019", "esrgan-2019", _esrgan_2019)],
+    "srresnet": _ours("srresnet"),
+    "msrresnet": _ours("basicsr"),
+    "edsr": [*_ours("basicsr"), Layout("edsr-official", "edsr-official", _edsr_official)],
+    "rcan": [*_ours("basicsr"), Layout("rcan-official", "rcan-official", _rcan_official)],
+    "cascade": _ours("cascade"),
+}

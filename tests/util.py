@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import signal
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from published_layouts import LAYOUTS
 
 import engine.models as M
 
@@ -70,3 +73,76 @@ def no_gpu_message() -> str:
     if load_C().built_with_cuda():
         return r"no CUDA device is available \(cudaGetDeviceCount: "
     return re.escape("engine._C was built without CUDA; rebuild with nvcc on PATH (ENGINE_CUDA=1 pip install -e .)")
+
+
+# Outputs of a round trip, compared in float64 (images in [0, 1]). The loaded network holds the very weights of the
+# built one and runs the same code, so at most float64 rounding may differ; the published implementations order
+# their sums differently and add and remove the mean as a float32 bias range·mean where ours subtracts the float32
+# mean, a difference of ~1e-8 of the range that the network's gain carries to the output.
+ROUND_TRIP_ATOL, ROUND_TRIP_RTOL = 1e-12, 0.0
+PUBLISHED_ATOL, PUBLISHED_RTOL = 1e-6, 1e-6
+
+
+def assert_round_trip(arch: str, hparam_sets: list[dict[str, Any]]) -> dict[str, int]:
+    """For each hyper-parameter set: build `arch` with random weights (seeded), save it in every layout that
+    holds it (our safetensors by engine.models.save; tests/published_layouts.LAYOUTS[arch] as .pth by torch.save),
+    load each file back with engine.models.load, and check the architecture, the format and wrapper reported, the
+    output (float64, on a (2, C, 4m, 5m) input, m the input multiple, of the shape the scale gives) and that the
+    hyper-parameters detected equal the built network's. Raises AssertionError naming the arch, the set and the
+    layout. Returns how many sets each layout checked (a layout that cannot hold a set's hyper-parameters exactly
+    skips it)."""
+    checked: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, hparams in enumerate(hparam_sets):
+            net = M.build(arch, hparams)
+            randomize_(net, seed=i)
+            m, g = net.input_multiple, torch.Generator().manual_seed(100 + i)
+            x = torch.rand(2, net.in_channels, 4 * m, 5 * m, generator=g, dtype=torch.float64)
+            expected = _out64(net, x)
+            what = f"{arch} {hparams}"
+            if expected.shape != (2, net.out_channels, 4 * m * net.scale, 5 * m * net.scale):
+                raise AssertionError(f"{what}: output shape {list(expected.shape)} for input {list(x.shape)}")
+            path = Path(tmp) / f"{i}.safetensors"
+            M.save(net, path)
+            _check_loaded(f"{what} as our safetensors", path, net, x, expected, "safetensors", None)
+            checked["safetensors"] = checked.get("safetensors", 0) + 1
+            for layout in LAYOUTS.get(arch, []):
+                written = layout.write(net)
+                if written is None:
+                    continue
+                where = f"{what} in the {layout.name} layout"
+                if written.published is not None:
+                    _check_close(f"{where}: the published implementation holding the weights",
+                                 _out64(written.published, x), expected, PUBLISHED_ATOL, PUBLISHED_RTOL)
+                path = Path(tmp) / f"{i}.{layout.name}.pth"
+                torch.save(written.checkpoint, path)
+                _check_loaded(where, path, net, x, expected, layout.format, layout.wrapper)
+                checked[layout.name] = checked.get(layout.name, 0) + 1
+    return checked
+
+
+def _out64(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return copy.deepcopy(net).double().eval()(x)
+
+
+def _check_close(what: str, got: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float) -> None:
+    if got.shape != expected.shape:
+        raise AssertionError(f"{what}: output shape {list(got.shape)}, expected {list(expected.shape)}")
+    if not torch.allclose(got, expected, atol=atol, rtol=rtol):
+        error = float((got - expected).abs().max())
+        raise AssertionError(f"{what}: the output differs by up to {error:.3g} (atol {atol}, rtol {rtol})")
+
+
+def _check_loaded(what: str, path: Path, net: M.SRNet, x: torch.Tensor, expected: torch.Tensor, fmt: str,
+                  wrapper: str | None) -> None:
+    try:
+        model, info = M.load(path)
+    except M.CheckpointError as e:
+        raise AssertionError(f"{what}: does not load: {e}") from None
+    if (info.arch, info.format, info.wrapper) != (net.arch, fmt, wrapper):
+        raise AssertionError(f"{what}: loads as arch {info.arch}, format {info.format}, wrapper {info.wrapper}; "
+                             f"expected {net.arch}, {fmt}, {wrapper}")
+    _check_close(what, _out64(model, x), expected, ROUND_TRIP_ATOL, ROUND_TRIP_RTOL)
+    if info.hparams != net.hparams:
+        raise AssertionError(f"{what}: hparams detected {info.hparams}, built {net.hparams}")
