@@ -18,14 +18,13 @@ import torch
 from train import data as D
 from train.data import (
     IMAGE_EXTENSIONS,
-    InfiniteBatchSampler,
     TrainDataset,
     ValDataset,
-    build_train_loader,
     list_images,
     read_image,
 )
 from train.degradations import imresize
+from train.sampler import InfiniteBatchSampler, build_train_loader
 
 # --- helpers ------------------------------------------------------------------------------------------------------
 

@@ -18,10 +18,21 @@ import skimage.data
 import torch
 
 import engine.models as models
-from train.config import PRESETS, RUN_FORMAT, ConfigError, TrainConfig, learning_rate, parse_override, preset
+from train.config import (
+    PRESETS,
+    RUN_FORMAT,
+    ConfigError,
+    TrainConfig,
+    TrainError,
+    learning_rate,
+    parse_override,
+    preset,
+)
 from train.run import main as run_main
+from train.rundir import state_files
+from train.state import ema_decay, ema_update
 from train.sweep import main as sweep_main
-from train.trainer import Trainer, TrainError, ema_decay, ema_update, state_files
+from train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from train.config import preset
+from train.config import TrainError, preset
 from train.run import main as run_main
-from train.trainer import Trainer, TrainError
+from train.trainer import Trainer
 
 SMALL = {"num_block": 1, "num_feat": 8, "num_grow_ch": 4}
 DEAD_PID = 4_999_999  # above Linux's largest pid (2^22): no process has it
@@ -199,7 +199,7 @@ def test_a_full_disk_while_saving_stops_the_run_and_keeps_the_last_state(tmp_pat
 
 def test_an_unwritable_out_is_an_error_before_any_training_work(tmp_path: Path, data: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    import train.trainer as trainer
+    import train.rundir as rundir
 
     def refuse(path: Path, write: object, **kwargs: object) -> None:
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
@@ -207,8 +207,8 @@ def test_an_unwritable_out_is_an_error_before_any_training_work(tmp_path: Path, 
     def never(*args: object, **kwargs: object) -> None:
         raise AssertionError("training started")
 
-    monkeypatch.setattr(trainer, "atomic_write", refuse)
-    monkeypatch.setattr(trainer.Trainer, "step", never)
+    monkeypatch.setattr(rundir, "atomic_write", refuse)
+    monkeypatch.setattr(Trainer, "step", never)
     with pytest.raises(TrainError, match=r"cannot write .*run.*Permission denied"):
         Trainer(_cfg(data), tmp_path / "run").run()
 

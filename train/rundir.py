@@ -1,5 +1,6 @@
 """The run directory (`--out`): which folders are runs of ours, the checks before a run starts or resumes, the
-training state to resume from, and the clean-up of our own stale temporaries.
+folder made ready for a run (config.json, the clean-up of our own stale temporaries), and the message of a write
+that fails during a run. What a training state holds is train/state.py.
 
 A run of ours is a folder whose config.json carries `RUN_FORMAT` (config.json files of older versions, written
 before the tag, are recognised by their fields). train.run starts a run only in a new or empty folder, or in a
@@ -11,13 +12,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from engine.atomic import TEMP_PATTERN, remove_stale_temps
+from engine.atomic import TEMP_PATTERN, atomic_write, remove_stale_temps
 
 from .config import RUN_FORMAT, TrainConfig, TrainError
 
@@ -28,8 +29,6 @@ FOLDERS = ("models", "state", "samples", "tb")
 TEMP_FOLDERS = (".", "models", "state", "samples")
 
 STATE_NAME = re.compile(r"(\d{8})\.state")
-STATE_KEYS = frozenset({"iter", "net_g", "net_ema", "net_d", "opt_g", "opt_d", "scaler_g", "scaler_d", "rng",
-                        "world_size"})
 _LEGACY_KEYS = frozenset({"preset", "stage", "model", "scale", "iters"})
 
 
@@ -126,32 +125,41 @@ def remove_stale(out: Path) -> list[Path]:
     return [p for folder in TEMP_FOLDERS for p in remove_stale_temps(out / folder)]
 
 
-def _check_state(state: Any, it: int) -> None:
-    if not isinstance(state, dict) or not STATE_KEYS <= set(state):
-        raise ValueError("not a training state of train.run")
-    if state["iter"] != it:
-        raise ValueError(f"it holds iteration {state['iter']}, not {it}")
-
-
-def load_state(out: Path) -> tuple[int, Path, dict[str, Any], list[str]]:
-    """The newest training state of `out` that loads: (iteration, file, state, warnings). A state that cannot
-    be read (truncated, empty, not ours) is passed over for the one before it, with a warning naming both.
+def prepare(out: Path, mode: str, config_json: str) -> list[Path]:
+    """Make `out` the run's folder for a `check_out` plan `mode`: create it, remove our stale temporaries (not in a
+    new folder) and write config.json. Returns the temporaries removed.
 
     Raises:
-        TrainError: no training state of `out` loads.
+        TrainError: the folder cannot be written (a folder this call created is removed again), or another run
+            took it at the same moment.
     """
-    bad: list[tuple[Path, str]] = []
-    for it, path in reversed(state_files(out)):
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            _check_state(state, it)
-        except Exception as e:  # noqa: BLE001 - whatever fails to load, the file is not a usable state
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            bad.append((path, type(e).__name__ + (f": {first_line}" if first_line else "")))
-            continue
-        warnings = [f"training state {p} cannot be read ({why}); resuming from {path} (iteration {it}) instead"
-                    for p, why in bad]
-        return it, path, state, warnings
-    raise TrainError(f"--resume: no training state of {out} can be read: "
-                     + "; ".join(f"{p} ({why})" for p, why in bad)
-                     + ". Start a new run (with --pretrained models/net_g_N.pth to keep the weights of a checkpoint)")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        removed = remove_stale(out) if mode != "new" else []
+        # a new run takes config.json exclusively: of two runs started at once in one folder, one is refused
+        atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(config_json, encoding="utf-8"),
+                     overwrite=mode != "new")
+    except FileExistsError:
+        raise TrainError(f"another run started in {out} at the same moment; choose another --out") from None
+    except OSError as e:
+        if created:
+            with suppress(OSError):
+                out.rmdir()
+        raise TrainError(f"cannot write the run folder {out}: {e.strerror or e}; choose a folder you can "
+                         "write to for --out") from None
+    return removed
+
+
+@contextmanager
+def writing(out: Path, what: str, it: int) -> Iterator[None]:
+    """A failed write (a full disk, a folder gone) stops the run with a message; the last state is intact
+    (every file is written under a temporary name, which is removed on failure, and renamed)."""
+    try:
+        yield
+    except OSError as e:
+        states = state_files(out)
+        then = (f"continue with --resume, which starts from {states[-1][1]}" if states else
+                "start the run again (it has no checkpoint yet)")
+        raise TrainError(f"writing {what} of iteration {it} in {out} failed: {e.strerror or e}. The run "
+                         f"stopped; free space (or fix the folder), then {then}") from None
