@@ -25,7 +25,7 @@ Weights are read from local files only, in the reference release's layouts (noth
   the dropout never acts (the module stays in eval mode).
 
 The channel norm is written as the reference writes it, `sqrt(sum(f**2))` (`torch.linalg.vector_norm` sums in
-another order and differs by ~5e-7 relative in float32). Its backward is NaN at an all-zero feature vector, but every
+another order, so its float32 rounding differs). Its backward is NaN at an all-zero feature vector, but every
 tap follows a ReLU, whose backward zeroes the gradient there, so the input gradient stays finite.
 """
 
