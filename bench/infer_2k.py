@@ -26,8 +26,9 @@ sys.path.insert(0, str(REPO))
 
 import engine  # noqa: E402
 from engine import models  # noqa: E402
-from engine.inference import DEFAULT_BATCH, DEFAULT_TILE_OVERLAP, TorchBackend, auto_tile  # noqa: E402
-from engine.ort import from_network as ort_backend  # noqa: E402
+from engine.backends.ort import from_network as ort_backend  # noqa: E402
+from engine.backends.torch_eager import TorchBackend  # noqa: E402
+from engine.inference import DEFAULT_BATCH, DEFAULT_TILE_OVERLAP, auto_tile  # noqa: E402
 
 
 def peak_rss_mib() -> float:

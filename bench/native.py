@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import engine  # noqa: E402
 import engine.models as M  # noqa: E402
-from engine.fused import TritonBackend  # noqa: E402
+from engine.backends.fused import TritonBackend  # noqa: E402
 
 
 def gpu_ms(fn, iters: int) -> tuple[float, float]:

@@ -5,7 +5,7 @@ PyTorch eager fp32 (`torch.inference_mode`) and ONNX Runtime sessions with each 
 intra-op spinning on and off, then, with the chosen options, the fp16 graph and the INT8 Q/DQ graph (mse, first and
 last conv in fp32), and reports each as a ratio to PyTorch (>1: ONNX Runtime is faster). The times are
 the best of `--repeat` runs after one warm-up. Outputs are checked against PyTorch (max abs difference).
-Writes bench/results/ort_cpu.json; `engine.ort.session_options` defaults are the best row here.
+Writes bench/results/ort_cpu.json; `engine.backends.ort.session_options` defaults are the best row here.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from engine import models  # noqa: E402
 from engine.atomic import atomic_write  # noqa: E402
-from engine.ort import session_options  # noqa: E402
+from engine.backends.ort import session_options  # noqa: E402
 from export.onnx import export_onnx  # noqa: E402
 from export.quantize import quantize  # noqa: E402
 

@@ -8,8 +8,9 @@ eight 256×256 tiles (rrdb23, random weights: no rrdb23 weights ship), and the s
 example photo on the CPU. `--quick` runs a CPU-sized set (the default model on a small frame and on a batch) in
 under two minutes; CI runs it.
 
-Backends (`BACKENDS`): PyTorch eager fp32, fp16, bf16 and channels_last, `torch.compile`, ONNX Runtime, TensorRT
-fp16 and INT8, our Triton kernels fp16 and INT8, and our native plan run by engine._C. One that cannot run on this
+Backends (`backend_specs()`: the bench rows every registered backend declares, `engine.backends`): PyTorch eager
+fp32, fp16, bf16 and channels_last, `torch.compile`, ONNX Runtime, TensorRT fp16 and INT8, our Triton kernels fp16
+and INT8, and our native plan run by engine._C. One that cannot run on this
 machine or workload is listed with the reason, never dropped silently.
 
 Method. Each backend is built and run once (the build time is construction plus that first call: export,
@@ -64,7 +65,9 @@ sys.path.insert(0, str(REPO))
 import engine  # noqa: E402
 import engine.models as M  # noqa: E402
 from engine.atomic import atomic_write  # noqa: E402
-from engine.inference import cpu_has_bf16  # noqa: E402
+from engine.backends import registry  # noqa: E402
+from engine.backends.registry import BackendInfo, BenchRow  # noqa: E402
+from engine.machine import cpu_has_bf16  # noqa: E402
 from engine.models.flops import macs_per_pixel  # noqa: E402
 
 SCHEMA_VERSION = 1
@@ -158,59 +161,14 @@ def _half(device: str) -> str:
     return "fp16" if device == "cuda" else "fp32"
 
 
-def _torch(dtype: str | None = None, **kwargs: Any) -> Callable[[Context], Any]:
-    def build(ctx: Context) -> Any:  # its own copy: TorchBackend moves, reformats and refits the network in place
-        return engine.TorchBackend(copy.deepcopy(ctx.net), device=ctx.device, dtype=dtype or _half(ctx.device.type),
-                                   gan_net=ctx.gan, **kwargs)
-    return build
-
-
-def _needs_cuda(ctx: Context) -> str | None:
-    if ctx.device.type != "cuda":
-        return "a GPU backend; this workload runs on the CPU"
-    return None
-
-
-def _no_fp16_on_cpu(ctx: Context) -> str | None:
-    if ctx.device.type != "cuda":
-        return ("PyTorch has no fast fp16 convolutions on the CPU (TorchBackend refuses fp16 there); bf16 is the "
-                "CPU's half precision")
-    return None
-
-
-def _no_bf16_on_this_cpu(ctx: Context) -> str | None:
-    if ctx.device.type == "cpu" and not cpu_has_bf16():
-        return ("this CPU has no bf16 instructions (avx512_bf16, amx_bf16): PyTorch emulates bf16 here, tens of times "
-                "slower than fp32")
-    return None
-
-
-def _compile_unavailable(ctx: Context) -> str | None:
-    if ctx.device.type == "cpu" and shutil.which(os.environ.get("CXX", "g++")) is None:
-        return "torch.compile on the CPU needs a C++ compiler (g++ not found)"
-    return None
-
-
-def _ort_unavailable(ctx: Context) -> str | None:
-    if ctx.device.type == "cuda":
-        return ("our ONNX Runtime backend runs the CPU provider: on this GPU workload one call would take minutes "
-                "(see the default-cpu workload for it)")
-    return None
-
-
-def _ort(ctx: Context) -> Any:
-    from engine.ort import from_network
-
-    return from_network(ctx.net, gan_net=ctx.gan)
-
-
-def _engine_build(backend: str, precision: str) -> Callable[[Context], Any]:
+def _engine_build(backend: str, precision: str, shape: Callable[[Workload], tuple[int, int]]
+                  ) -> Callable[[Context], Any]:
     def build(ctx: Context) -> Any:
         from engine.build import main as build_main
 
         psnr, gan = ctx.weights()
         w = ctx.workload
-        tile, batch = _fixed_shape(backend)(w)
+        tile, batch = shape(w)
         out = ctx.tmp / f"{backend}-{precision}-{w.name}"
         argv = ["--backend", backend, f"--{precision}", "--weights", str(psnr), "--gan-weights", str(gan),
                 "--tile", str(tile), "--batch", str(batch), "--no-verify", "-o", str(out)]
@@ -223,92 +181,58 @@ def _engine_build(backend: str, precision: str) -> Callable[[Context], Any]:
     return build
 
 
-def _fixed_shape(backend: str) -> Callable[[Workload], tuple[int, int]]:
+def _fixed_shape(one_shape: bool) -> Callable[[Workload], tuple[int, int]]:
     def shape(w: Workload) -> tuple[int, int]:
         if w.batch > 1:
             return w.width, w.batch
         if w.tile:
             return w.tile, w.tile_batch
-        if backend == "native":  # a plan is one square shape: two tiles of the shorter side, not the longer squared
+        if one_shape:  # an engine of one shape (a native plan): two tiles of the shorter side, not the longer squared
             side = -(-min(w.width, w.height) // 16) * 16
             return side, 2
         return max(w.width, w.height), 1  # TensorRT's profile takes the whole frame: any shape up to tile × tile
     return shape
 
 
-def _trt_unavailable(ctx: Context) -> str | None:
-    if (why := _needs_cuda(ctx)) is not None:
-        return why
-    from export.tensorrt import tensorrt_available
-
-    if not tensorrt_available():
-        return "TensorRT is not installed (pip install tensorrt: TensorRT 10 or 11)"
-    return None
-
-
-def _triton_unavailable(ctx: Context) -> str | None:
-    if (why := _needs_cuda(ctx)) is not None:
-        return why
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return "TRITON_INTERPRET=1 is set: the interpreter is for tests, not timing"
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return "Triton is not installed (pip install 'esrgan-engine[triton]')"
-    if not isinstance(ctx.net, (M.RRDBNet, M.SRResNet)):
-        return f"our kernels run RRDBNet and SRResNet, not {type(ctx.net).__name__}"
-    return None
-
-
-def _triton_int8_unavailable(ctx: Context) -> str | None:
-    if (why := _triton_unavailable(ctx)) is not None:
-        return why
-    if not isinstance(ctx.net, M.RRDBNet):
-        return "the INT8 trunk is for RRDBNet"
-    return None
-
-
-def _triton(dtype: str) -> Callable[[Context], Any]:
-    def build(ctx: Context) -> Any:
-        from engine.fused import TritonBackend
-
-        ranges = None
-        if dtype == "int8":
-            from export.quantize import rdb_slice_ranges
-
-            ranges = rdb_slice_ranges(ctx.net, ctx.images, gan_net=ctx.gan)
-        return TritonBackend(ctx.net, dtype=dtype, gan_net=ctx.gan, int8_ranges=ranges, device=ctx.device)
+def _from_network(info: BackendInfo, row: BenchRow) -> Callable[[Context], Any]:
+    def build(ctx: Context) -> Any:  # its own copy: backends may move, reformat and refit the network in place
+        assert info.from_network is not None
+        return info.from_network(copy.deepcopy(ctx.net), gan_net=ctx.gan, device=ctx.device,
+                                 precision=row.precision or _half(ctx.device.type), calibration=ctx.images,
+                                 **row.options)
     return build
 
 
-def _native_unavailable(ctx: Context) -> str | None:
-    if (why := _triton_unavailable(ctx)) is not None:
-        return why
-    from engine._ext import load_C
+def _unavailable(info: BackendInfo, row: BenchRow) -> Callable[[Context], str | None]:
+    def why(ctx: Context) -> str | None:
+        if row.unavailable is not None and (reason := row.unavailable(ctx.device)) is not None:
+            return reason
+        if ctx.device.type not in info.devices:
+            return ("a GPU backend; this workload runs on the CPU" if info.needs_gpu else
+                    f"{info.label} runs on {' or '.join(info.devices)}; this workload runs on {ctx.device.type}")
+        if (reason := info.unavailable()) is not None:
+            return reason
+        return info.network(ctx.net, row.precision or _half(ctx.device.type))
+    return why
 
-    C = load_C()
-    if not C.built_with_cuda():
-        return "engine._C was built without CUDA (reinstall with nvcc on the PATH)"
-    return None
+
+def backend_specs() -> list[BackendSpec]:
+    """One spec per bench row of every registered backend (`BackendInfo.bench`): a backend that runs a network
+    directly is built from it; one that only runs engine folders is built by `python -m engine.build`."""
+    specs = []
+    for info in registry.backends():
+        for row in info.bench:
+            dtype = (lambda d, p=row.precision: p) if row.precision else _half
+            if info.from_network is not None:
+                specs.append(BackendSpec(row.key, row.label, dtype, _from_network(info, row), _unavailable(info, row)))
+            else:
+                assert info.build is not None and row.precision is not None, f"{info.name}: nothing builds its rows"
+                shape = _fixed_shape(info.one_shape)
+                specs.append(BackendSpec(row.key, row.label, dtype, _engine_build(info.name, row.precision, shape),
+                                         _unavailable(info, row), shape))
+    return specs
 
 
-BACKENDS = [
-    BackendSpec("torch-fp32", "PyTorch eager fp32", lambda d: "fp32", _torch("fp32"), lambda ctx: None),
-    BackendSpec("torch-fp16", "PyTorch eager fp16", lambda d: "fp16", _torch("fp16"), _no_fp16_on_cpu),
-    BackendSpec("torch-bf16", "PyTorch eager bf16", lambda d: "bf16", _torch("bf16"), _no_bf16_on_this_cpu),
-    BackendSpec("torch-channels-last", "PyTorch eager channels_last", _half, _torch(channels_last=True),
-                lambda ctx: None),
-    BackendSpec("torch-compile", "torch.compile", _half, _torch(compile=True), _compile_unavailable),
-    BackendSpec("onnxruntime-fp32", "ONNX Runtime fp32", lambda d: "fp32", _ort, _ort_unavailable),
-    BackendSpec("tensorrt-fp16", "TensorRT fp16", lambda d: "fp16", _engine_build("tensorrt", "fp16"),
-                _trt_unavailable, _fixed_shape("tensorrt")),
-    BackendSpec("tensorrt-int8", "TensorRT INT8", lambda d: "int8", _engine_build("tensorrt", "int8"),
-                _trt_unavailable, _fixed_shape("tensorrt")),
-    BackendSpec("triton-fp16", "Triton kernels fp16", lambda d: "fp16", _triton("fp16"), _triton_unavailable),
-    BackendSpec("triton-int8", "Triton kernels INT8", lambda d: "int8", _triton("int8"), _triton_int8_unavailable),
-    BackendSpec("native-fp16", "native plan (engine._C) fp16", lambda d: "fp16", _engine_build("native", "fp16"),
-                _native_unavailable, _fixed_shape("native")),
-]
 BASELINE = "torch-fp32"
 
 
@@ -773,7 +697,7 @@ def chart(doc: dict[str, Any], path: Path) -> str | None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog="workloads: " + ", ".join(w.name for w in WORKLOADS + QUICK)
-                                + "; backends: " + ", ".join(b.key for b in BACKENDS))
+                                + "; backends: " + ", ".join(b.key for b in backend_specs()))
     p.add_argument("--quick", action="store_true", help="the CPU-sized set, under two minutes (default: the full set)")
     p.add_argument("--workloads", help="comma-separated workload names (default: all of the set)")
     p.add_argument("--backends", help="comma-separated backend keys (default: all)")
@@ -796,14 +720,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--workloads: unknown {', '.join(bad)} (known: {', '.join(known)})")
         pool = [known[n] for n in names]
     args.pool = pool
-    keys = {b.key: b for b in BACKENDS}
+    keys = {b.key: b for b in backend_specs()}
     if args.backends:
         names = args.backends.split(",")
         if bad := [n for n in names if n not in keys]:
             p.error(f"--backends: unknown {', '.join(bad)} (known: {', '.join(keys)})")
         args.specs = [keys[n] for n in names]
     else:
-        args.specs = list(BACKENDS)
+        args.specs = list(keys.values())
     return args
 
 

@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from engine import models  # noqa: E402
-from engine.inference import TorchBackend, upscale_planes  # noqa: E402
+from engine.backends.torch_eager import TorchBackend  # noqa: E402
+from engine.inference import upscale_planes  # noqa: E402
 from engine.metrics import psnr  # noqa: E402
 
 TARGET_DB = 60.0  # tiled vs untiled, on 8-bit outputs: at most a few pixels differ by one level

@@ -357,7 +357,7 @@ void bind_plan(py::module_& m) {
   py::register_exception<engine::PlanError>(m, "PlanError", PyExc_ValueError);
 
   m.def("read_plan", &read_plan, py::arg("path"), py::arg("arch") = py::none(), py::arg("cubins") = false,
-        R"doc(Reads and validates a native engine plan (format version 1, see engine/plan.py) on the host, no GPU.
+        R"doc(Reads and validates a native engine plan (format version 1, see kernels/plan.py) on the host, no GPU.
 
 path: str or os.PathLike. arch: None, or the SM architecture the plan must be built for (e.g. 90); a plan
 for another one is refused. cubins: include each kernel's cubin bytes. Returns a dict:

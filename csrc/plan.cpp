@@ -1,4 +1,4 @@
-// The plan reader and validator (plan.h): every check of engine/plan.py's format, in host code.
+// The plan reader and validator (plan.h): every check of kernels/plan.py's format, in host code.
 #include "plan.h"
 
 #include <algorithm>

@@ -1,4 +1,4 @@
-// Native engine plans (format version 1, specified in engine/plan.py): the host reader and validator. Plain
+// Native engine plans (format version 1, specified in kernels/plan.py): the host reader and validator. Plain
 // C++17, no CUDA: read_plan parses a plan file into engine::Plan and checks every CRC, offset, range, index and
 // argument against the specification, so the CUDA runtime (plan_runtime.cu, plan_upscale.cu) can trust what it
 // launches.

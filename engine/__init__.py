@@ -13,8 +13,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_LAZY = {"infer": "inference", "TorchBackend": "inference", "Backend": "inference", "load": "engines",
-         "Engine": "engines", "OrtBackend": "ort"}
+_LAZY = {"infer": "inference", "load": "engines", "Engine": "engines", "Backend": "backends.registry",
+         "TorchBackend": "backends.torch_eager", "OrtBackend": "backends.ort"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,12 +1,12 @@
 """`python -m engine.build --model rrdb23 --fp16|--int8|--fp32 [--weights A] [--gan-weights B --alpha 0.8]
 [--backend auto|tensorrt|onnxruntime|triton|native] [--tile 256] [--calib DIR] [-o engines/NAME] [--overwrite]`
 
-Builds an engine directory (see `engine.engines`): the ONNX graph of the network at `--alpha`, a TensorRT plan
+Builds an engine directory (see `engine.manifest`): the ONNX graph of the network at `--alpha`, a TensorRT plan
 where TensorRT is used, both endpoint weight sets when --gan-weights is given (so `Engine.set_alpha` refits
 without a rebuild), and `manifest.json`. `--backend auto` picks TensorRT where it is installed and a GPU is
 present, else ONNX Runtime, and says which and why; `--backend triton` runs our fused kernels (the engine holds the
 checkpoints, packed when loaded); `--backend native` compiles those kernels for one GPU architecture (`--arch`, no
-GPU needed) into our own plan, run by the C++ runtime of engine._C (`engine.plan`). INT8 is explicit quantization
+GPU needed) into our own plan, run by the C++ runtime of engine._C (`kernels.plan`). INT8 is explicit quantization
 (Q/DQ; for triton and native an INT8 trunk) calibrated on the images of --calib, with weight scales and activation
 ranges that hold for every alpha. The engine is built in a temporary folder beside -o, checked against PyTorch
 (`verify`: a tolerance per precision) and only then renamed into place; an engine already at -o is replaced only
@@ -22,7 +22,6 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,11 @@ import numpy as np
 import torch
 
 from . import models
-from .engines import EngineError, build_lock, check_target, library_versions, load, write_engine
+from .backends import registry
+from .backends.registry import PROBE_SIDE, EngineError
+from .engines import build_lock, check_target, load, write_engine
+from .machine import Unavailable
+from .manifest import library_versions, sha256
 
 log = logging.getLogger("engine")
 
@@ -56,15 +59,12 @@ MAX_DIFFERENCE = {
     "bf16": 1e-1,  # not measurable on a CPU (the Triton interpreter multiplies bf16 bit patterns, triton-lang/triton
     #                #11584): fp16's 1.2e-3 × 8 for 3 fewer mantissa bits, then the same tenfold room
 }
-# TensorRT runs FP32 convolutions in TF32 by default (fp16's 10-bit mantissa, fp32 accumulation): its fp32 engines
-# are held to the fp16 limit
-TF32_MAX_DIFFERENCE = MAX_DIFFERENCE["fp16"]
 # INT8: measured 50.6 dB (ONNX Runtime Q/DQ) and 50.8 dB (Triton INT8 trunk) with tiny_x4 on a crop of a photo (on
 # pure noise, outside the calibrated ranges: 37 and 48 dB, so the probe is a crop of a calibration image); published
 # INT8 results lose 0.6–3.1 dB against the ground truth (FACTS.md). Below 30 dB (an RMS error of 8 levels of 255)
 # an INT8 engine is visibly wrong.
 INT8_MIN_PSNR = 30.0
-PROBE_SIDE = 64
+BACKEND_OPTIONS = ("arch", "timing_cache")  # engine.build flags only some backends take (BackendInfo.options)
 
 
 class BuildError(ValueError):
@@ -88,14 +88,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, help="network interpolation weight in [0, 1] the engine starts at "
                    "(default: 0 with --gan-weights)")
     precision = p.add_mutually_exclusive_group()
-    for flag, text in (("--fp32", "float32 (default with onnxruntime)"), ("--fp16", "float16 (default with "
-                       "tensorrt, triton and native)"), ("--bf16", "bfloat16, triton and native only (default: off)"),
-                       ("--int8", "INT8 by explicit Q/DQ quantization; needs --calib (default: off)")):
-        precision.add_argument(flag, dest="precision", action="store_const", const=flag[2:], help=text)
-    p.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime", "triton", "native"], default="auto",
-                   help="engine backend: triton runs our fused kernels (RRDBNet, SRResNet; a GPU); native compiles "
-                   "them into a plan for engine._C's C++ runtime (default: auto: tensorrt with a GPU and TensorRT, "
-                   "else onnxruntime)")
+    for name, text in (("fp32", "float32"), ("fp16", "float16"), ("bf16", "bfloat16"),
+                       ("int8", "INT8 by explicit Q/DQ quantization; needs --calib")):
+        takes = [b.name for b in registry.backends() if b.build is not None and name in b.precisions]
+        default = [b.name for b in registry.backends() if b.build is not None and b.precisions[0] == name]
+        precision.add_argument(f"--{name}", dest="precision", action="store_const", const=name,
+                               help=f"{text}: {', '.join(takes)} (default with {', '.join(default) or 'none'})")
+    engines = registry.names(lambda b: b.build is not None)
+    p.add_argument("--backend", choices=["auto", *engines], default="auto",
+                   help="engine backend: " + "; ".join(f"{b.name}: {b.label} ({', '.join(b.precisions)}"
+                                                        f"{', a GPU' if b.needs_gpu else ''})" for b in
+                                                        registry.backends() if b.build is not None)
+                   + " (default: auto: " + ", else ".join(_auto_order()) + ")")
     p.add_argument("--arch", type=int, help="native: the SM architecture to compile for, e.g. 90 for H100/H200 "
                    "(default: this machine's GPU, else 90)")
     p.add_argument("--tile", type=int, default=DEFAULT_TILE,
@@ -118,35 +122,45 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def choose_backend(requested: str) -> tuple[str, str]:
-    """(backend, why) for --backend."""
-    from export.tensorrt import tensorrt_available
+def _auto_order() -> list[str]:
+    return [b.name for b in sorted((b for b in registry.backends() if b.build is not None and b.auto is not None),
+                                   key=lambda b: b.auto or 0)]
 
-    has_trt, has_gpu = tensorrt_available(), torch.cuda.is_available()
-    if requested == "onnxruntime":
-        return "onnxruntime", "asked for with --backend onnxruntime"
-    if requested in ("tensorrt", "triton", "native"):
+
+def choose_backend(requested: str) -> tuple[str, str]:
+    """(backend, why) for --backend: the one asked for, or for auto the first of `_auto_order()` that runs here."""
+    if requested != "auto":
         return requested, f"asked for with --backend {requested}"
-    if has_trt and has_gpu:
-        return "tensorrt", f"TensorRT is installed and a GPU is present ({torch.cuda.get_device_name()})"
-    reasons = [r for r, missing in (("TensorRT is not installed", not has_trt), ("no CUDA GPU", not has_gpu))
-               if missing]
-    return "onnxruntime", " and ".join(reasons)
+    skipped = []
+    for name in _auto_order():
+        why_not = registry.get(name).unavailable()
+        if why_not is None:
+            return name, (f"{'; '.join(skipped)}; " if skipped else "") + f"{name} runs here"
+        skipped.append(f"not {name}: {why_not}")
+    raise BuildError("no engine backend runs on this machine: " + "; ".join(skipped))
+
+
+def _options_of(name: str) -> list[str]:
+    return [b.name for b in registry.backends() if name in b.options]
 
 
 def check_args(args: argparse.Namespace, backend: str) -> str:
     """Every check that needs no file, before any work; returns the precision."""
     from export.quantize import METHODS
 
-    precision = args.precision or ("fp16" if backend in ("tensorrt", "triton", "native") else "fp32")
-    if args.arch is not None and backend != "native":
-        raise BuildError("--arch is for --backend native (TensorRT plans are built for the GPU they are built on)")
+    info = registry.get(backend)
+    precision = args.precision or info.precisions[0]
+    for option in BACKEND_OPTIONS:
+        if getattr(args, option) is not None and option not in info.options:
+            flag = "--" + option.replace("_", "-")
+            raise BuildError(f"{flag} is for --backend {' or '.join(_options_of(option))}")
     if args.arch is not None and args.arch not in SM_ARCHS:
         raise BuildError(f"--arch {args.arch} is not a GPU architecture the native backend compiles for "
                          f"({', '.join(map(str, SM_ARCHS))}): e.g. --arch 90 for H100/H200, 80 for A100")
-    if precision == "bf16" and backend not in ("triton", "native"):
-        raise BuildError("--bf16 is for --backend triton or native; ONNX Runtime and TensorRT engines take --fp16 "
-                         "or --fp32")
+    if precision not in info.precisions:
+        takes = [b.name for b in registry.backends() if b.build is not None and precision in b.precisions]
+        raise BuildError(f"--{precision} is for --backend {' or '.join(takes)}; {info.label} engines take "
+                         f"{', '.join('--' + p for p in info.precisions)}")
     if args.tile <= 0 or args.batch <= 0:
         raise BuildError(f"--tile and --batch must be positive, got {args.tile} and {args.batch}")
     if args.tile * args.tile * args.batch > MAX_TILE_PIXELS:
@@ -162,31 +176,25 @@ def check_args(args: argparse.Namespace, backend: str) -> str:
         raise BuildError(f"--calib-images must be at least 1, got {args.calib_images}")
     if args.calib_method is not None and args.calib_method not in METHODS:
         raise BuildError(f"--calib-method must be one of {', '.join(METHODS)}, got {args.calib_method!r}")
-    if args.timing_cache and backend != "tensorrt":
-        raise BuildError("--timing-cache is for --backend tensorrt")
-    if backend == "tensorrt":
-        from export.tensorrt import require_tensorrt
-
-        require_tensorrt()  # fail before any work, with what to install
+    why = info.cannot_build()
+    if why is not None:  # fail before any work, with what to install
+        raise Unavailable(why)
     return precision
 
 
 def check_network(net: models.SRNet, backend: str, precision: str, tile: int) -> None:
     """What the backend and the tile need from the network, before any work."""
-    if backend in ("triton", "native"):
-        if not isinstance(net, (models.RRDBNet, models.SRResNet)):
-            raise BuildError(f"--backend {backend} runs RRDBNet and SRResNet, not {net.arch}: use --backend "
-                             f"onnxruntime or tensorrt")
-        if precision == "int8" and not isinstance(net, models.RRDBNet):
-            raise BuildError("INT8 fused kernels run RRDBNet; build SRResNet with --fp16/--bf16/--fp32")
+    why = registry.get(backend).network(net, precision)
+    if why is not None:
+        others = [b.name for b in registry.backends() if b.build is not None and b.network(net, precision) is None
+                  and precision in b.precisions]
+        raise BuildError(f"--backend {backend}: {why}" + (f"; use --backend {' or '.join(others)}" if others else ""))
     if tile % net.input_multiple:
         raise BuildError(f"--tile {tile} must be a multiple of {net.input_multiple} for this ×{net.scale} network")
 
 
 def _networks(args: argparse.Namespace) -> tuple[models.SRNet, models.SRNet | None, dict[str, Any]]:
     """(network, GAN network or None, the manifest's model and alpha entries)."""
-    from .engines import sha256
-
     endpoints: dict[str, Any] = {}
     if args.weights:
         if args.random_weights:
@@ -225,11 +233,6 @@ def _networks(args: argparse.Namespace) -> tuple[models.SRNet, models.SRNet | No
                                                                    "alpha": {"value": alpha, **endpoints}}
 
 
-def _blended(net: models.SRNet, gan: models.SRNet | None, alpha: float) -> models.SRNet:
-    """The network the engine starts as: `net` itself without GAN weights or at alpha 0, else the blend."""
-    return net if gan is None or alpha == 0.0 else models.interpolated(net, gan, alpha)
-
-
 def build(args: argparse.Namespace) -> Path:
     backend, why = choose_backend(args.backend)
     print(f"backend: {backend} ({why})")
@@ -238,176 +241,37 @@ def build(args: argparse.Namespace) -> Path:
     check_network(net, backend, precision, args.tile)
     name = entries["model"]["name"] or net.arch
     out = Path(args.output or Path("engines") / f"{name}-{precision}-{backend}")
+    info = registry.get(backend)
+    assert info.build is not None
+    request = registry.BuildRequest(
+        net=net, gan=gan, entries=entries, precision=precision, tile=args.tile, batch=args.batch, out=out,
+        calibration=(lambda: read_calibration_images(args.calib, limit=args.calib_images)) if args.calib else None,
+        calib_method=args.calib_method, calib_source=str(args.calib),
+        options={k: getattr(args, k) for k in info.options})
     with build_lock(out):  # a second build into -o fails here, at once
         check_target(out, overwrite=args.overwrite)  # before any work, and again before the rename
         start = time.perf_counter()
-        if backend in ("triton", "native"):
-            manifest, write, probe = _fused_files(args, net, gan, entries, precision, backend)
-        else:
-            manifest, write, probe = _onnx_files(args, net, gan, entries, precision, backend, out)
-        reference = _blended(net, gan, entries["alpha"]["value"])
-        check = None if args.no_verify else _verifier(backend, precision, manifest, reference, probe)
-        written = write_engine(out, manifest, write, overwrite=args.overwrite, check=check)
+        built = info.build(request)
+        manifest = {**entries, "scale": net.scale, "in_channels": net.in_channels, "out_channels": net.out_channels,
+                    "multiple": net.input_multiple, "precision": precision, "backend": backend, "io_dtype": "fp32",
+                    "tile": args.tile, "batch": args.batch, "versions": library_versions(), **built.manifest}
+        check = None
+        if not args.no_verify:
+            reason = info.unverifiable(manifest)
+            if reason is not None:
+                print(f"not verified: {reason}")
+            else:
+                reference, probe = request.blended, built.probe
+                check = lambda folder: verify(folder, reference, probe=probe)  # noqa: E731
+        written = write_engine(out, manifest, built.write, overwrite=args.overwrite, check=check)
     print(f"wrote {written} ({precision}, {backend}) in {time.perf_counter() - start:.1f} s")
     return written
 
 
-def _calibration(args: argparse.Namespace) -> list[np.ndarray]:
+def read_calibration_images(folder: str, *, limit: int) -> list[np.ndarray]:
     from export.quantize import read_calibration_images
 
-    return read_calibration_images(args.calib, limit=args.calib_images)
-
-
-def _onnx_files(args: argparse.Namespace, net: models.SRNet, gan: models.SRNet | None, entries: dict[str, Any],
-                precision: str, backend: str, out: Path) -> tuple[dict[str, Any], dict[str, Any], torch.Tensor | None]:
-    """(manifest, file writers, INT8 probe) of an ONNX Runtime or TensorRT engine."""
-    from safetensors.numpy import save_file
-
-    from export.onnx import export_onnx, initializer_arrays, save, set_initializers
-
-    from .inference import TorchBackend
-
-    if backend == "onnxruntime" and precision == "fp16":  # our ONNX Runtime backend runs the CPU provider
-        print("note: ONNX Runtime's CPU provider casts most fp16 ops to fp32 and back: on the CPU an fp16 engine is "
-              "slower than --fp32 and less exact (README \"Engines\", bench/ort_cpu.py)")
-    alpha = entries["alpha"]["value"]
-    multiple = net.input_multiple
-    quant: dict[str, Any] = {}
-    probe = None
-    if precision == "int8":
-        from export.quantize import DEFAULT_METHOD, quantize
-
-        method = args.calib_method or DEFAULT_METHOD
-        images = _calibration(args)
-        print(f"calibrating INT8 ({method}) on {len(images)} images of {args.calib}"
-              + (" at alpha 0, 0.5 and 1" if gan is not None else ""))
-        # TensorRT networks are strongly typed: what is not INT8 runs in the graph's float type, so fp16 there
-        compute = "fp16" if backend == "tensorrt" else "fp32"
-        graph = quantize(net, images, gan_net=gan, method=method, precision=compute)
-        quant = {"method": method, "calibration_images": len(images), "alpha_safe": gan is not None,
-                 "float_compute": compute}
-        probe = _image_probe(images[0], net.in_channels, multiple, args.tile)
-    else:
-        graph = export_onnx(net, precision=precision)
-    set_initializers(graph, initializer_arrays(graph, _blended(net, gan, alpha).state_dict()))
-
-    write: dict[str, Any] = {"model.onnx": lambda path: save(graph, path)}
-    if gan is not None:
-        # a TensorRT refit may also ask for constants the builder folded into weights (export.tensorrt.refit_arrays)
-        if backend == "tensorrt":
-            from export.tensorrt import refit_arrays as endpoint_arrays
-        else:
-            endpoint_arrays = initializer_arrays
-        psnr_arrays, gan_arrays = endpoint_arrays(graph, net.state_dict()), endpoint_arrays(graph, gan.state_dict())
-        write["weights_psnr.safetensors"] = lambda path: save_file(psnr_arrays, path)
-        write["weights_gan.safetensors"] = lambda path: save_file(gan_arrays, path)
-    bpp = TorchBackend(net).bytes_per_pixel() * (0.5 if backend == "tensorrt" and precision != "fp32" else 1.0)
-    manifest: dict[str, Any] = {
-        **entries, "scale": net.scale, "in_channels": net.in_channels, "out_channels": net.out_channels,
-        "multiple": multiple, "precision": precision, "backend": backend, "io_dtype": "fp32", "tile": args.tile,
-        "batch": args.batch, "bytes_per_pixel": bpp, "versions": library_versions(),
-    }
-    if quant:
-        manifest["int8"] = quant
-    if backend == "tensorrt":
-        from export.tensorrt import build_engine, profile_shapes
-
-        shapes = profile_shapes(args.tile, args.batch, net.in_channels, multiple)
-        cache = Path(args.timing_cache) if args.timing_cache else out.parent / "timing.cache"
-
-        def plan(path: str) -> None:
-            info = build_engine(Path(path).with_name("model.onnx"), path, min_shape=shapes[0], opt_shape=shapes[1],
-                                max_shape=shapes[2], timing_cache=cache, refit=True)
-            manifest["gpu_arch"] = info["gpu_arch"]
-            manifest["tensorrt"] = {k: v for k, v in info.items() if k != "gpu_arch"}
-
-        write["model.plan"] = plan
-        manifest["profile"] = {"min": list(shapes[0]), "opt": list(shapes[1]), "max": list(shapes[2])}
-    return manifest, write, probe
-
-
-def _fused_files(args: argparse.Namespace, net: models.SRNet, gan: models.SRNet | None, entries: dict[str, Any],
-                 precision: str, backend: str) -> tuple[dict[str, Any], dict[str, Any], torch.Tensor | None]:
-    """(manifest, file writers, INT8 probe) of a Triton engine (the checkpoints, packed for the kernels when loaded)
-    or a native one (the plan: the kernels compiled for --arch, the launch list, the packed weights)."""
-    quant: dict[str, Any] = {}
-    probe = None
-    if precision == "int8":
-        from export.quantize import DEFAULT_METHOD, rdb_slice_ranges
-
-        method = args.calib_method or DEFAULT_METHOD
-        images = _calibration(args)
-        print(f"calibrating the INT8 trunk ({method}, one range per RDB slice) on {len(images)} images of "
-              f"{args.calib}" + (" at alpha 0, 0.5 and 1" if gan is not None else ""))
-        quant = {"method": method, "calibration_images": len(images), "alpha_safe": gan is not None,
-                 "slice_ranges": rdb_slice_ranges(net, images, gan_net=gan, method=method)}
-        probe = _image_probe(images[0], net.in_channels, net.input_multiple, args.tile)
-    manifest = {**entries, "scale": net.scale, "in_channels": net.in_channels, "out_channels": net.out_channels,
-                "multiple": net.input_multiple, "precision": precision, "backend": backend, "io_dtype": "fp32",
-                "tile": args.tile, "batch": args.batch, "versions": library_versions()}
-    if quant:
-        manifest["int8"] = quant
-    write: dict[str, Any] = {}
-    if backend == "triton":
-        write["model.safetensors"] = lambda path: models.save(net, path)
-        if gan is not None:
-            write["gan.safetensors"] = lambda path: models.save(gan, path)
-        return manifest, write, probe
-    from .plan import PLAN_VERSION, build_plan, fused_network, write_plan
-
-    arch = args.arch or _local_arch() or 90
-    print(f"compiling the fused kernels for sm_{arch}" + ("" if torch.cuda.is_available() else
-                                                           " (no GPU here: triton.compile with a GPUTarget)"))
-    fused = fused_network(net, precision, gan_net=gan, int8_ranges=quant.get("slice_ranges"), device="cpu")
-    plan = build_plan(fused, [(args.batch, net.in_channels, args.tile, args.tile)], arch=arch,
-                      meta={"model": entries["model"], "precision": precision, "alpha": entries["alpha"]})
-    manifest["gpu_arch"] = f"sm_{arch}"
-    manifest["plan"] = {"format_version": PLAN_VERSION, "kernels": len(plan.kernels),
-                        "launches": len(plan.launches), "arena_bytes": max(s["arena_bytes"] for s in plan.shapes),
-                        "weights_bytes": len(plan.weights), "triton": plan.meta["triton"]}
-    write["model.plan"] = lambda path: write_plan(path, plan)
-    return manifest, write, probe
-
-
-def _local_arch() -> int | None:
-    """This machine's GPU architecture (e.g. 90), or None without one."""
-    if not torch.cuda.is_available():
-        return None
-    major, minor = torch.cuda.get_device_capability()
-    return major * 10 + minor
-
-
-def _image_probe(image: np.ndarray, channels: int, multiple: int, tile: int) -> torch.Tensor | None:
-    """A central crop of a calibration image, (1, channels, side, side) float32 in [0, 1]: what INT8 ranges were
-    calibrated for (pure noise lies outside them: 37 dB where a photo gives 51)."""
-    from export.quantize import image_planes
-
-    planes = image_planes(image, channels)
-    _, h, w = planes.shape
-    side = min(PROBE_SIDE, h, w, tile) // multiple * multiple
-    if side < multiple:
-        return None
-    top, left = (h - side) // 2, (w - side) // 2
-    return torch.from_numpy(np.ascontiguousarray(planes[None, :, top:top + side, left:left + side]))
-
-
-def _verifier(backend: str, precision: str, manifest: dict[str, Any], net: models.SRNet,
-              probe: torch.Tensor | None) -> Callable[[Path], Any] | None:
-    """The check `write_engine` runs on the finished temporary folder, or None (saying why) where the engine
-    cannot run on this machine."""
-    if backend == "native" and not (torch.cuda.is_available() and f"sm_{_local_arch()}" == manifest["gpu_arch"]):
-        print(f"not verified: the plan runs on an {manifest['gpu_arch']} GPU and this machine has none (engine.plan."
-              f"ReferenceExecutor interprets a plan on the CPU; tests do that)")
-        return None
-    if backend == "triton" and not torch.cuda.is_available():
-        if os.environ.get("TRITON_INTERPRET") != "1":
-            print("not verified: the Triton kernels need a CUDA GPU to run, and this machine has none")
-            return None
-        if precision == "bf16":
-            print("not verified: the Triton interpreter cannot run bf16 dots (triton-lang/triton#11584); verify on a "
-                  "GPU")
-            return None
-    return lambda folder: verify(folder, net, probe=probe)
+    return read_calibration_images(folder, limit=limit)
 
 
 def verify(directory: str | os.PathLike[str], net: models.SRNet, *, probe: torch.Tensor | None = None,
@@ -444,8 +308,7 @@ def verify(directory: str | os.PathLike[str], net: models.SRNet, *, probe: torch
         return psnr
     scale = max(1.0, float(ref.abs().max()))
     err = float((got - ref).abs().max())
-    limit = (TF32_MAX_DIFFERENCE if engine.manifest["backend"] == "tensorrt" and precision == "fp32"
-             else MAX_DIFFERENCE[precision]) * scale
+    limit = registry.get(engine.manifest["backend"]).tolerance.get(precision, MAX_DIFFERENCE[precision]) * scale
     text = f"max abs difference from PyTorch fp32 {where}: {err:.2e} (limit {limit:.1e} for {precision})"
     if err > limit:
         raise VerificationError(f"verification failed: {text}: the engine is not written; report this with the "

@@ -16,10 +16,9 @@ import logging
 import math
 import numbers
 import os
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -28,6 +27,9 @@ import torch.nn.functional as F
 
 from . import models
 from ._ext import load_C
+from .backends.registry import Backend
+from .backends.torch_eager import TorchBackend
+from .engines import load
 
 log = logging.getLogger("engine")
 
@@ -36,122 +38,6 @@ log = logging.getLogger("engine")
 DEFAULT_TILE_OVERLAP = 32
 DEFAULT_BATCH = 4
 CPU_MEMORY_BUDGET = 2 * 2**30  # bytes of activations per batch of tiles when the tile size is chosen for you
-
-
-def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether this CPU computes bf16 in hardware (x86: avx512_bf16 or amx_bf16; Arm: bf16). Without it PyTorch
-    emulates bf16 matmuls and convolutions, tens of times slower than fp32. True where the flags cannot be read."""
-    try:
-        with open(cpuinfo) as f:
-            found = re.search(r"^(?:flags|Features)\s*:(.*)$", f.read(), re.MULTILINE)
-    except OSError:
-        return True
-    return found is None or bool(set(found.group(1).split()) & {"avx512_bf16", "amx_bf16", "bf16"})
-
-
-@runtime_checkable
-class Backend(Protocol):
-    """What `infer` needs from an engine: run a batch of tiles.
-
-    `run` takes float32 (N, in_channels, h, w) in [0, 1] on `device`, with h and w multiples of `multiple`, and
-    returns float32 (N, out_channels, h·scale, w·scale).
-    """
-
-    scale: int
-    in_channels: int
-    out_channels: int
-    multiple: int
-    device: torch.device
-
-    def run(self, batch: torch.Tensor) -> torch.Tensor: ...
-
-    def bytes_per_pixel(self) -> float: ...
-
-
-class TorchBackend:
-    """A reference network run by PyTorch: CPU (fp32, bf16) or CUDA (fp16, bf16, fp32, channels_last).
-
-    With `gan_net` (the GAN fine-tune of `net`), `set_alpha(α)` rewrites the live weights in place as
-    (1 − α)·θ_net + α·θ_gan (network interpolation, no rebuild). fp16 outputs that are not finite (overflow) are
-    recomputed in fp32 with a warning, never returned black. `compile=True` runs the network through
-    `torch.compile` (compiled on the first call of each input shape; `set_alpha` still writes the live weights, which
-    the compiled graph reads as inputs).
-    """
-
-    def __init__(self, net: models.SRNet, *, device: str | torch.device = "cpu", dtype: str = "fp32",
-                 channels_last: bool = False, gan_net: models.SRNet | None = None, compile: bool = False) -> None:
-        self.device = torch.device(device)
-        if dtype not in ("fp32", "fp16", "bf16"):
-            raise ValueError(f"dtype must be fp32, fp16 or bf16, got {dtype!r}")
-        if dtype == "fp16" and self.device.type != "cuda":
-            raise ValueError("fp16 inference needs a CUDA device; use bf16 or fp32 on the CPU")
-        if dtype == "bf16" and self.device.type == "cpu" and not cpu_has_bf16():
-            log.warning("this CPU has no bf16 instructions (avx512_bf16, amx_bf16): PyTorch emulates bf16 here, "
-                        "tens of times slower than fp32; use fp32 (ONNX Runtime, the CPU default)")
-        if gan_net is not None:
-            models.registry.require_same_network(net, gan_net)
-        self.net = net.eval().to(self.device)
-        self.dtype = dtype
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        if channels_last:
-            self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.scale, self.in_channels, self.out_channels = net.scale, net.in_channels, net.out_channels
-        self.multiple = net.input_multiple
-        self._endpoints = None
-        if gan_net is not None:
-            self._endpoints = ({k: v.detach().clone() for k, v in net.state_dict().items()},
-                               {k: v.detach().to(self.device) for k, v in gan_net.state_dict().items()})
-        self.alpha: float | None = 0.0 if gan_net is not None else None
-        self._call: Any = torch.compile(self.net) if compile else self.net
-        self._warned_overflow = False
-        self._bpp: float | None = None
-
-    def set_alpha(self, alpha: float) -> None:
-        """Blend the live weights in place: θ = (1 − alpha)·θ_psnr + alpha·θ_gan."""
-        if self._endpoints is None:
-            raise ValueError("alpha needs the GAN weights of this network (--gan-weights / gan_net=)")
-        blended = models.interpolate(self._endpoints[0], self._endpoints[1], alpha)
-        with torch.no_grad():
-            for key, t in self.net.state_dict().items():
-                t.copy_(blended[key])
-        self.alpha = float(alpha)
-
-    def _forward(self, x: torch.Tensor, dtype: str) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        if dtype == "fp32":
-            return self._call(x).float()
-        amp = torch.float16 if dtype == "fp16" else torch.bfloat16
-        with torch.autocast(self.device.type, dtype=amp):
-            return self._call(x).float()
-
-    @torch.inference_mode()
-    def run(self, batch: torch.Tensor) -> torch.Tensor:
-        out = self._forward(batch, self.dtype)
-        if self.dtype == "fp16" and not torch.isfinite(out).all():
-            if not self._warned_overflow:
-                log.warning("fp16 overflow (non-finite output): recomputing in fp32; use --bf16 or --fp32 to avoid "
-                            "the double work")
-                self._warned_overflow = True
-            out = self._forward(batch, "fp32")
-        return out
-
-    @torch.inference_mode()
-    def bytes_per_pixel(self) -> float:
-        """Peak activation bytes per input pixel, measured on a probe by the largest module outputs."""
-        if self._bpp is None:
-            side = 16 * self.multiple
-            sizes: list[int] = []
-            hooks = [m.register_forward_hook(lambda _m, _i, o: sizes.append(o.numel()) if torch.is_tensor(o) else None)
-                     for m in self.net.modules()]
-            try:
-                self.net(torch.zeros(1, self.in_channels, side, side, device=self.device))
-            finally:
-                for h in hooks:
-                    h.remove()
-            element = 2 if self.dtype in ("fp16", "bf16") else 4
-            # the largest output, its input and a concat/workspace of the same size live at once
-            self._bpp = 3 * max(sizes) * element / (side * side)
-        return self._bpp
 
 
 def as_backend(net: Any, *, device: str | torch.device | None = None, dtype: str | None = None,
@@ -164,8 +50,6 @@ def as_backend(net: Any, *, device: str | torch.device | None = None, dtype: str
         return net
     if isinstance(net, (str, os.PathLike)):
         if os.path.isdir(net):  # an engine directory of python -m engine.build
-            from .engines import load
-
             if device is not None or dtype is not None or gan_net is not None:
                 raise ValueError("device, dtype and gan_net configure a network; an engine already has them")
             return load(net)
@@ -264,7 +148,8 @@ def upscale_planes(backend: Backend, planes: np.ndarray | torch.Tensor, *, tile:
     than twice `tile_overlap` gets the overlap lowered to half the tile, with a warning (check_tiling refuses it
     where the user chose it). `progress(n)` is called after each batch with the number of tiles done in it.
 
-    A backend with its own `upscale_planes` (a native plan, `engine.native`) does all of this itself, in `engine._C`.
+    A backend with its own `upscale_planes` (a native plan, `engine.backends.native`) does all of this itself, in
+    `engine._C`.
     """
     native = getattr(backend, "upscale_planes", None)
     if callable(native):

@@ -29,6 +29,8 @@ from tqdm import tqdm
 
 from . import models
 from .atomic import remove_stale_temps, temp_path
+from .backends import registry
+from .backends.registry import Backend
 from .engines import load as load_engine
 from .imageio import (
     DEFAULT_MAX_PIXELS,
@@ -43,14 +45,11 @@ from .inference import (
     CPU_MEMORY_BUDGET,
     DEFAULT_BATCH,
     DEFAULT_TILE_OVERLAP,
-    Backend,
-    TorchBackend,
     check_tiling,
     infer,
     output_size,
 )
-from .ort import from_network as ort_backend
-from .ort import usable_cpus
+from .machine import usable_cpus
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT_MODEL = "tiny_x4"
@@ -94,9 +93,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--model", "--model_path", "--model-path", dest="model",
                    help=f"checkpoint file (any supported format), engine directory (python -m engine.build) or "
                    f"shipped model name (default: {DEFAULT_MODEL})")
-    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "triton"], default="auto",
+    runners = registry.backends()
+    p.add_argument("--backend", choices=["auto", *(b.name for b in runners if b.from_network)], default="auto",
                    help="how a checkpoint runs: auto = PyTorch on CUDA, ONNX Runtime on the CPU (bf16: PyTorch); "
-                   "triton = our fused kernels on a GPU (RRDBNet, SRResNet) (default: auto)")
+                   + "; ".join(f"{b.name} = {b.label} ({', '.join(b.precisions)})" for b in runners if b.from_network)
+                   + " (default: auto)")
     p.add_argument("-s", "--outscale", type=float, help="final scale, resized after the network (default: the "
                    "model's scale)")
     p.add_argument("-t", "--tile", type=int, help="tile side in input pixels, at least twice --tile-overlap; 0 = no "
@@ -259,25 +260,29 @@ def make_backend(args: argparse.Namespace) -> Backend:
     kind = args.backend
     if kind == "auto":
         kind = "onnxruntime" if device == "cpu" and precision == "fp32" else "torch"
-    if kind == "onnxruntime" and (device != "cpu" or precision != "fp32"):
-        raise UsageError("--backend onnxruntime runs fp32 on the CPU here; for GPUs or other precisions build an "
-                         "engine (python -m engine.build) or use --backend torch")
-    if kind == "triton" and device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise UsageError("--backend triton runs our fused kernels on a CUDA GPU, and this run is on the CPU; use "
-                         "--backend auto (ONNX Runtime on the CPU)")
+    info = registry.get(kind)
+    if torch.device(device).type not in info.devices:
+        raise UsageError(f"--backend {kind} runs on {' or '.join(info.devices)}, and this run is on {device}; use "
+                         f"--backend auto, or build an engine (python -m engine.build)")
+    if precision not in info.precisions:
+        takes = [f"--{p}" for p in info.precisions if p in ("fp32", "fp16", "bf16")]  # the flags upscale has
+        raise UsageError(f"--backend {kind} runs {', '.join(takes)}, not --{precision}; "
+                         f"for other precisions build an engine (python -m engine.build) or use --backend torch")
+    why = info.unavailable()
+    if why is not None:
+        raise UsageError(f"--backend {kind}: {why}")
     if (args.alpha is None) != (args.gan_weights is None):
         raise UsageError("--alpha and --gan-weights go together: the blend of the model (alpha 0) and its GAN "
                          "fine-tune (alpha 1)")
     net, _ = models.load(source)
     gan = models.load(args.gan_weights)[0] if args.gan_weights else None
-    if kind == "triton":
-        from .fused import TritonBackend
-
-        backend: Any = TritonBackend(net, device=device, dtype=precision, gan_net=gan)
-    elif kind == "onnxruntime":
-        backend = ort_backend(net, threads=args.threads, gan_net=gan)
-    else:
-        backend = TorchBackend(net, device=device, dtype=precision, channels_last=args.channels_last, gan_net=gan)
+    why = info.network(net, precision)
+    if why is not None:
+        raise UsageError(f"--backend {kind}: {why}; use --backend torch")
+    options = {"channels_last": True} if args.channels_last and kind == "torch" else {}
+    assert info.from_network is not None
+    backend: Any = info.from_network(net, gan_net=gan, precision=precision, device=device, threads=args.threads,
+                                     **options)
     if args.alpha is not None:
         backend.set_alpha(args.alpha)
     return backend

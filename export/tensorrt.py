@@ -1,4 +1,4 @@
-"""Build TensorRT plans from our ONNX graphs: the build half (`engine/trt.py` runs the plans).
+"""Build TensorRT plans from our ONNX graphs: the build half (`engine/backends/trt.py` runs the plans).
 
     min_shape, opt_shape, max_shape = profile_shapes(tile=256, batch=4, channels=3, multiple=1)
     info = build_engine("engines/rrdb23/model.onnx", "engines/rrdb23/model.plan", min_shape=min_shape,
@@ -14,7 +14,7 @@ slower than a frozen one, and TensorRT 11.3.0 could drop a GEMM bias in refittab
 a refit=True build with a refit=False build of the same graph before trusting a new TensorRT version.
 
 TensorRT is imported lazily: `import export.tensorrt` works without it, and `build_engine` then raises
-`engine.trt.TensorRTUnavailable` saying what to install.
+`engine.trt_lib.TensorRTUnavailable` saying what to install.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from engine.atomic import atomic_write
-from engine.trt import (
+from engine.trt_lib import (
     TensorRTUnavailable,
     TrtLog,
     match_refit_weights,
@@ -192,7 +192,7 @@ def build_engine(onnx_path: str | os.PathLike[str], plan_path: str | os.PathLike
             `profile_shapes`. Inputs outside [min, max] are errors at run time.
         timing_cache: a file of kernel timings, read if present and written back (atomically) after the build;
             rebuilds with it skip most kernel timing. A cache from another GPU or TensorRT is replaced.
-        refit: build with BuilderFlag.REFIT, so alpha can be refitted (`engine.trt.TensorRTBackend.set_alpha`).
+        refit: build with BuilderFlag.REFIT, so alpha can be refitted (`engine.backends.trt.TensorRTBackend.set_alpha`).
         progress: show the build phases as nested tqdm bars.
         builder_optimization_level: 0–5 (TensorRT's default 3); higher searches longer for faster kernels.
 

@@ -5,7 +5,7 @@
     with record() as launches:          # nothing runs: each launch is appended, arguments as given
         plan.forward_buffers(n, h, w)
 
-`engine.plan` records a plan's forward and its `set_alpha` this way and turns the tensors among the arguments into
+`kernels.plan` records a plan's forward and its `set_alpha` this way and turns the tensors among the arguments into
 byte offsets of the plan's arena and weights buffers.
 """
 
@@ -45,10 +45,6 @@ def record() -> Iterator[list[Launch]]:
         yield launches
     finally:
         _RECORDERS.remove(launches)
-
-
-def recording() -> bool:
-    return bool(_RECORDERS)
 
 
 def launch(kernel: Any, grid: Sequence[int], args: Sequence[Any], constexprs: dict[str, Any], *, num_warps: int,

@@ -145,7 +145,7 @@ class FusedPlan:
     float32 NCHW `input` and `output` of the tile batch, the network's NHWC input `x` (pixel-unshuffled by
     `multiple`) and the subclass's buffers; `forward(n, H, W)` converts `input` into `x` (one kernel), runs the
     subclass's `_forward(buffers)` (its convs) and converts its NHWC `out` into `output` (one kernel). Every launch
-    goes through `kernels.launch`, so a forward can be recorded (`engine.plan`)."""
+    goes through `kernels.launch`, so a forward can be recorded (`kernels.plan`)."""
 
     scale: int
     in_channels: int

@@ -137,7 +137,7 @@ class FusedRRDBNetInt8(FusedPlan):
             shapes_q.append((f"{c}.weight", tuple(packed[0].shape)))
         self._ends_q = [torch.cat(p).float().to(self.device) for p in ends_q]
         # alpha 0: the PSNR endpoint rounded as lerp_pair_kernel rounds (half away from zero, clamped); on the host,
-        # so that a plan can be made (and recorded, `engine.plan`) without running a kernel
+        # so that a plan can be made (and recorded, `kernels.plan`) without running a kernel
         a = self._ends_q[0]
         self._live_q = torch.where(a >= 0, torch.floor(a + 0.5), -torch.floor(-a + 0.5)).clamp(-QMAX, QMAX).to(
             torch.int8)

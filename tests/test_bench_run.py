@@ -123,7 +123,7 @@ def test_quick_run_lists_every_backend_that_did_not_run_with_its_reason(quick: d
     for w in quick["doc"]["workloads"]:
         ran = {r["backend"] for r in w["rows"]}
         missing = {u["backend"]: u["reason"] for u in w["unavailable"]}
-        assert ran | set(missing) == {b.key for b in run.BACKENDS} and not ran & set(missing)
+        assert ran | set(missing) == {b.key for b in run.backend_specs()} and not ran & set(missing)
         assert {"torch-fp32", "torch-channels-last", "onnxruntime-fp32"} <= ran
         if cpu_has_bf16():
             assert "torch-bf16" in ran
@@ -248,7 +248,7 @@ def test_triton_rows_build_time_and_check_under_the_interpreter(tmp_path: Path) 
     assert os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
     w = run.Workload("tiny", "8×8 frame", "default", 8, 8, device="cpu")
     keys = ("torch-fp32", "triton-fp16", "triton-int8")
-    specs = [dataclasses.replace(s, unavailable=lambda ctx: None) for s in run.BACKENDS if s.key in keys]
+    specs = [dataclasses.replace(s, unavailable=lambda ctx: None) for s in run.backend_specs() if s.key in keys]
     args = argparse.Namespace(warmup=0, repeat=1, peaks={})
     result = run.run_workload(w, specs, args, tmp_path)
     rows = {r["backend"]: r for r in result["rows"]}

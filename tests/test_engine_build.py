@@ -20,7 +20,7 @@ from util import small_rrdb
 
 import engine.models as M
 from engine.build import main as build_main
-from engine.engines import read_manifest
+from engine.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -268,7 +268,7 @@ def test_verification_prints_the_difference_and_the_limit(weights: Path, tmp_pat
 def test_an_engine_that_computes_something_else_fails_and_is_not_written(
         weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
         damage, words: str) -> None:
-    from engine.ort import OrtBackend
+    from engine.backends.ort import OrtBackend
 
     out = tmp_path / "e"
     assert _build(weights, out, "--no-verify", "--fp16") == 0
@@ -314,8 +314,8 @@ def test_verify_refuses_a_reference_network_whose_output_is_not_finite(weights: 
 
 
 @pytest.mark.parametrize("flags,words", [
-    (["--backend", "triton"], "--backend triton runs RRDBNet and SRResNet, not edsr"),
-    (["--backend", "native"], "--backend native runs RRDBNet and SRResNet, not edsr"),
+    (["--backend", "triton"], "--backend triton: the fused kernels run rrdbnet, srresnet, not edsr"),
+    (["--backend", "native"], "--backend native: the fused kernels run rrdbnet, srresnet, not edsr"),
     (["--backend", "native", "--arch", "5"], "--arch 5 is not a GPU architecture"),
     (["--backend", "native", "--arch", "-90"], "--arch -90 is not a GPU architecture"),
     (["--arch", "90"], "--arch is for --backend native"),

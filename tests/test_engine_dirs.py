@@ -19,9 +19,11 @@ from util import deadline, small_rrdb
 
 import engine
 import engine.models as M
+from engine.backends.ort import OrtBackend
+from engine.backends.registry import EngineError
 from engine.build import main as build_main
-from engine.engines import EngineError, read_manifest, sha256
-from engine.ort import OrtBackend, usable_cpus
+from engine.machine import usable_cpus
+from engine.manifest import read_manifest, sha256
 from export.onnx import export_onnx
 
 
@@ -106,7 +108,7 @@ def test_the_size_is_checked_before_the_file_is_hashed(built: Path, tmp_path: Pa
     with open(d / "model.onnx", "ab") as f:
         f.write(b"\0" * 4096)
     hashed = []
-    monkeypatch.setattr("engine.engines._sha256_fd", lambda fd: hashed.append(fd) or "0" * 64)
+    monkeypatch.setattr("engine.manifest._sha256_fd", lambda fd: hashed.append(fd) or "0" * 64)
     with pytest.raises(EngineError, match=r"model.onnx has [\d,]+ bytes, manifest.json says [\d,]+"):
         engine.load(d)
     assert not hashed

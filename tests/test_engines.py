@@ -15,10 +15,12 @@ from util import small_rrdb
 
 import engine
 import engine.models as M
+from engine.backends.ort import OrtBackend, from_network
+from engine.backends.registry import EngineError
 from engine.build import choose_backend
 from engine.build import main as build_main
-from engine.engines import FORMAT_VERSION, EngineError, read_manifest, write_engine
-from engine.ort import OrtBackend, from_network
+from engine.engines import write_engine
+from engine.manifest import FORMAT_VERSION, read_manifest
 from engine.upscale import main as upscale_main
 from export.onnx import export_onnx
 

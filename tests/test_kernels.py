@@ -289,7 +289,7 @@ def test_triton_backend_in_infer_equals_pytorch_and_refits() -> None:
     import numpy as np
 
     import engine
-    from engine.fused import TritonBackend
+    from engine.backends.fused import TritonBackend
 
     net, gan = _rrdb(0), _rrdb(1)
     backend = TritonBackend(net, device=DEVICE, dtype="fp32", gan_net=gan)
@@ -356,7 +356,7 @@ def test_build_and_load_an_int8_triton_engine(tmp_path: Path, capsys: pytest.Cap
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_triton_backend_without_a_gpu_says_so() -> None:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = ("import engine.models as M\nfrom engine.fused import TritonBackend\n"
+    code = ("import engine.models as M\nfrom engine.backends.fused import TritonBackend\n"
             "TritonBackend(M.create('rrdb6', num_block=1, num_feat=8, num_grow_ch=4))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "runs its kernels on a CUDA GPU; this machine has none" in proc.stderr

@@ -1,4 +1,4 @@
-"""Native plans (`engine.plan`): built for sm_90 on this CPU machine by `python -m engine.build --backend native`,
+"""Native plans (`kernels.plan`): built for sm_90 on this CPU machine by `python -m engine.build --backend native`,
 parsed and validated by engine._C's host code, interpreted by the reference executor (TRITON_INTERPRET=1) against
 PyTorch float64, and refused with clear messages when corrupted, truncated, of another version or for another GPU.
 On a GPU, the C++ runtime against the Triton backend and the reference.
@@ -24,9 +24,10 @@ from util import no_gpu_message, randomize_
 
 import engine
 import engine.models as M
-from engine import plan as P
 from engine._ext import load_C
-from engine.engines import EngineError, read_manifest
+from engine.backends.registry import EngineError
+from engine.manifest import read_manifest
+from kernels import plan as P
 
 REPO = Path(__file__).resolve().parents[1]
 C = load_C()
@@ -328,7 +329,7 @@ def test_the_reference_executor_runs_a_format_only_plan(tmp_path: Path) -> None:
     assert set(P.kernel_table()) >= {k["function"] for k in ex.meta["kernels"]}
 
 
-@pytest.mark.parametrize("function", ["evil.run", "os.system", "kernels.conv.triton", "engine.plan.write_plan"])
+@pytest.mark.parametrize("function", ["evil.run", "os.system", "kernels.conv.triton", "kernels.plan.write_plan"])
 def test_a_plan_naming_code_of_its_own_runs_none_of_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                        function: str) -> None:
     marker = tmp_path / "pwned"
@@ -371,7 +372,7 @@ def _set_arg(plan: P.Plan, kind: int, value: int) -> None:
     ("a stride", lambda p: _set_arg(p, P.ARG_I32, 1 << 30), "differs from what the network it names records"),
     ("an offset", lambda p: _set_arg(p, P.ARG_WEIGHTS, 16), "differs from what the network it names records"),
     ("a grid", lambda p: p.launches[2].update(grid=(1 << 20, 1, 1)), "differs from what the network it names"),
-    ("another network", lambda p: p.meta["model"].update(arch="edsr"), "names no RRDBNet or SRResNet"),
+    ("another network", lambda p: p.meta["model"].update(arch="edsr"), "names no network of the fused kernels"),
     ("a huge network", lambda p: p.meta["model"]["hparams"].update(num_block=10**9), "not plain numbers up to"),
     ("a bigger network", lambda p: p.meta["model"]["hparams"].update(num_feat=1024), "more than its weights"),
     ("nested hparams", lambda p: p.meta["model"]["hparams"].update(num_feat={"a": 1}), "not plain numbers"),
@@ -385,18 +386,19 @@ def test_a_plan_that_differs_from_what_we_record_is_refused(tmp_path: Path, what
 
 
 def test_build_refuses_what_a_plan_cannot_hold() -> None:
-    with pytest.raises(P.PlanBuildError, match="RRDBNet and SRResNet"):
+    with pytest.raises(ValueError, match="the fused kernels run rrdbnet, srresnet, not edsr"):
         P.fused_network(M.create("edsr", num_block=1, num_feat=16), "fp16")
     with pytest.raises(P.PlanBuildError, match="multiples of 2"):
         P.build_plan(P.fused_network(_rrdb(0, scale=2), "fp16"), [(1, 3, 5, 6)], compile=False)
 
 
 # ---------------------------------------------------------------------------------------------------------
-# engine.infer hands whole images to a backend that tiles them itself (as engine.native.NativeBackend does)
+# engine.infer hands whole images to a backend that tiles them itself (as engine.backends.native.NativeBackend does)
 
 
 def test_infer_hands_whole_planes_to_a_backend_that_tiles_itself() -> None:
-    from engine.inference import TorchBackend, upscale_planes
+    from engine.backends.torch_eager import TorchBackend
+    from engine.inference import upscale_planes
 
     inner = TorchBackend(_rrdb(0))
     calls = []
@@ -448,7 +450,7 @@ def test_the_extension_builds_without_nvcc_and_reads_plans(built: dict[str, Path
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
 def test_native_runtime_matches_triton_and_reference_on_gpu(tmp_path: Path) -> None:
-    from engine.fused import TritonBackend
+    from engine.backends.fused import TritonBackend
 
     major, minor = torch.cuda.get_device_capability()
     net, gan = _rrdb(0), _rrdb(1)

@@ -1,4 +1,4 @@
-"""TensorRT build (export/tensorrt.py) and runtime (engine/trt.py).
+"""TensorRT build (export/tensorrt.py) and runtime (engine/backends/trt.py), and what they share (engine/trt_lib.py).
 
 Everywhere: both modules type-check against TensorRT's stubs (and the check catches a misspelt Refitter method),
 use nothing TensorRT 11 removed, import without TensorRT and then fail with one error that says what to install;
@@ -26,22 +26,15 @@ import pytest
 import torch
 
 import engine.models as M
-from engine.inference import TorchBackend, upscale_planes
-from engine.trt import (
-    BlendedWeights,
-    RefitWeightsError,
-    TensorRTBackend,
-    TensorRTUnavailable,
-    TrtLog,
-    match_refit_weights,
-    pack_offsets,
-    tensorrt_available,
-)
+from engine.backends.torch_eager import TorchBackend
+from engine.backends.trt import BlendedWeights, TensorRTBackend, pack_offsets
+from engine.inference import upscale_planes
+from engine.trt_lib import RefitWeightsError, TensorRTUnavailable, TrtLog, match_refit_weights, tensorrt_available
 from export.onnx import export_onnx, save
 from export.tensorrt import BuildProgress, build_engine, check_profile, profile_shapes, refit_arrays
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = [REPO / "export" / "tensorrt.py", REPO / "engine" / "trt.py"]
+SOURCES = [REPO / "export" / "tensorrt.py", REPO / "engine" / "backends" / "trt.py", REPO / "engine" / "trt_lib.py"]
 HAVE_TRT = tensorrt_available("Builder")
 HAVE_TRT_GPU = HAVE_TRT and torch.cuda.is_available()
 
@@ -185,7 +178,8 @@ def test_builds_strongly_typed_and_refittable() -> None:
 
 
 def test_modules_import_lazily_and_runtime_never_imports_the_builder() -> None:
-    code = ("import sys, engine.trt; assert 'export.tensorrt' not in sys.modules and 'tensorrt' not in sys.modules; "
+    code = ("import sys, engine.backends.trt; "
+            "assert 'export.tensorrt' not in sys.modules and 'tensorrt' not in sys.modules; "
             "import export.tensorrt; assert 'tensorrt' not in sys.modules")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -218,7 +212,7 @@ def test_stub_only_tensorrt_package_is_detected(tmp_path: Path) -> None:
     (tmp_path / "tensorrt").mkdir()
     (tmp_path / "tensorrt" / "__init__.pyi").write_text("class Builder: ...\n")
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import tensorrt; "
-            "from engine.trt import require_tensorrt, TensorRTUnavailable\n"
+            "from engine.trt_lib import require_tensorrt, TensorRTUnavailable\n"
             "try:\n    require_tensorrt('Builder')\nexcept TensorRTUnavailable as e:\n    print(e)\n"
             "else:\n    raise SystemExit('not detected')")
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, capture_output=True, text=True,

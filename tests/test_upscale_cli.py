@@ -21,6 +21,7 @@ import skimage.data
 
 import engine.upscale as cli
 from engine import imageio
+from engine.backends.torch_eager import TorchBackend
 from engine.imageio import read_image, write_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,8 +155,8 @@ def _one_image(tmp_path: Path, name: str = "a.png") -> Path:
     (["--device", "cuda"], "--device cuda: no CUDA device"),
     (["--device", "tpu"], "--device tpu: give auto, cpu, cuda or cuda:N"),
     (["--fp16", "--device", "cpu"], "--fp16 needs a CUDA device"),
-    (["--backend", "triton", "--device", "cpu"], "--backend triton runs our fused kernels on a CUDA GPU"),
-    (["--backend", "onnxruntime", "--bf16"], "--backend onnxruntime runs fp32 on the CPU"),
+    (["--backend", "triton", "--device", "cpu"], "--backend triton: the Triton kernels need a CUDA GPU"),
+    (["--backend", "onnxruntime", "--bf16"], "--backend onnxruntime runs --fp32, --fp16, not --bf16"),
     (["-n", "no-such-model"], "-n no-such-model: neither a checkpoint file"),
     (["-n", "/dev/null"], "-n /dev/null: not a regular file"),
     (["--overwrite", "--skip-existing"], "exclude each other"),
@@ -359,7 +360,7 @@ def test_per_file_problems_found_late_are_named_and_the_run_goes_on(tmp_path: Pa
 
 def test_memory_needed_counts_the_output_in_its_own_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
     """A 2048×1080 RGB photo at ×4: the uint8 output is 106 MiB; no float32 canvas of the whole output (425 MiB)."""
-    backend = cli.TorchBackend(cli.models.load(REPO / "weights" / "tiny_x4.safetensors")[0])
+    backend = TorchBackend(cli.models.load(REPO / "weights" / "tiny_x4.safetensors")[0])
     image = np.zeros((1080, 2048, 3), np.uint8)
     need = cli.memory_needed(backend, image, 4320, 8192, 256, 4)
     assert need["output"] == 4320 * 8192 * 3

@@ -1,8 +1,8 @@
 """Benchmarks of the CPU forward of the shipped default model (weights/tiny_x4.safetensors, ×4) on a 64×64 input,
 fp32, one group ("forward default model cpu") so the two engines sit side by side:
 
-    test_forward_torch_eager   engine.inference.TorchBackend (PyTorch eager, inference mode, torch's threads)
-    test_forward_onnxruntime   engine.ort.from_network (ONNX Runtime, CPU provider, the engine's default options)
+    test_forward_torch_eager   engine.backends.torch_eager.TorchBackend (PyTorch eager, inference mode, torch's threads)
+    test_forward_onnxruntime   engine.backends.ort.from_network (ONNX Runtime, CPU provider, default options)
 
 Each output is checked against the network in float64 (1e-4, as tests/test_onnx.py checks the shipped model).
 extra_info: shapes, dtype, threads, flops (2 per multiply-add of `engine.models.flops.macs_per_pixel`) and, when
@@ -26,9 +26,9 @@ import torch
 pytest.importorskip("pytest_benchmark")
 
 import engine.models as M  # noqa: E402
-from engine.inference import TorchBackend  # noqa: E402
+from engine.backends.ort import from_network  # noqa: E402
+from engine.backends.torch_eager import TorchBackend  # noqa: E402
 from engine.models.flops import macs_per_pixel  # noqa: E402
-from engine.ort import from_network  # noqa: E402
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "tiny_x4.safetensors"
 SIDE = 64

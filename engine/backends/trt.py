@@ -6,7 +6,7 @@
     out = engine.infer(backend, image, tile=256)
 
 This is the runtime half; `export/tensorrt.py` builds the plans. Nothing here touches the builder (only
-`trt.Runtime`, `trt.Refitter` and execution contexts), and TensorRT is imported lazily: `import engine.trt`
+`trt.Runtime`, `trt.Refitter` and execution contexts), and TensorRT is imported lazily: `import engine.backends.trt`
 works without it, and using it without TensorRT raises `TensorRTUnavailable`, which says what to install.
 
 Execution: every input shape (N, C, h, w) gets its own execution context with static input and output buffers
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,16 +36,35 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..trt_lib import (
+    FIXED_PREFIXES,
+    RefitWeightsError,
+    TensorRTUnavailable,
+    TrtLog,
+    match_refit_weights,
+    names,
+    numpy_dtype,
+    require_tensorrt,
+    trt_logger,
+)
+from .ort import ENDPOINT_FILES
+from .registry import (
+    BackendInfo,
+    BenchRow,
+    BuildRequest,
+    Built,
+    EngineError,
+    LoadRequest,
+    gpu_arch_problems,
+    reading,
+    register,
+)
+
 if TYPE_CHECKING:
     import tensorrt as trt
 
 log = logging.getLogger("engine.trt")
 
-INSTALL_HINT = ("TensorRT is not installed: `pip install tensorrt` (TensorRT 10 or 11, NVIDIA GPU and driver "
-                "needed), or build with --backend onnxruntime")
-MIN_MAJOR = 10  # TensorRT 10 and 11: strongly typed networks, tensor-name APIs, refit from device memory
-# Initializers equal at every alpha by construction: export.onnx constants, export.quantize scales and zero points
-FIXED_PREFIXES = ("const/", "qdq/")
 ALIGN_BYTES = 256  # each packed weight starts on this boundary (cudaMalloc's alignment; TensorRT asks 256)
 
 # TensorRT DataType names → torch / numpy dtypes (numpy has no bfloat16: such weights cannot be given as arrays)
@@ -53,163 +72,6 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
     "FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT8": torch.int8,
     "INT32": torch.int32, "INT64": torch.int64, "BOOL": torch.bool, "UINT8": torch.uint8,
 }
-NUMPY_DTYPES: dict[str, np.dtype] = {
-    "FLOAT": np.dtype(np.float32), "HALF": np.dtype(np.float16), "INT8": np.dtype(np.int8),
-    "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64), "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8),
-}
-
-
-class TensorRTUnavailable(RuntimeError):
-    """TensorRT cannot be imported (not installed, only type stubs, too old); the message says what to install."""
-
-
-class RefitWeightsError(ValueError):
-    """The weight arrays given for a refit do not fit the engine's refittable weights; the message lists each."""
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Finding TensorRT
-
-
-def require_tensorrt(need: str = "Runtime") -> str:
-    """Import TensorRT or raise `TensorRTUnavailable`; returns its version string.
-
-    `need` is the attribute that must exist ("Runtime" to run plans, "Builder" to build them). The check is not
-    just "the import succeeds": with the `tensorrt-stubs` package in site-packages, `import tensorrt` succeeds
-    as an empty namespace package.
-    """
-    try:
-        import tensorrt
-    except Exception as e:  # ImportError; OSError or RuntimeError when libnvinfer or the driver is missing
-        raise TensorRTUnavailable(f"{INSTALL_HINT} (`import tensorrt` failed: {e})") from e
-    if not hasattr(tensorrt, need):
-        where = ", ".join(getattr(tensorrt, "__path__", [])) or getattr(tensorrt, "__file__", "?")
-        raise TensorRTUnavailable(f"{INSTALL_HINT} (`import tensorrt` found a package without TensorRT's "
-                                  f"{need} at {where}: type stubs only? `pip uninstall tensorrt-stubs`)")
-    version = str(getattr(tensorrt, "__version__", "0"))
-    major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else 0
-    if major < MIN_MAJOR:
-        raise TensorRTUnavailable(f"TensorRT {version} is too old: this project needs TensorRT 10 or 11 "
-                                  f"(`pip install -U tensorrt`), or build with --backend onnxruntime")
-    return version
-
-
-def tensorrt_available(need: str = "Runtime") -> bool:
-    """Whether `require_tensorrt(need)` would succeed."""
-    try:
-        require_tensorrt(need)
-    except TensorRTUnavailable:
-        return False
-    return True
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Logging
-
-
-class TrtLog:
-    """Where TensorRT's log messages go: Python logging (`engine.trt`), and the last errors kept for exceptions."""
-
-    LEVELS = {"INTERNAL_ERROR": logging.CRITICAL, "ERROR": logging.ERROR, "WARNING": logging.WARNING,
-              "INFO": logging.DEBUG, "VERBOSE": logging.DEBUG}  # TensorRT's INFO is build chatter
-
-    def __init__(self, keep: int = 20) -> None:
-        self.errors: deque[str] = deque(maxlen=keep)
-
-    def record(self, severity: str, message: str) -> None:
-        level = self.LEVELS.get(severity, logging.WARNING)
-        if level >= logging.ERROR:
-            self.errors.append(message)
-        if log.isEnabledFor(level):
-            log.log(level, "TensorRT: %s", message)
-
-    def last_errors(self) -> str:
-        """The recent error messages joined, or a note that TensorRT logged none."""
-        return "; ".join(self.errors) if self.errors else "TensorRT logged no error"
-
-
-def trt_logger(sink: TrtLog) -> trt.ILogger:
-    """A `trt.ILogger` that forwards every message to `sink` (never raises into TensorRT)."""
-    import tensorrt as trt
-
-    class _Logger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-
-        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
-            try:
-                sink.record(severity.name, msg)
-            except Exception:  # a callback from C++ must not raise
-                pass
-
-    return _Logger()
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Refit weights: matching arrays to the engine's refittable weights (pure, testable without TensorRT)
-
-
-def numpy_dtype(trt_dtype_name: str) -> np.dtype:
-    """The numpy dtype of a TensorRT DataType name ("HALF" → float16)."""
-    if trt_dtype_name not in NUMPY_DTYPES:
-        raise RefitWeightsError(f"TensorRT weights of type {trt_dtype_name} cannot be given as numpy arrays; "
-                                f"export the ONNX graph with fp16 or fp32 weights")
-    return NUMPY_DTYPES[trt_dtype_name]
-
-
-def match_refit_weights(prototypes: Mapping[str, tuple[int, np.dtype | str]], arrays: Mapping[str, np.ndarray],
-                        *, what: str = "weights", fixed_prefixes: Sequence[str] = ()) -> dict[str, np.ndarray]:
-    """Map every refittable weight of an engine to its array, checking element count and dtype.
-
-    Args:
-        prototypes: refittable weight name → (element count, dtype) as the engine holds it (TensorRT's
-            `Refitter.get_weights_prototype`); names come from the ONNX initializers (state-dict keys, `const/…`).
-        arrays: name → array (any shape; only the element count must match), e.g. from
-            `export.tensorrt.refit_arrays(model, state_dict)`. Arrays for names that are not refittable are ignored.
-        what: how the error messages call `arrays` (e.g. "weights_gan").
-        fixed_prefixes: refittable names with these prefixes may lack an array (graph constants, equal at every
-            alpha, which the engine keeps unless a refit combines them with a weight that changes; TensorRT then
-            lists them in `get_missing_weights`).
-
-    Returns:
-        name → flat contiguous array (count,) of the prototype's dtype, for every refittable name that has one,
-        in the order of `prototypes`.
-
-    Raises:
-        RefitWeightsError naming every refittable weight without an array, with a wrong element count or dtype.
-    """
-    missing, wrong_count, wrong_dtype = [], [], []
-    out: dict[str, np.ndarray] = {}
-    for name, (count, dtype) in prototypes.items():
-        dtype = np.dtype(dtype)
-        if name not in arrays:
-            if not name.startswith(tuple(fixed_prefixes)):
-                missing.append(name)
-            continue
-        array = np.asarray(arrays[name])
-        if array.size != count:
-            wrong_count.append(f"{name} has {array.size} elements {tuple(array.shape)}, the engine {count}")
-        elif array.dtype != dtype:
-            wrong_dtype.append(f"{name} is {array.dtype}, the engine's weight is {dtype}")
-        else:
-            out[name] = np.ascontiguousarray(array.reshape(-1))
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} refittable weights have no array: {_names(missing)}")
-    if wrong_count:
-        problems.append(f"wrong element count: {_names(wrong_count)}")
-    if wrong_dtype:
-        problems.append(f"wrong dtype: {_names(wrong_dtype)}")
-    if problems:
-        raise RefitWeightsError(f"{what} do not fit the engine ({'; '.join(problems)}). Pass the arrays of "
-                                f"export.tensorrt.refit_arrays(model, state_dict) for the ONNX graph the plan was "
-                                f"built from (same network, same precision)")
-    return out
-
-
-def _names(items: Sequence[str], limit: int = 8) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f", … ({len(items) - limit} more)" if len(items) > limit else "")
 
 
 def pack_offsets(counts: Sequence[int], itemsize: int, align_bytes: int = ALIGN_BYTES) -> tuple[list[int], int]:
@@ -247,7 +109,7 @@ class BlendedWeights:
                  device: str | torch.device) -> None:
         if list(psnr) != list(gan):
             extra = sorted(set(psnr) ^ set(gan))
-            raise RefitWeightsError(f"the two endpoint weight sets name different weights: {_names(extra)}"
+            raise RefitWeightsError(f"the two endpoint weight sets name different weights: {names(extra)}"
                                     if extra else "the two endpoint weight sets list their weights in different "
                                     "orders")
         self.device = torch.device(device)
@@ -387,7 +249,7 @@ class TensorRTBackend:
                 raise RuntimeError(f"TensorRT could not load {self.plan_path} ({self._trt_log.last_errors()}); a plan "
                                    f"runs only with the TensorRT version and GPU it was built with: rebuild it here")
             self._engine: trt.ICudaEngine = engine
-            self._input, self._output = self._io_names()
+            self._input, self._output = self._ionames()
             self._in_dtype = _torch_dtype(engine.get_tensor_dtype(self._input).name)
             self._out_dtype = _torch_dtype(engine.get_tensor_dtype(self._output).name)
             shapes = [_dims(d) for d in engine.get_tensor_profile_shape(self._input, 0)]
@@ -408,7 +270,7 @@ class TensorRTBackend:
 
     # --- construction helpers
 
-    def _io_names(self) -> tuple[str, str]:
+    def _ionames(self) -> tuple[str, str]:
         import tensorrt as trt
 
         engine = self._engine
@@ -444,10 +306,10 @@ class TensorRTBackend:
         b = match_refit_weights(prototypes, gan, what="weights_gan", fixed_prefixes=FIXED_PREFIXES)
         if list(a) != list(b):
             raise RefitWeightsError(f"weights_psnr and weights_gan give different graph constants: "
-                                    f"{_names(sorted(set(a) ^ set(b)))}; give both from refit_arrays")
+                                    f"{names(sorted(set(a) ^ set(b)))}; give both from refit_arrays")
         unused = sorted(set(psnr) - set(prototypes))
         if unused:
-            log.debug("arrays for weights the plan cannot refit (folded or unused): %s", _names(unused))
+            log.debug("arrays for weights the plan cannot refit (folded or unused): %s", names(unused))
         self._weights = BlendedWeights(a, b, self.device)
         self._refitter = refitter
         log.info("TensorRT refit: %d weights, %.1f MB of endpoint and live buffers on %s", len(a),
@@ -496,7 +358,7 @@ class TensorRTBackend:
             registered.append(weights)  # keep the descriptors alive with the buffers
         missing = [n or "<unnamed>" for n in self._refitter.get_missing_weights()]
         if missing:
-            raise RuntimeError(f"the refit of {self.plan_path} still misses weights: {_names(missing)} (TensorRT "
+            raise RuntimeError(f"the refit of {self.plan_path} still misses weights: {names(missing)} (TensorRT "
                                f"combined them with refitted ones); give arrays for them in weights_psnr and "
                                f"weights_gan: export.tensorrt.refit_arrays(graph, state_dict) includes constants")
         self._registered = registered
@@ -596,14 +458,102 @@ class TensorRTBackend:
         io = c * self._in_dtype.itemsize + self.out_channels * s2 * (self._out_dtype.itemsize + 4)
         return _device_memory_size(self._engine) / pixels + io
 
-    @property
-    def max_tile(self) -> tuple[int, int]:
-        """The largest (h, w) tile the plan's profile takes."""
-        return self.profile[2][2], self.profile[2][3]
-
 
 def _torch_dtype(trt_dtype_name: str) -> torch.dtype:
     if trt_dtype_name not in TORCH_DTYPES:
         raise ValueError(f"a plan with {trt_dtype_name} input or output is not supported: export the ONNX graph with "
                          f"fp32 or fp16 I/O")
     return TORCH_DTYPES[trt_dtype_name]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# engine folders: model.onnx + model.plan (+ both endpoints' refit arrays, for alpha)
+
+
+def build(req: BuildRequest) -> Built:
+    """The ONNX graph (an INT8 graph's float part in fp16: TensorRT networks are strongly typed) and the plan built
+    from it for this machine's GPU, with REFIT, over a profile of up to `tile` × `tile` × `batch`."""
+    from export.tensorrt import build_engine, profile_shapes, refit_arrays
+
+    from .ort import onnx_engine
+    from .torch_eager import TorchBackend
+
+    built = onnx_engine(req, int8_compute="fp16", endpoint_arrays=refit_arrays)
+    half = 0.5 if req.precision != "fp32" else 1.0
+    built.manifest["bytes_per_pixel"] = TorchBackend(req.net).bytes_per_pixel() * half
+    shapes = profile_shapes(req.tile, req.batch, req.net.in_channels, req.net.input_multiple)
+    cache = Path(req.options.get("timing_cache") or req.out.parent / "timing.cache")
+    manifest = built.manifest
+
+    def plan(path: str) -> None:
+        info = build_engine(Path(path).with_name("model.onnx"), path, min_shape=shapes[0], opt_shape=shapes[1],
+                            max_shape=shapes[2], timing_cache=cache, refit=True)
+        manifest["gpu_arch"] = info["gpu_arch"]
+        manifest["tensorrt"] = {k: v for k, v in info.items() if k != "gpu_arch"}
+
+    built.write["model.plan"] = plan
+    manifest["profile"] = {"min": list(shapes[0]), "opt": list(shapes[1]), "max": list(shapes[2])}
+    return built
+
+
+def check_plan_target(folder: Path, manifest: Mapping[str, Any]) -> None:
+    """A TensorRT plan runs only on the GPU architecture and TensorRT version it was built with."""
+    want_arch = manifest.get("gpu_arch")
+    if not torch.cuda.is_available():
+        raise EngineError(f"{folder} is a TensorRT engine for {want_arch}; this machine has no CUDA device: build an "
+                          f"ONNX Runtime engine (--backend onnxruntime) or run it on the GPU it was built for")
+    major, minor = torch.cuda.get_device_capability()
+    have_arch = f"sm_{major}{minor}"
+    if want_arch != have_arch:
+        raise EngineError(f"{folder} was built for {want_arch}, this GPU ({torch.cuda.get_device_name()}) is "
+                          f"{have_arch}: rebuild the engine on this GPU")
+    want_trt, have_trt = manifest.get("versions", {}).get("tensorrt"), _installed_version()
+    if have_trt is not None and want_trt != have_trt:
+        raise EngineError(f"{folder} was built with TensorRT {want_trt}, this machine has {have_trt}: rebuild the "
+                          f"engine")
+
+
+def _installed_version() -> str | None:
+    try:
+        return require_tensorrt("Runtime")
+    except TensorRTUnavailable:
+        return None
+
+
+def load(req: LoadRequest) -> TensorRTBackend:
+    check_plan_target(req.folder, req.manifest)
+    m = req.manifest
+    with reading(req.folder, "model.plan" + (" and its endpoint weights" if req.endpoints else "")):
+        return TensorRTBackend(req.folder / "model.plan", device=req.device, alpha=req.alpha, scale=m["scale"],
+                               in_channels=m["in_channels"], out_channels=m["out_channels"], multiple=m["multiple"],
+                               weights_psnr=req.endpoints.get("weights_psnr"),
+                               weights_gan=req.endpoints.get("weights_gan"))
+
+
+def _unavailable() -> str | None:
+    missing = [] if torch.cuda.is_available() else ["no CUDA GPU"]
+    try:
+        require_tensorrt("Runtime")
+    except TensorRTUnavailable as e:
+        missing.append(str(e))
+    return " and ".join(missing) or None
+
+
+def _cannot_build() -> str | None:
+    try:
+        require_tensorrt("Builder")
+    except TensorRTUnavailable as e:
+        return str(e)
+    return None
+
+
+register(BackendInfo(
+    name="tensorrt", label="TensorRT", precisions=("fp16", "fp32", "int8"), devices=("cuda",),
+    unavailable=_unavailable, cannot_build=_cannot_build,
+    files=(frozenset({"model.onnx", "model.plan"}), ENDPOINT_FILES), gan_file="weights_gan.safetensors",
+    check_manifest=gpu_arch_problems, build=build, load=load, options=("timing_cache",), auto=0,
+    # TensorRT runs fp32 convolutions in TF32 by default (fp16's 10-bit mantissa, fp32 accumulation): its fp32
+    # engines are held to the fp16 limit
+    tolerance={"fp32": 2e-2},
+    bench=(BenchRow("tensorrt-fp16", "TensorRT fp16", "fp16"), BenchRow("tensorrt-int8", "TensorRT INT8", "int8")),
+))

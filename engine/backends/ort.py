@@ -20,14 +20,18 @@ checks that the result equals a fresh export of the interpolated network. `set_a
 from __future__ import annotations
 
 import logging
-import operator
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from .. import models
+from ..machine import check_threads
+from .registry import REBUILD, BackendInfo, BenchRow, BuildRequest, Built, EngineError, LoadRequest, reading, register
 
 log = logging.getLogger("engine")
 
@@ -62,33 +66,6 @@ def session_options(threads: int = 0, *, inter_threads: int = 1, optimization: s
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     so.log_severity_level = 3
     return so
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-def check_threads(threads: Any) -> int:
-    """`threads` as ONNX Runtime's intra-op thread count: an integer ≥ 0 (0: ONNX Runtime's default, one per
-    physical core); more than this process's CPUs is clamped to them, with one warning (every thread beyond a core
-    only adds memory: 100,000 threads took 10 GB and an OOM kill)."""
-    try:
-        if isinstance(threads, bool):
-            raise TypeError
-        threads = operator.index(threads)
-    except TypeError:
-        raise ValueError(f"threads must be an integer ≥ 0 (0: one per core), got {threads!r}") from None
-    if threads < 0:
-        raise ValueError(f"threads must be ≥ 0 (0: one per core), got {threads}")
-    cpus = usable_cpus()
-    if threads > cpus:
-        log.warning("threads=%d is more than the %d CPUs this process may use: using %d", threads, cpus, cpus)
-        return cpus
-    return threads
 
 
 class OrtBackend:
@@ -141,13 +118,11 @@ class OrtBackend:
 
         from export.onnx import set_initializers
 
-        from .models import interpolate
-
         start = time.perf_counter()
         if self._graph is None:
             self._graph = onnx.load_from_string(self._model) if isinstance(self._model, bytes) else onnx.load(
                 self._model)
-        blended = interpolate(*self._endpoints, alpha)  # in float64, cast back to each initializer's type
+        blended = models.interpolate(*self._endpoints, alpha)  # in float64, cast back to each initializer's type
         set_initializers(self._graph, {name: t.numpy() for name, t in blended.items()})
         self.alpha = alpha
         self.session = self._session()
@@ -168,19 +143,128 @@ class OrtBackend:
         return self._bpp
 
 
-def from_network(net: Any, *, threads: int = 0, gan_net: Any = None, precision: str = "fp32") -> OrtBackend:
-    """An `OrtBackend` over the ONNX export of a reference network (and, with `gan_net`, both endpoints)."""
-    from export.onnx import export_onnx, initializer_arrays, input_multiple
+def from_network(net: Any, *, gan_net: Any = None, precision: str = "fp32", device: str | torch.device = "cpu",
+                 threads: int = 0, calibration: list[np.ndarray] | None = None) -> OrtBackend:
+    """An `OrtBackend` over the ONNX export of a reference network (and, with `gan_net`, both endpoints); INT8
+    quantizes the graph with activation ranges calibrated on `calibration` (images)."""
+    from export.onnx import export_onnx, initializer_arrays
 
-    from . import models
-    from .inference import TorchBackend
+    from .torch_eager import TorchBackend
 
-    model = export_onnx(net.eval(), precision=precision)
+    if torch.device(device).type != "cpu":
+        raise ValueError(f"the ONNX Runtime backend runs on the CPU here, not {device}")
+    if precision == "int8":
+        from export.quantize import quantize
+
+        if not calibration:
+            raise ValueError("an INT8 ONNX Runtime backend needs calibration images")
+        model = quantize(net.eval(), calibration, gan_net=gan_net)
+    else:
+        model = export_onnx(net.eval(), precision=precision)
     endpoints: dict[str, Any] = {}
     if gan_net is not None:
         models.registry.require_same_network(net, gan_net)
         endpoints = dict(weights_psnr=initializer_arrays(model, net.state_dict()),
                          weights_gan=initializer_arrays(model, gan_net.state_dict()))
     return OrtBackend(model.SerializeToString(), scale=net.scale, in_channels=net.in_channels,
-                      out_channels=net.out_channels, multiple=input_multiple(net), threads=threads,
+                      out_channels=net.out_channels, multiple=net.input_multiple, threads=threads,
                       bytes_per_pixel=TorchBackend(net).bytes_per_pixel(), **endpoints)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# engine folders: model.onnx (+ both endpoints' weights, for alpha)
+
+
+def onnx_engine(req: BuildRequest, *, int8_compute: str,
+                endpoint_arrays: Callable[[Any, Mapping[str, torch.Tensor]], dict[str, np.ndarray]]) -> Built:
+    """The files every ONNX-based engine has: model.onnx (fp32, fp16 or Q/DQ INT8 whose float part is
+    `int8_compute`) with the weights at the build's alpha, and with a GAN endpoint both endpoints' arrays
+    (`endpoint_arrays(graph, state_dict)`), which `set_alpha` blends."""
+    from safetensors.numpy import save_file
+
+    from export.onnx import export_onnx, initializer_arrays, save, set_initializers
+
+    net, gan = req.net, req.gan
+    built = Built(manifest={}, write={})
+    if req.precision == "int8":
+        from export.quantize import DEFAULT_METHOD, quantize
+
+        assert req.calibration is not None
+        method = req.calib_method or DEFAULT_METHOD
+        images = req.calibration()
+        print(f"calibrating INT8 ({method}) on {len(images)} images of {req.calib_source}"
+              + (" at alpha 0, 0.5 and 1" if gan is not None else ""))
+        graph = quantize(net, images, gan_net=gan, method=method, precision=int8_compute)
+        built.manifest["int8"] = {"method": method, "calibration_images": len(images), "alpha_safe": gan is not None,
+                                  "float_compute": int8_compute}
+        built.probe = req.image_probe(images[0])
+    else:
+        graph = export_onnx(net, precision=req.precision)
+    set_initializers(graph, initializer_arrays(graph, req.blended.state_dict()))
+    built.write["model.onnx"] = lambda path: save(graph, path)
+    if gan is not None:
+        psnr_arrays, gan_arrays = endpoint_arrays(graph, net.state_dict()), endpoint_arrays(graph, gan.state_dict())
+        built.write["weights_psnr.safetensors"] = lambda path: save_file(psnr_arrays, path)
+        built.write["weights_gan.safetensors"] = lambda path: save_file(gan_arrays, path)
+    return built
+
+
+def build(req: BuildRequest) -> Built:
+    from export.onnx import initializer_arrays
+
+    from .torch_eager import TorchBackend
+
+    if req.precision == "fp16":
+        print("note: ONNX Runtime's CPU provider casts most fp16 ops to fp32 and back: on the CPU an fp16 engine is "
+              "slower than --fp32 and less exact (docs/onnxruntime.md)")
+    built = onnx_engine(req, int8_compute="fp32", endpoint_arrays=initializer_arrays)
+    built.manifest["bytes_per_pixel"] = TorchBackend(req.net).bytes_per_pixel()
+    return built
+
+
+def check_self_contained(folder: Path) -> None:
+    """model.onnx must hold all its tensors: a graph may name files for its tensors' data, which ONNX Runtime would
+    read (it refuses paths outside the folder, but its message tells what exists there)."""
+    import onnx
+
+    from export.onnx import external_tensors
+
+    with reading(folder, "model.onnx"):
+        outside = external_tensors(onnx.load(str(folder / "model.onnx"), load_external_data=False))
+    if outside:
+        raise EngineError(f"{folder}: model.onnx keeps {len(outside)} tensors ({', '.join(outside[:3])}) in other "
+                          f"files; an engine's graph holds all of its own: {REBUILD}")
+
+
+def load(req: LoadRequest) -> OrtBackend:
+    check_self_contained(req.folder)
+    m = req.manifest
+    with reading(req.folder, "model.onnx" + (" and its endpoint weights" if req.endpoints else "")):
+        return OrtBackend(req.folder / "model.onnx", scale=m["scale"], in_channels=m["in_channels"],
+                          out_channels=m["out_channels"], multiple=m["multiple"], threads=req.threads,
+                          bytes_per_pixel=float(m.get("bytes_per_pixel", 0.0)), alpha=req.alpha, **req.endpoints)
+
+
+def _unavailable() -> str | None:
+    try:
+        _ort()
+    except RuntimeError as e:
+        return str(e)
+    return None
+
+
+def _not_on_gpu_workloads(device: torch.device) -> str | None:
+    if device.type == "cuda":
+        return ("our ONNX Runtime backend runs the CPU provider: on this GPU workload one call would take minutes "
+                "(see the default-cpu workload for it)")
+    return None
+
+
+ENDPOINT_FILES = frozenset({"weights_psnr.safetensors", "weights_gan.safetensors"})
+
+register(BackendInfo(
+    name="onnxruntime", label="ONNX Runtime", precisions=("fp32", "fp16", "int8"), devices=("cpu",),
+    unavailable=_unavailable, files=(frozenset({"model.onnx"}), ENDPOINT_FILES), gan_file="weights_gan.safetensors",
+    build=build, load=load, from_network=from_network, auto=1,
+    bench=(BenchRow("onnxruntime-fp32", "ONNX Runtime fp32", "fp32", unavailable=_not_on_gpu_workloads),),
+))

@@ -1,4 +1,4 @@
-"""The native backend: a plan (`engine.plan`) run by the C++ runtime of `engine._C`, with no Triton and no torch in
+"""The native backend: a plan (`kernels.plan`) run by the C++ runtime of `engine._C`, with no Triton and no torch in
 the loop.
 
     backend = NativeBackend("engines/rrdb23-fp16-native/model.plan", alpha=0.8)
@@ -16,13 +16,26 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
-from ._ext import load_C
+from .._ext import load_C
+from ..machine import local_arch
+from .fused import fused_files, network_problem, timed_on_gpu, triton_missing
+from .registry import (
+    BackendInfo,
+    BenchRow,
+    BuildRequest,
+    Built,
+    EngineError,
+    LoadRequest,
+    gpu_arch_problems,
+    reading,
+    register,
+)
 
 log = logging.getLogger("engine")
 
@@ -87,7 +100,6 @@ class NativeBackend:
             log.warning("tile overlap %d is more than half the plan's tile %d: using %d", tile_overlap, self.tile,
                         self.tile // 2)
             tile_overlap = self.tile // 2
-        start = time.perf_counter()
         if isinstance(planes, torch.Tensor) and planes.is_cuda:
             x = planes.detach().to(self.device, torch.float32).contiguous()
             stream = torch.cuda.current_stream(self.device).cuda_stream
@@ -96,9 +108,78 @@ class NativeBackend:
         else:
             host = planes.cpu().numpy() if isinstance(planes, torch.Tensor) else planes
             out = self.runtime.upscale(np.ascontiguousarray(host, dtype=np.float32), tile_overlap)
-        self.last_upscale_seconds = time.perf_counter() - start
         return out
 
     def bytes_per_pixel(self) -> float:
         s = self.shapes[0]
         return float(self.runtime.arena_bytes) / (s["n"] * s["h"] * s["w"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# engine folders: model.plan
+
+
+def build(req: BuildRequest) -> Built:
+    """The plan: the fused program's kernels compiled for --arch (default: this machine's GPU, else 90), its launch
+    list for the one built shape (batch × channels × tile × tile), both endpoints' packed weights."""
+    from kernels.fused import fused_network
+    from kernels.plan import PLAN_VERSION, build_plan, write_plan
+
+    built = fused_files(req)
+    net, arch = req.net, req.options.get("arch") or local_arch() or 90
+    print(f"compiling the fused kernels for sm_{arch}" + ("" if torch.cuda.is_available() else
+                                                           " (no GPU here: triton.compile with a GPUTarget)"))
+    fused = fused_network(net, req.precision, gan_net=req.gan,
+                          int8_ranges=built.manifest.get("int8", {}).get("slice_ranges"), device="cpu")
+    plan = build_plan(fused, [(req.batch, net.in_channels, req.tile, req.tile)], arch=arch,
+                      meta={"model": req.entries["model"], "precision": req.precision, "alpha": req.entries["alpha"]})
+    built.manifest["gpu_arch"] = f"sm_{arch}"
+    built.manifest["plan"] = {"format_version": PLAN_VERSION, "kernels": len(plan.kernels),
+                              "launches": len(plan.launches),
+                              "arena_bytes": max(s["arena_bytes"] for s in plan.shapes),
+                              "weights_bytes": len(plan.weights), "triton": plan.meta["triton"]}
+    built.write["model.plan"] = lambda path: write_plan(path, plan)
+    return built
+
+
+def load(req: LoadRequest) -> NativeBackend:
+    """The C++ runtime over model.plan; without a GPU, an error that says what can run the plan instead."""
+    C = load_C()
+    if not C.built_with_cuda() or C.cuda_device_count() == 0:
+        why = "engine._C was built without CUDA" if not C.built_with_cuda() else "this machine has no CUDA device"
+        raise EngineError(f"{req.folder} is a native plan for {req.manifest.get('gpu_arch')}; {why}. Run it on that "
+                          f"GPU, or interpret it on the CPU with kernels.plan.ReferenceExecutor("
+                          f"'{req.folder / 'model.plan'}') (slow; TRITON_INTERPRET=1), or build --backend onnxruntime "
+                          f"for the CPU")
+    with reading(req.folder, "model.plan"):
+        return NativeBackend(req.folder / "model.plan", device=req.device.index or 0, alpha=req.alpha)
+
+
+def _unavailable() -> str | None:
+    if (why := triton_missing()) is not None:
+        return why
+    try:
+        C = load_C()
+    except ImportError as e:
+        return str(e)
+    if not C.built_with_cuda():
+        return "engine._C was built without CUDA (reinstall with nvcc on the PATH)"
+    if C.cuda_device_count() == 0:
+        return "native plans run on a CUDA GPU, and this machine has none"
+    return None
+
+
+def _unverifiable(manifest: Mapping[str, Any]) -> str | None:
+    if torch.cuda.is_available() and f"sm_{local_arch()}" == manifest["gpu_arch"]:
+        return None
+    return (f"the plan runs on an {manifest['gpu_arch']} GPU and this machine has none (kernels.plan."
+            f"ReferenceExecutor interprets a plan on the CPU; tests do that)")
+
+
+register(BackendInfo(
+    name="native", label="native plan (engine._C)", precisions=("fp16", "bf16", "fp32", "int8"), devices=("cuda",),
+    unavailable=_unavailable, network=network_problem, cannot_build=triton_missing,
+    files=(frozenset({"model.plan"}), frozenset()), check_manifest=gpu_arch_problems, build=build, load=load,
+    unverifiable=_unverifiable, options=("arch",), one_shape=True,
+    bench=(BenchRow("native-fp16", "native plan (engine._C) fp16", "fp16", unavailable=timed_on_gpu),),
+))

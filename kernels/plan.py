@@ -83,9 +83,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import models
-from ._ext import load_C
-from .atomic import atomic_write
+from engine import models
+from engine._ext import load_C
+from engine.atomic import atomic_write
+
+from .fused import FLOAT_DTYPES, fused_archs, fused_network
 
 PLAN_VERSION = 1
 MAGIC = b"ESRGPLAN"
@@ -99,7 +101,6 @@ _TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "
                  torch.uint8: "u8", torch.int32: "i32"}
 _TORCH_TYPES = {v: k for k, v in _TRITON_TYPES.items()}
 _SECTIONS = ("META", "STRS", "CUBN", "KERN", "PARM", "SHAP", "LNCH", "ALPH", "ARGS", "WGHT")
-PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 class PlanBuildError(ValueError):
@@ -110,38 +111,6 @@ def _align(n: int, a: int = SECTION_ALIGN) -> int:
     return -(-n // a) * a
 
 
-# ---------------------------------------------------------------------------------------------------------
-# the fused network whose launches a plan freezes
-
-
-def fused_network(net: models.SRNet, precision: str, *, gan_net: models.SRNet | None = None,
-                  int8_ranges: dict[str, float] | None = None, device: str | torch.device = "cpu") -> Any:
-    """The `kernels/` plan of `net` (FusedRRDBNet, FusedRRDBNetInt8 or FusedSRResNet), its weights packed on
-    `device` (the CPU is enough to record it)."""
-    from kernels.rrdbnet import FusedRRDBNet
-    from kernels.rrdbnet_int8 import FusedRRDBNetInt8
-    from kernels.srresnet import FusedSRResNet
-
-    if gan_net is not None:
-        models.registry.require_same_network(net, gan_net)
-    gan = gan_net.eval() if gan_net is not None else None
-    if precision == "int8":
-        if not isinstance(net, models.RRDBNet) or int8_ranges is None:
-            raise PlanBuildError("an INT8 plan runs an RRDBNet with calibrated slice ranges "
-                                 "(export.quantize.rdb_slice_ranges)")
-        assert gan is None or isinstance(gan, models.RRDBNet)
-        return FusedRRDBNetInt8(net.eval(), int8_ranges, gan_net=gan, device=device)
-    if precision not in PRECISIONS:
-        raise PlanBuildError(f"precision must be fp16, bf16, fp32 or int8, got {precision!r}")
-    if isinstance(net, models.RRDBNet):
-        assert gan is None or isinstance(gan, models.RRDBNet)
-        return FusedRRDBNet(net.eval(), dtype=PRECISIONS[precision], device=device, gan_net=gan)
-    if isinstance(net, models.SRResNet):
-        assert gan is None or isinstance(gan, models.SRResNet)
-        return FusedSRResNet(net.eval(), dtype=PRECISIONS[precision], device=device, gan_net=gan)
-    raise PlanBuildError(f"native plans run RRDBNet and SRResNet (the fused kernels), not {type(net).__name__}")
-
-
 def kernel_name(fn: Any) -> str:
     """The name a plan records for a Triton kernel: `module.function`."""
     return f"{fn.fn.__module__}.{fn.__name__}"
@@ -150,9 +119,9 @@ def kernel_name(fn: Any) -> str:
 def kernel_table() -> dict[str, Any]:
     """Every Triton kernel a plan may launch, by the name the plan records: a fixed table of this package's code.
     A plan's names only select from it; nothing named in a file is ever imported."""
-    from kernels.conv import conv_kernel
-    from kernels.packing import lerp_kernel, nchw_to_nhwc_kernel, nhwc_to_nchw_kernel
-    from kernels.rrdbnet_int8 import lerp_pair_kernel
+    from .conv import conv_kernel
+    from .packing import lerp_kernel, nchw_to_nhwc_kernel, nhwc_to_nchw_kernel
+    from .rrdbnet_int8 import lerp_pair_kernel
 
     return {kernel_name(k): k for k in (conv_kernel, lerp_kernel, nchw_to_nhwc_kernel, nhwc_to_nchw_kernel,
                                         lerp_pair_kernel)}
@@ -240,7 +209,7 @@ class _Recorder:
                 records.append((ARG_ALPHA, 0.0) if alpha_program and name == "alpha" else (ARG_F32, float(value)))
         fn = launch.kernel
         if kernel_table().get(kernel_name(fn)) is not fn:
-            raise PlanBuildError(f"{kernel_name(fn)} is not in engine.plan.kernel_table(): add it there, or the "
+            raise PlanBuildError(f"{kernel_name(fn)} is not in kernels.plan.kernel_table(): add it there, or the "
                                  f"reference executor cannot run the plan")
         key = (kernel_name(fn), tuple(sorted(launch.constexprs.items())), tuple(signature.items()),
                tuple(divisible), launch.num_warps, launch.num_stages)
@@ -310,7 +279,7 @@ def build_plan(fused: Any, shapes: Sequence[tuple[int, int, int, int]], *, arch:
     """Record `fused`'s forward for each input shape (n, c_in, h, w) and its set_alpha (when it has GAN weights),
     compile every kernel variant for sm_<arch> and return the plan. Nothing runs: `fused` may live on the CPU.
     `compile=False` leaves the cubins empty (tests of the format only; such a plan cannot run on a GPU)."""
-    from kernels.launch import record
+    from .launch import record
 
     if os.environ.get("TRITON_INTERPRET") == "1" and compile:
         raise PlanBuildError("unset TRITON_INTERPRET to build a plan: interpreted kernels cannot be compiled")
@@ -457,13 +426,14 @@ def _expected_plan(path: str | os.PathLike[str], plan: dict[str, Any], meta: dic
     """What this package records for the network, precision and shapes the plan names (format only: no cubins,
     random weights, INT8 ranges of 1): the kernels, constexprs, signatures, grids, integer arguments and offsets a
     sound plan must have."""
-    from kernels.rrdbnet_int8 import range_keys
+    from .rrdbnet_int8 import range_keys
 
     model, precision = meta.get("model"), meta.get("precision")
-    if not (isinstance(model, dict) and model.get("arch") in ("rrdbnet", "srresnet")
+    if not (isinstance(model, dict) and model.get("arch") in fused_archs()
             and isinstance(model.get("hparams"), dict)):
-        raise _plan_error(path, "its META names no RRDBNet or SRResNet (model.arch and model.hparams)")
-    if precision not in (*PRECISIONS, "int8"):
+        raise _plan_error(path, f"its META names no network of the fused kernels ({', '.join(fused_archs())}) "
+                                f"(model.arch and model.hparams)")
+    if precision not in (*FLOAT_DTYPES, "int8"):
         raise _plan_error(path, f"its META names precision {precision!r:.40}, not fp16, bf16, fp32 or int8")
     small = all(isinstance(v, (str, float, type(None))) or (isinstance(v, int) and 0 <= v <= MAX_HPARAM)
                 for v in model["hparams"].values())
@@ -561,7 +531,7 @@ class ReferenceExecutor:
         return buffer[offset:offset + count * dtype.itemsize].view(dtype)
 
     def _run(self, first: int, count: int, alpha: float = 0.0) -> None:
-        from kernels.launch import launch
+        from .launch import launch
 
         for index in range(first, first + count):
             rec = self.plan["launches"][index]
