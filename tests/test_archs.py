@@ -108,12 +108,12 @@ def test_edsr_round_trip() -> None:
 def test_rcan_round_trip() -> None:
     small = dict(num_group=2, num_block=2, num_feat=16, reduction=4)
     checked = assert_round_trip("rcan", [
-        *(dict(small, scale=s) for s in (2, 3, 4)),
+        *(dict(small, scale=s) for s in (2, 3, 4, 8)),
         dict(small, scale=3, img_range=1.0),
         dict(small, scale=2, num_group=3, num_block=1, reduction=5),  # squeezes 16 to 3, and 16 // 3 = 5
         dict(small, scale=2, reduction=6),  # squeezes 16 to 2 as 8 does: our metadata only
     ])
-    assert checked == {"safetensors": 6, "bare": 4, "params_ema": 4, "rcan-official": 5}
+    assert checked == {"safetensors": 7, "bare": 5, "params_ema": 5, "rcan-official": 6}
 
 
 def test_cascade_round_trip() -> None:

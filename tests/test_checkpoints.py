@@ -1,6 +1,6 @@
-"""Checkpoint loading: every foreign layout, written with its published key names by an independent
-implementation (tests/published_layouts.py), loads into a network that gives the same output; hyper-parameters
-are detected from shapes; our safetensors round-trip; damaged and unknown files give one clear error."""
+"""Checkpoint loading beyond the round trip of every architecture through every layout (test_archs.py): the published
+layouts' keys, BasicSR's wrappers and DataParallel's prefix, every registered variant and foreign safetensors; damaged
+and unknown files give one clear error."""
 
 from __future__ import annotations
 
@@ -33,31 +33,23 @@ def _save_pth(obj: object, path: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Foreign layouts, each from its own implementation.
+# Foreign layouts: their keys, BasicSR's wrappers, DataParallel's prefix.
 
 
-@pytest.mark.parametrize("n_upscale", [0, 1, 2, 3])
-def test_esrgan_2018_layout(tmp_path: Path, n_upscale: int) -> None:
-    ref = randomize_(ESRGAN2018(in_nc=3, out_nc=3, nf=16, nb=2, gc=8, n_upscale=n_upscale))
-    keys = set(ref.state_dict())
-    assert "model.1.sub.0.RDB1.conv1.0.weight" in keys and "model.1.sub.2.weight" in keys  # trunk conv
-    assert ({"model.3.weight", "model.6.weight", "model.8.weight", "model.10.weight"} <= keys) == (n_upscale == 2)
-
-    model, info = M.load(_save_pth(ref.state_dict(), tmp_path / "old.pth"))
-    assert info.format == "esrgan-2018" and info.arch == "rrdbnet"
-    assert info.scale == 2**n_upscale
-    assert (info.hparams["num_feat"], info.hparams["num_block"], info.hparams["num_grow_ch"]) == (16, 2, 8)
-    torch.testing.assert_close(_out(model), _out(ref), atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("n_upscale", [1, 2])
-def test_esrgan_2019_layout(tmp_path: Path, n_upscale: int) -> None:
-    """ESRGAN 2019 / KAIR; BSRGAN's ×2 has only upconv1."""
-    ref = randomize_(ESRGAN2019(in_nc=3, out_nc=3, nf=16, nb=2, gc=8, n_upscale=n_upscale))
-    assert {"RRDB_trunk.1.RDB3.conv5.weight", "trunk_conv.weight", "HRconv.bias"} <= set(ref.state_dict())
-    model, info = M.load(_save_pth(ref.state_dict(), tmp_path / "new.pth"))
-    assert info.format == "esrgan-2019" and info.scale == 2**n_upscale
-    torch.testing.assert_close(_out(model), _out(ref), atol=1e-5, rtol=1e-5)
+def test_the_published_layouts_have_their_published_keys() -> None:
+    """What tests/published_layouts writes is the layouts themselves (loading them is util.assert_round_trip's, in
+    test_archs.py): ESRGAN 2018's trunk conv after the RRDBs in model.1.sub, its ×4 convs at model.0/3/6/8/10;
+    ESRGAN 2019's (and BSRGAN's) RRDB_trunk, trunk_conv, HRconv; EDSR-PyTorch's head, body, tail."""
+    old = set(ESRGAN2018(in_nc=3, out_nc=3, nf=8, nb=2, gc=4, n_upscale=2).state_dict())
+    assert {"model.1.sub.0.RDB1.conv1.0.weight", "model.1.sub.2.weight"} <= old
+    top = {k.rsplit(".", 1)[0] for k in old if not k.startswith("model.1.")}
+    assert top == {f"model.{i}" for i in (0, 3, 6, 8, 10)}
+    new = set(ESRGAN2019(in_nc=3, out_nc=3, nf=8, nb=2, gc=4, n_upscale=1).state_dict())
+    assert {"RRDB_trunk.1.RDB3.conv5.weight", "trunk_conv.weight", "upconv1.weight", "HRconv.bias"} <= new
+    assert "upconv2.weight" not in new
+    edsr = set(EDSROfficial(nf=8, nb=2, scale=4).state_dict())
+    assert {"head.0.weight", "body.1.body.2.weight", "body.2.weight", "tail.0.0.weight", "tail.0.2.weight",
+            "tail.1.weight", "add_mean.bias"} <= edsr
 
 
 def test_basicsr_prefers_params_ema(tmp_path: Path) -> None:
@@ -84,74 +76,6 @@ def test_dataparallel_prefix_is_stripped(tmp_path: Path) -> None:
     torch.testing.assert_close(_out(model), _out(net), atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("scale", [2, 3, 4])
-def test_basicsr_msrresnet(tmp_path: Path, scale: int) -> None:
-    net = randomize_(M.build("msrresnet", dict(num_feat=16, num_block=3, scale=scale)))
-    model, info = M.load(_save_pth({"params": net.state_dict()}, tmp_path / "msr.pth"))
-    assert (info.arch, info.scale, info.hparams["num_block"]) == ("msrresnet", scale, 3)
-    torch.testing.assert_close(_out(model), _out(net), atol=0, rtol=0)
-
-
-@pytest.mark.parametrize("scale", [2, 3, 4, 8])
-def test_basicsr_edsr(tmp_path: Path, scale: int) -> None:
-    net = randomize_(M.build("edsr", dict(num_feat=16, num_block=3, scale=scale)))
-    model, info = M.load(_save_pth({"params_ema": net.state_dict()}, tmp_path / "edsr.pth"))
-    assert (info.arch, info.scale, info.hparams["num_block"], info.hparams["res_scale"]) == ("edsr", scale, 3, 1.0)
-    torch.testing.assert_close(_out(model), _out(net), atol=0, rtol=0)
-
-
-@pytest.mark.parametrize("scale", [2, 3, 4])
-def test_edsr_official_layout(tmp_path: Path, scale: int) -> None:
-    """EDSR-PyTorch works on [0, 255]; ours on [0, 1]: ours(x)·255 = official(255·x)."""
-    ref = randomize_(EDSROfficial(nf=16, nb=2, scale=scale))
-    ref.sub_mean.__init__(255.0, (0.4488, 0.4371, 0.4040), -1)  # randomize_ touched the fixed mean shifts
-    ref.add_mean.__init__(255.0, (0.4488, 0.4371, 0.4040), 1)
-    assert {"head.0.weight", "body.2.weight", "tail.0.0.weight", "tail.1.weight"} <= set(ref.state_dict())
-    model, info = M.load(_save_pth(ref.state_dict(), tmp_path / "edsr_baseline.pt"))
-    assert (info.format, info.scale, info.hparams["num_block"]) == ("edsr-official", scale, 2)
-    torch.testing.assert_close(_out(model) * 255, _out(ref, X * 255), atol=1e-3, rtol=1e-5)
-
-
-def test_srgan_layout(tmp_path: Path) -> None:
-    net = randomize_(M.build("srresnet", dict(num_feat=16, num_block=2, scale=4, prelu_per_channel=True)))
-    model, info = M.load(_save_pth(net.state_dict(), tmp_path / "srgan.pth"))
-    assert (info.arch, info.scale, info.hparams["prelu_per_channel"]) == ("srresnet", 4, True)
-    torch.testing.assert_close(_out(model), _out(net), atol=0, rtol=0)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Hyper-parameters from shapes.
-
-
-@pytest.mark.parametrize("layout", ["esrgan-2018", "esrgan-2019", "basicsr"])
-@pytest.mark.parametrize("scale", [1, 2, 4, 8])
-def test_non_default_hyper_parameters_are_detected(tmp_path: Path, layout: str, scale: int) -> None:
-    hp = dict(num_block=5, num_feat=48, num_grow_ch=16, scale=scale)
-    if layout == "basicsr":
-        ref = randomize_(M.build("rrdbnet", hp))  # ×1 / ×2 through pixel-unshuffle (Real-ESRGAN x2plus)
-        expect_unshuffle = scale < 4
-    else:
-        cls = ESRGAN2018 if layout == "esrgan-2018" else ESRGAN2019
-        ref = randomize_(cls(in_nc=3, out_nc=3, nf=48, nb=5, gc=16, n_upscale=scale.bit_length() - 1))
-        expect_unshuffle = False
-    model, info = M.load(_save_pth(ref.state_dict(), tmp_path / "net.pth"))
-    assert info.format == layout
-    assert {k: info.hparams[k] for k in ("num_block", "num_feat", "num_grow_ch", "scale")} == hp
-    assert model.unshuffle == (4 // scale if expect_unshuffle else 1)
-    x = torch.rand(1, 3, 4, 8)
-    torch.testing.assert_close(_out(model, x), _out(ref, x), atol=1e-5, rtol=1e-5)
-
-
-def test_channels_are_detected(tmp_path: Path) -> None:
-    ref = randomize_(ESRGAN2019(in_nc=1, out_nc=1, nf=8, nb=1, gc=4, n_upscale=2))
-    _, info = M.load(_save_pth(ref.state_dict(), tmp_path / "gray.pth"))
-    assert (info.in_channels, info.out_channels) == (1, 1)
-    x2 = randomize_(M.build("rrdbnet", dict(num_in_ch=4, num_out_ch=4, scale=2, num_feat=8, num_block=1,
-                                            num_grow_ch=4)))
-    _, info = M.load(x2.state_dict())
-    assert (info.in_channels, info.out_channels, info.scale) == (4, 4, 2)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Our safetensors.
 
@@ -166,14 +90,6 @@ def test_save_load_round_trip_every_variant(tmp_path: Path, name: str) -> None:
     assert info.metadata == {"note": "hello"}
     x = torch.rand(1, 3, 4, 4)
     assert torch.equal(_out(model, x), _out(net, x))
-
-
-def test_round_trip_keeps_non_default_hyper_parameters(tmp_path: Path) -> None:
-    net = randomize_(M.build("edsr", dict(num_feat=16, num_block=2, scale=3, res_scale=0.1, img_range=1.0)))
-    M.save(net, tmp_path / "e.safetensors")
-    model, info = M.load(tmp_path / "e.safetensors")
-    assert info.hparams["res_scale"] == 0.1 and info.hparams["img_range"] == 1.0 and info.name is None
-    assert torch.equal(_out(model), _out(net))
 
 
 def test_foreign_safetensors_without_our_metadata(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from util import randomize_
 
 import engine.models as M
 from engine.models import registry
-from export.onnx import ExportError, export_onnx, initializer_arrays, input_multiple, save, weight_names
+from export.onnx import ExportError, export_onnx, initializer_arrays, save, weight_names
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -42,7 +42,7 @@ def test_every_arch_and_scale_matches_the_reference_at_two_sizes(arch: str, hpar
     net = registry.build(arch, hparams).eval()
     randomize_(net, 1)
     session = _session(export_onnx(net))
-    m = input_multiple(net)
+    m = net.input_multiple
     rng = np.random.default_rng(0)
     for shape in [(1, net.in_channels, 4 * m, 6 * m), (2, net.in_channels, 5 * m, 3 * m)]:
         x = rng.random(shape, dtype=np.float32)
@@ -94,7 +94,7 @@ def test_fp16_graph_has_fp16_weights_and_matches_within_fp16_tolerance(arch: str
     types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     assert all(types[n.output[0]] == onnx.TensorProto.FLOAT16 for n in convs)
-    m = input_multiple(net)
+    m = net.input_multiple
     x = np.random.default_rng(3).random((2, 3, 4 * m, 5 * m), dtype=np.float32)
     got = _session(model).run(None, {"input": x.astype(np.float16) if io_dtype == "fp16" else x})[0]
     ref = _reference(net, x.astype(np.float16).astype(np.float32) if io_dtype == "fp16" else x)
