@@ -80,8 +80,8 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help=f"registered model ({', '.join(models.registry.VARIANTS)}); with --weights it "
                    "must match the checkpoint (default: the checkpoint's network)")
-    p.add_argument("--weights", help="checkpoint of the network (any supported format) (default: none; "
-                   "--random-weights is then required)")
+    p.add_argument("--weights", help="checkpoint of the network: any supported format, any registered architecture "
+                   f"({', '.join(models.registry.ARCHS)}) (default: none; --random-weights is then required)")
     p.add_argument("--random-weights", action="store_true",
                    help="build --model with random weights (for benchmarks only) (default: off)")
     p.add_argument("--gan-weights", help="the GAN fine-tune of the same network: enables alpha (default: none)")

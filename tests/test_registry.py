@@ -1,0 +1,118 @@
+"""Adding a backend or an architecture is one module and one registration each (tests/toys.py registers a toy of
+both): they show up in `python -m engine.build --help`, build an engine that `engine.load` runs, upscale through
+`python -m engine.upscale` and get a row in `bench/run.py`'s table, with no other edit. A fresh process imports the
+toys, so the registry of this one stays as shipped."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import engine.models as M
+from engine.backends import BackendInfo, backends, get, register, unregister
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(code: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    """`code` in a fresh interpreter that has imported tests/toys.py."""
+    prelude = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); sys.path.insert(0, {str(REPO)!r}); "
+               "import toys\n")
+    proc = subprocess.run([sys.executable, "-c", prelude + code, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_toys_show_up_in_engine_build_help() -> None:
+    out = _run("from engine.build import main; sys.exit(main(['--help']))").stdout
+    assert "{auto,onnxruntime,tensorrt,triton,native,toy}" in out and "toy: Toy (PyTorch fp32, CPU)" in out
+    assert "toynet" in out  # among the architectures --weights takes
+
+
+def test_toys_build_load_and_upscale(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    image = (np.random.default_rng(0).random((12, 10, 3)) * 255).astype(np.uint8)
+    np.save(tmp_path / "image.npy", image)
+    code = f"""
+import cv2, numpy as np, torch
+import engine
+from engine import models
+from engine.build import main as build
+from engine.upscale import main as upscale
+torch.manual_seed(0)
+net = toys.ToyNet(num_feat=4, scale=2).eval()
+models.save(net, {str(tmp_path / 'toy.safetensors')!r})
+assert build(['--backend', 'toy', '--weights', {str(tmp_path / 'toy.safetensors')!r},
+              '-o', {str(tmp_path / 'e')!r}]) == 0
+eng = engine.load({str(tmp_path / 'e')!r})
+assert type(eng.backend).__name__ == 'ToyBackend' and eng.manifest['model']['arch'] == 'toynet'
+image = np.load({str(tmp_path / 'image.npy')!r})
+out = engine.infer(eng, image)
+with torch.no_grad():
+    ref = net(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)[0].clamp(0, 1)
+ref = (ref.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+assert out.shape == (24, 20, 3) and np.abs(out.astype(int) - ref).max() <= 1, np.abs(out.astype(int) - ref).max()
+cv2.imwrite({str(tmp_path / 'in.png')!r}, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+assert upscale(['-i', {str(tmp_path / 'in.png')!r}, '-o', {str(tmp_path / 'out')!r}, '-n',
+                {str(tmp_path / 'toy.safetensors')!r}, '--backend', 'toy']) == 0
+got = cv2.cvtColor(cv2.imread({str(tmp_path / 'out' / 'in_out.png')!r}), cv2.COLOR_BGR2RGB)
+assert np.abs(got.astype(int) - ref).max() <= 1
+print('ok')
+"""
+    assert _run(code).stdout.strip().endswith("ok")
+
+
+def test_toy_backend_gets_its_row_in_bench(tmp_path: Path) -> None:
+    code = f"""
+import runpy
+sys.argv = ['bench/run.py', '--quick', '--workloads', 'quick-batch4', '--backends', 'torch-fp32,toy-fp32',
+            '--repeat', '1', '--warmup', '0', '--no-chart', '--out', {str(tmp_path)!r}]
+runpy.run_path({str(REPO / 'bench' / 'run.py')!r}, run_name='__main__')
+"""
+    assert "Toy fp32" in _run(code).stdout
+    (result,) = tmp_path.glob("*/*.json")
+    rows = {r["backend"]: r for r in json.loads(result.read_text())["workloads"][0]["rows"]}
+    assert set(rows) == {"torch-fp32", "toy-fp32"}
+    assert rows["toy-fp32"]["psnr_db"] is None or rows["toy-fp32"]["psnr_db"] > 50  # the network the reference runs
+
+
+def test_a_backend_registers_once() -> None:
+    info = get("torch")
+    with pytest.raises(ValueError, match="backend 'torch' is already registered"):
+        register(info)
+    with pytest.raises(ValueError, match="unknown backend 'nope'; registered: torch, onnxruntime"):
+        get("nope")
+
+
+def test_registry_changes_what_a_manifest_may_name(tmp_path: Path) -> None:
+    """engine.load accepts exactly the registered engine backends (a backend unregistered is refused)."""
+    from engine.manifest import manifest_problems
+
+    m = {"format_version": 1, "model": {"arch": "rrdbnet", "hparams": {}, "name": None}, "scale": 4,
+         "in_channels": 3, "out_channels": 3, "multiple": 1, "precision": "fp32", "backend": "fake", "tile": 64,
+         "batch": 1, "files": {"fake.bin": {"sha256": "0" * 64, "bytes": 1}}}
+    assert any("backend 'fake' is not one of onnxruntime, tensorrt, triton, native" in p for p in manifest_problems(m))
+    register(BackendInfo(name="fake", label="Fake", precisions=("fp32",), devices=("cpu",), unavailable=lambda: None,
+                         files=(frozenset({"fake.bin"}), frozenset()), load=lambda req: None))
+    try:
+        assert manifest_problems(m) == []
+        assert [b.name for b in backends()][-1] == "fake"
+    finally:
+        unregister("fake")
+    assert manifest_problems(m) != []
+
+
+def test_every_architecture_is_in_the_table_with_its_fused_program() -> None:
+    from kernels.fused import PROGRAMS, fused_archs, unsupported
+
+    assert fused_archs() == ["rrdbnet", "srresnet"] and set(PROGRAMS) == {"rrdbnet", "srresnet"}
+    assert unsupported(M.create("edsr", num_block=1, num_feat=8), "fp16") is not None
+    assert unsupported(M.create("srgan", num_block=1, num_feat=8), "int8") is not None  # no INT8 program for it
+    assert unsupported(M.create("rrdb6"), "int8") is None
