@@ -29,7 +29,7 @@ library versions, threads, commit) go with them.
 
 Writes a Markdown table to stdout, `<out>/<device>/<date>[-quick].json` (schema: bench/schema.json) and a PNG
 chart beside it (needs matplotlib: `pip install 'esrgan-engine[bench]'`). `python bench/report.py` puts the latest
-full run of each device into README.
+full run of each device into README (one summary table) and docs/benchmarks.md (every table).
 """
 
 from __future__ import annotations
@@ -609,7 +609,7 @@ def _num(v: float | None, digits: int = 2) -> str:
 
 def markdown(doc: dict[str, Any], level: int = 1) -> str:
     """The run as Markdown: one table per workload, the backends that did not run with their reasons, the ratios.
-    `level` is the heading level of the title (README embeds it deeper)."""
+    `level` is the heading level of the title (docs/benchmarks.md embeds it deeper)."""
     c = doc["conditions"]
     v = c["versions"]
     h = "#" * level

@@ -40,29 +40,25 @@ log = logging.getLogger("engine")
 DEFAULT_TILE = 256
 DEFAULT_BATCH = 1
 # A built shape holds at most 4096² input pixels (tile² · batch): the engines' int32 offsets and the plan's arena
-# stay far from their limits (an rrdb23 plan at 4096² already needs about 7 GB of arena), and larger tiles gain
-# nothing (the README's tile measurements flatten out well below 1024²).
+# stay far from their limits (docs/engines.md gives the arena at this limit), and larger tiles gain nothing
+# (docs/tiling.md).
 MAX_TILE_PIXELS = 4096 * 4096
 # GPU architectures the native backend compiles for (Triton's CUDA targets our kernels run on: Ampere and newer,
 # for bf16 and int8 tl.dot)
 SM_ARCHS = (80, 86, 87, 89, 90, 100, 101, 103, 110, 120, 121)
 
 # The parity check of a built engine against the PyTorch fp32 network on one probe (images in [0, 1]):
-# max |engine − PyTorch| / max(1, max |PyTorch|) for float engines; PSNR (peak 1) for INT8. Measured on a CPU
-# (onnxruntime 1.31; triton 3.9 under its interpreter) on 64×64 (ONNX Runtime) and 16×16 (Triton) probes of noise
-# and of a photo, with the shipped tiny_x4 model and random rrdb23, srgan, edsr, msrresnet and rcan networks. Each
-# limit is about ten times the worst measured difference: a wrong engine (wrong weights, layout or precision: errors
-# of 0.05 and more) fails, and a sound one has room for other GPUs' kernels.
+# max |engine − PyTorch| / max(1, max |PyTorch|) for float engines; PSNR (peak 1) for INT8. Each limit is about ten
+# times the worst difference measured (docs/engines.md, "The check's limits, measured"): a wrong engine (wrong
+# weights, layout or precision) fails, and a sound one has room for other GPUs' kernels. A backend may hold a
+# precision to another limit (`BackendInfo.tolerance`: TensorRT's fp32 runs TF32).
 MAX_DIFFERENCE = {
-    "fp32": 1e-4,  # worst measured 3.8e-6 (ONNX Runtime, rrdb23; Triton 1.2e-6): accumulation order only
-    "fp16": 2e-2,  # worst measured 1.8e-3 (ONNX Runtime, rrdb23, its CPU provider rounds every op; Triton 1.2e-3)
-    "bf16": 1e-1,  # not measurable on a CPU (the Triton interpreter multiplies bf16 bit patterns, triton-lang/triton
-    #                #11584): fp16's 1.2e-3 × 8 for 3 fewer mantissa bits, then the same tenfold room
+    "fp32": 1e-4,  # accumulation order only
+    "fp16": 2e-2,  # fp16 rounding
+    "bf16": 1e-1,  # fp16's limit scaled for 3 fewer mantissa bits (not measurable on a CPU, triton-lang/triton#11584)
 }
-# INT8: measured 50.6 dB (ONNX Runtime Q/DQ) and 50.8 dB (Triton INT8 trunk) with tiny_x4 on a crop of a photo (on
-# pure noise, outside the calibrated ranges: 37 and 48 dB, so the probe is a crop of a calibration image); published
-# INT8 results lose 0.6–3.1 dB against the ground truth (FACTS.md). Below 30 dB (an RMS error of 8 levels of 255)
-# an INT8 engine is visibly wrong.
+# INT8: the probe is a crop of a calibration image (the activation ranges hold for photos, not noise); below 30 dB
+# (an RMS error of 8 levels of 255) an INT8 engine is visibly wrong (measurements: docs/engines.md).
 INT8_MIN_PSNR = 30.0
 BACKEND_OPTIONS = ("arch", "timing_cache")  # engine.build flags only some backends take (BackendInfo.options)
 
@@ -109,7 +105,7 @@ def parser() -> argparse.ArgumentParser:
                    help=f"tiles per call the engine is built for (default: {DEFAULT_BATCH})")
     p.add_argument("--calib", help="folder of images for INT8 calibration (default: none)")
     p.add_argument("--calib-method", help="INT8 activation range method: max, percentile, mse or entropy "
-                   "(default: the measured best, see README)")
+                   "(default: the measured best, docs/int8.md)")
     p.add_argument("--calib-images", type=int, default=32, help="at most this many calibration images, at least 1 "
                    "(default: 32)")
     p.add_argument("--timing-cache", help="TensorRT timing cache file (default: timing.cache beside the engine)")

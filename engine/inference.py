@@ -33,8 +33,8 @@ from .engines import load
 
 log = logging.getLogger("engine")
 
-# Chosen by measurement (bench/tiling.py, README "Tiling"): the smallest overlap whose tiled output clears the
-# PSNR target against the untiled one and beats crop-only tiles, for every photo and tile size measured.
+# Chosen by measurement (bench/tiling.py; the study is docs/tiling.md): the smallest overlap whose tiled output
+# clears the PSNR target against the untiled one and beats crop-only tiles, for every photo and tile size measured.
 DEFAULT_TILE_OVERLAP = 32
 DEFAULT_BATCH = 4
 CPU_MEMORY_BUDGET = 2 * 2**30  # bytes of activations per batch of tiles when the tile size is chosen for you

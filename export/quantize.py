@@ -43,14 +43,9 @@ from engine.models import SRNet, interpolated
 from .onnx import export_onnx, input_multiple
 
 METHODS = ("max", "percentile", "mse", "entropy")
-# Chosen by bench/int8_quality.py (bench/results/int8_quality.json): the default model (tiny_x4) on the whole held-out
-# chelsea/coffee/rocket in ONNX Runtime, FP32 mean Y-PSNR 30.215 dB. Y-PSNR lost by INT8 with the first and last conv
-# kept in FP32, for three calibration sets (six training photos / six gray textures / two photos):
-#   mse 0.022 / 0.041 / 0.016 dB (mean 0.026), percentile 99.99 0.022 / 0.040 / 0.020 (0.027),
-#   entropy 0.022 / 0.038 / 0.023 (0.028), max 0.042 / 0.044 / 0.039 (0.042).
-# mse, percentile and entropy are within 0.002 dB of each other; mse has the smallest mean loss and no parameter.
-# Quantizing the first and last conv too loses 0.02-0.03 dB more with every method and set (mse 0.044 / 0.071 /
-# 0.042 dB), for convs with 3 input or output channels that are a small part of the work: they stay FP32.
+# Chosen by bench/int8_quality.py (study: docs/int8.md): mse has the smallest mean loss over three calibration sets
+# and no parameter; the first and last convs (3 channels, little work) lose less in FP32 with every method, so they
+# stay FP32.
 DEFAULT_METHOD = "mse"
 DEFAULT_KEEP_FIRST_LAST = True
 DEFAULT_ALPHAS = (0.0, 0.5, 1.0)

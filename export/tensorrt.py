@@ -9,9 +9,9 @@ graph (`export.onnx.export_onnx(net, precision="fp16")`) gives an fp16 engine an
 QuantizeLinear/DequantizeLinear pairs. That is the only way TensorRT 11 builds reduced precision (it removed the
 FP16/INT8/BF16/FP8 builder flags, the precision-constraint flags and the calibrators), and it works the same on
 TensorRT 10. Engines are built with REFIT (not REFIT_IDENTICAL, which only allows the build weights back), so
-alpha is a refit of the weights named by the ONNX initializers (state-dict keys). A refittable engine can be
-slower than a frozen one, and TensorRT 11.3.0 could drop a GEMM bias in refittable engines (FACTS.md): compare
-a refit=True build with a refit=False build of the same graph before trusting a new TensorRT version.
+alpha is a refit of the weights named by the ONNX initializers (state-dict keys). Refittable engines have known
+caveats (docs/tensorrt.md): compare a refit=True build with a refit=False build of the same graph before trusting a
+new TensorRT version.
 
 TensorRT is imported lazily: `import export.tensorrt` works without it, and `build_engine` then raises
 `engine.trt_lib.TensorRTUnavailable` saying what to install.

@@ -170,7 +170,7 @@ def conv_kernel(
                             other=0.0)
                 b = tl.load(w_ptr + ((w_row0 + ks)[:, None] * COUT + offs_n[None, :]),
                             mask=(ks[:, None] < CIN) & mask_n[None, :], other=0.0)
-            if X_INT8:  # int8 × int8 → int32 (triton 3.6 needs out_dtype spelled out)
+            if X_INT8:  # int8 × int8 → int32 (out_dtype spelled out: older Triton needs it, docs/kernels.md)
                 acc = tl.dot(a, b, acc, out_dtype=tl.int32)
             elif IEEE:  # fp32 operands: exact products, not TF32
                 acc = tl.dot(a, b, acc, input_precision="ieee")
@@ -315,10 +315,9 @@ def _launch(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torc
     return y
 
 
-# Register use on sm_90 (triton 3.9, every epilogue on; `python -m kernels.compile`, checked by tests): fp16/bf16
-# BLOCK 64×32×32, 4 warps, 2 stages: 168 registers, no spills, wgmma; 128×32×32 and 64×64×32 spill. fp32 operands
-# multiply exactly (no TF32, no tensor cores): 64×32×32 spills 8–16 bytes, 64×32×16 uses 146 registers and none.
-# Speed tuning waits for a GPU.
+# The largest blocks that compile for sm_90 without spills, every epilogue on (`python -m kernels.compile`, checked
+# by tests; registers per variant: docs/kernels.md). fp32 multiplies exactly (no TF32), so it takes a smaller K
+# block. Speed tuning waits for a GPU.
 DEFAULT_BLOCKS = dict(block_m=64, block_n=32, block_k=32, num_warps=4, num_stages=2)
 FP32_BLOCKS = dict(DEFAULT_BLOCKS, block_k=16)
 

@@ -13,7 +13,7 @@ their slice scale), and requantizes into the next slice with its scale.
 
 conv_first (3 input channels) runs in fp16 and requantizes its output into the first RDB's x slice; conv_body
 reads the last RDB output in int8 and writes fp16; the upsampling, conv_hr and conv_last stay fp16 (the first and
-last convs are kept in higher precision, as the INT8 measurement of the ONNX path chose).
+last convs are kept in higher precision, as the INT8 measurement of the ONNX path chose, docs/int8.md).
 
 Alpha: the int8 weights are stored as both endpoints divided by their fixed scales (float32), so `set_alpha` is one
 launch of `lerp_pair_kernel`: a lerp with rounding and clamping over the flat int8 buffer and a plain lerp over the

@@ -3,17 +3,16 @@
     backend = OrtBackend(onnx_bytes_or_path, scale=4, in_channels=3, out_channels=3, threads=0)
     out = engine.infer(backend, image)
 
-Session options are chosen by measurement (`bench/ort_cpu.py`, README "Engines"; 2 CPU cores, one 128² photo tile,
-onnxruntime 1.31): all graph optimizations (they include the NCHWc layout transform of the CPU provider: 1.3–1.5×
-over "extended"; 1.36–2.24× over PyTorch eager), intra-op spinning off (within 3% of on; it leaves idle cores
+Session options are the fastest of `bench/ort_cpu.py` (measurements and conditions: docs/onnxruntime.md): all
+graph optimizations (they include the CPU provider's NCHWc layout), intra-op spinning off (it leaves idle cores
 free), sequential execution, the CPU memory arena without memory patterns (see `session_options`), and `threads`
 intra-op threads (0: one per physical core, ONNX Runtime's default).
 
 Network interpolation without a rebuild: with both endpoint weight sets, `set_alpha(α)` blends them and rebinds
 the graph's weight initializers by name, in memory (no export, no file written), then restarts the session over
 that graph: ONNX Runtime pre-packs convolution weights when a session starts, so new weights need a new session.
-`SessionOptions.add_initializer` would avoid touching the graph, but with all optimizations on, onnxruntime 1.31
-ran the graph's own weights instead of the overrides (checked with two different networks). tests/test_engines.py
+`SessionOptions.add_initializer` would avoid touching the graph, but with all optimizations on, ONNX Runtime ran
+the graph's own weights instead of the overrides (docs/onnxruntime.md). tests/test_engines.py
 checks that the result equals a fresh export of the interpolated network. `set_alpha` returns the seconds it took.
 """
 
@@ -59,9 +58,8 @@ def session_options(threads: int = 0, *, inter_threads: int = 1, optimization: s
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = inter_threads
     so.enable_cpu_mem_arena = True
-    # Memory patterns pre-plan one block for every activation of a shape: on a batch of 4 tiles of 288² with the
-    # default model, peak RSS 4.4 GiB with them, 3.0 GiB without, at the same speed (3.3 vs 3.2 s per batch);
-    # without the arena too: 2.2 GiB, but 1.3× slower.
+    # Memory patterns pre-plan one block for every activation of a shape: a higher peak at the same speed; without
+    # the arena too, less memory but slower (docs/onnxruntime.md).
     so.enable_mem_pattern = False
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     so.log_severity_level = 3

@@ -19,7 +19,7 @@ Alpha: both endpoint weight sets live on the device, packed per dtype into flat 
 θ(α) are rewritten in place by one `torch.lerp` per dtype on the engine's stream; the Refitter is given the
 live buffers' device addresses once (`set_named_weights(name, weights, TensorLocation.DEVICE)`), after which
 every `set_alpha` only blends and calls `refit_cuda_engine_async` again. Whether a CUDA graph captured before a
-refit sees the new weights is not documented by NVIDIA (FACTS.md: unverified), so every refit drops the
+refit sees the new weights is not documented by NVIDIA (unverified; docs/tensorrt.md), so every refit drops the
 captured graphs and the next run of each shape captures again (one plain run, one capture: milliseconds).
 """
 
