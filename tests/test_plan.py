@@ -28,6 +28,8 @@ from engine._ext import load_C
 from engine.backends.registry import EngineError
 from engine.manifest import read_manifest
 from kernels import plan as P
+from kernels.fused import fused_network
+from kernels.plan_reference import ReferenceExecutor
 
 REPO = Path(__file__).resolve().parents[1]
 C = load_C()
@@ -130,7 +132,7 @@ def test_engine_C_parses_the_plan_built_for_sm90(built: dict[str, Path]) -> None
 def test_the_plan_round_trips_through_engine_C(tmp_path: Path) -> None:
     """What build_plan made is exactly what engine._C reads back (format-only plan: no compilation)."""
     net, gan = _rrdb(0), _rrdb(1)
-    plan = P.build_plan(P.fused_network(net, "fp32", gan_net=gan), [(1, 3, 4, 4), (2, 3, 8, 4)], compile=False,
+    plan = P.build_plan(fused_network(net, "fp32", gan_net=gan), [(1, 3, 4, 4), (2, 3, 8, 4)], compile=False,
                         meta={"note": "round trip"})
     P.write_plan(tmp_path / "p.plan", plan)
     got = P.read_plan(tmp_path / "p.plan", cubins=True)
@@ -150,7 +152,7 @@ def test_the_plan_round_trips_through_engine_C(tmp_path: Path) -> None:
             elif kb != P.ARG_ALPHA:
                 assert va == vb
     # the live weights start as the PSNR endpoint: the plan's weights hold live, PSNR and GAN buffers
-    fused = P.fused_network(net, "fp32", gan_net=gan)
+    fused = fused_network(net, "fp32", gan_net=gan)
     live = fused.params.live.numpy().tobytes()
     assert plan.weights.count(live) >= 2  # the live buffer and the PSNR endpoint are equal at alpha 0
 
@@ -226,7 +228,7 @@ def test_a_missing_plan_is_refused(tmp_path: Path) -> None:
 
 def test_an_out_of_range_offset_is_refused(tmp_path: Path) -> None:
     """A plan whose file is intact but whose launch points outside the arena (written by a buggy builder)."""
-    plan = P.build_plan(P.fused_network(_rrdb(0), "fp32"), [(1, 3, 4, 4)], compile=False)
+    plan = P.build_plan(fused_network(_rrdb(0), "fp32"), [(1, 3, 4, 4)], compile=False)
     kind_index = next(i for i, (kind, _) in enumerate(plan.launches[3]["args"]) if kind == P.ARG_ARENA)
     plan.launches[3]["args"][kind_index] = (P.ARG_ARENA, plan.shapes[0]["arena_bytes"] + 256)
     P.write_plan(tmp_path / "oob.plan", plan)
@@ -249,7 +251,7 @@ def test_without_a_gpu_the_runtime_and_the_engine_say_what_to_do(built: dict[str
 
 def test_reference_executor_matches_pytorch_and_blends_alpha(built: dict[str, Path]) -> None:
     net, gan = _rrdb(0), _rrdb(1)
-    ex = P.ReferenceExecutor(_plan(built["x4"]))
+    ex = ReferenceExecutor(_plan(built["x4"]))
     x = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(0))
     for alpha in (None, 0.3, 1.0):
         ref_net = net
@@ -266,7 +268,7 @@ def test_reference_executor_matches_pytorch_and_blends_alpha(built: dict[str, Pa
 @pytest.mark.parametrize("name", ["x2", "srgan"])
 def test_reference_executor_fp16_plans(built: dict[str, Path], name: str) -> None:
     net = _rrdb(2, scale=2) if name == "x2" else _srgan(3)
-    ex = P.ReferenceExecutor(_plan(built[name]))
+    ex = ReferenceExecutor(_plan(built[name]))
     x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = net.double()(x.double())
@@ -282,10 +284,10 @@ def test_reference_executor_equals_the_triton_plan_it_froze(built: dict[str, Pat
     (for the INT8 trunk, with the manifest's calibrated ranges, at alpha 0 and 0.6)."""
     manifest = read_manifest(built[name])
     if name == "x2":
-        fused = P.fused_network(_rrdb(2, scale=2), "fp16")
+        fused = fused_network(_rrdb(2, scale=2), "fp16")
     else:
-        fused = P.fused_network(_rrdb(4), "int8", gan_net=_rrdb(5), int8_ranges=manifest["int8"]["slice_ranges"])
-    ex = P.ReferenceExecutor(_plan(built[name]))
+        fused = fused_network(_rrdb(4), "int8", gan_net=_rrdb(5), int8_ranges=manifest["int8"]["slice_ranges"])
+    ex = ReferenceExecutor(_plan(built[name]))
     x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     for alpha in ([None] if name == "x2" else [None, 0.6]):
         if alpha is not None:
@@ -295,7 +297,7 @@ def test_reference_executor_equals_the_triton_plan_it_froze(built: dict[str, Pat
 
 
 def test_reference_executor_refuses_other_shapes(built: dict[str, Path]) -> None:
-    ex = P.ReferenceExecutor(_plan(built["x2"]))
+    ex = ReferenceExecutor(_plan(built["x2"]))
     with pytest.raises(ValueError, match=r"built for \[\(1, 3, 8, 8\)\]"):
         ex.run(torch.zeros(1, 3, 16, 16))
     with pytest.raises(ValueError, match="without GAN weights"):
@@ -310,7 +312,7 @@ def _format_plan(tmp: Path, edit=None, *, gan: bool = True) -> Path:
     """A plan of a small RRDBNet (fp32, shape (1, 3, 4, 4)) as engine.build records it, without cubins; `edit`
     changes the Plan before it is written (the file stays intact: engine._C's checks pass)."""
     net = _rrdb(0)
-    fused = P.fused_network(net, "fp32", gan_net=_rrdb(1) if gan else None)
+    fused = fused_network(net, "fp32", gan_net=_rrdb(1) if gan else None)
     plan = P.build_plan(fused, [(1, 3, 4, 4)], compile=False,
                         meta={"model": {"name": None, "arch": net.arch, "hparams": net.hparams}, "precision": "fp32"})
     if edit is not None:
@@ -321,7 +323,7 @@ def _format_plan(tmp: Path, edit=None, *, gan: bool = True) -> Path:
 
 def test_the_reference_executor_runs_a_format_only_plan(tmp_path: Path) -> None:
     """The control for the refusals below: the same plan, unedited, runs and matches PyTorch."""
-    ex = P.ReferenceExecutor(_format_plan(tmp_path))
+    ex = ReferenceExecutor(_format_plan(tmp_path))
     x = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = _rrdb(0).double()(x.double())
@@ -341,7 +343,7 @@ def test_a_plan_naming_code_of_its_own_runs_none_of_it(tmp_path: Path, monkeypat
 
     path = _format_plan(tmp_path, edit)
     with pytest.raises(C.PlanError, match="which is not one of esrgan-engine's kernels") as info:
-        P.ReferenceExecutor(path)
+        ReferenceExecutor(path)
     assert str(path) in str(info.value) and "rebuild" in str(info.value)
     assert not marker.exists() and "evil" not in sys.modules
 
@@ -381,15 +383,15 @@ def _set_arg(plan: P.Plan, kind: int, value: int) -> None:
 def test_a_plan_that_differs_from_what_we_record_is_refused(tmp_path: Path, what: str, edit, words: str) -> None:
     path = _format_plan(tmp_path, edit)
     with pytest.raises(C.PlanError, match="rebuild it") as info:
-        P.ReferenceExecutor(path)
+        ReferenceExecutor(path)
     assert words in str(info.value), what
 
 
 def test_build_refuses_what_a_plan_cannot_hold() -> None:
     with pytest.raises(ValueError, match="the fused kernels run rrdbnet, srresnet, not edsr"):
-        P.fused_network(M.create("edsr", num_block=1, num_feat=16), "fp16")
+        fused_network(M.create("edsr", num_block=1, num_feat=16), "fp16")
     with pytest.raises(P.PlanBuildError, match="multiples of 2"):
-        P.build_plan(P.fused_network(_rrdb(0, scale=2), "fp16"), [(1, 3, 5, 6)], compile=False)
+        P.build_plan(fused_network(_rrdb(0, scale=2), "fp16"), [(1, 3, 5, 6)], compile=False)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -27,14 +27,16 @@ import torch
 
 import engine.models as M
 from engine.backends.torch_eager import TorchBackend
-from engine.backends.trt import BlendedWeights, TensorRTBackend, pack_offsets
+from engine.backends.trt import TensorRTBackend
+from engine.backends.trt_weights import BlendedWeights, pack_offsets
 from engine.inference import upscale_planes
 from engine.trt_lib import RefitWeightsError, TensorRTUnavailable, TrtLog, match_refit_weights, tensorrt_available
 from export.onnx import export_onnx, save
 from export.tensorrt import BuildProgress, build_engine, check_profile, profile_shapes, refit_arrays
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = [REPO / "export" / "tensorrt.py", REPO / "engine" / "backends" / "trt.py", REPO / "engine" / "trt_lib.py"]
+SOURCES = [REPO / "export" / "tensorrt.py", REPO / "engine" / "backends" / "trt.py", REPO / "engine" / "trt_lib.py",
+           REPO / "engine" / "backends" / "trt_weights.py"]
 HAVE_TRT = tensorrt_available("Builder")
 HAVE_TRT_GPU = HAVE_TRT and torch.cuda.is_available()
 

@@ -148,7 +148,7 @@ def load(req: LoadRequest) -> NativeBackend:
     if not C.built_with_cuda() or C.cuda_device_count() == 0:
         why = "engine._C was built without CUDA" if not C.built_with_cuda() else "this machine has no CUDA device"
         raise EngineError(f"{req.folder} is a native plan for {req.manifest.get('gpu_arch')}; {why}. Run it on that "
-                          f"GPU, or interpret it on the CPU with kernels.plan.ReferenceExecutor("
+                          f"GPU, or interpret it on the CPU with kernels.plan_reference.ReferenceExecutor("
                           f"'{req.folder / 'model.plan'}') (slow; TRITON_INTERPRET=1), or build --backend onnxruntime "
                           f"for the CPU")
     with reading(req.folder, "model.plan"):
@@ -172,7 +172,7 @@ def _unavailable() -> str | None:
 def _unverifiable(manifest: Mapping[str, Any]) -> str | None:
     if torch.cuda.is_available() and f"sm_{local_arch()}" == manifest["gpu_arch"]:
         return None
-    return (f"the plan runs on an {manifest['gpu_arch']} GPU and this machine has none (kernels.plan."
+    return (f"the plan runs on an {manifest['gpu_arch']} GPU and this machine has none (kernels.plan_reference."
             f"ReferenceExecutor interprets a plan on the CPU; tests do that)")
 
 
