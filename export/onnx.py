@@ -5,7 +5,7 @@
 
 The graph is written op by op from the network's own modules by the emitter registered for its architecture
 (`EMITTERS`, one `@register_emitter(arch)` function each) rather than traced by `torch.onnx.export`, because the
-traced graphs break what engines need (torch 2.13, checked while writing this):
+traced graphs break what engines need (docs/engines.md, "ONNX export"):
 - both exporters write `pixel_unshuffle` as Reshape/Transpose with sizes taken from the traced shape, the
   pattern that breaks dynamic shapes in TensorRT (pytorch/TensorRT#595); here it is the standard
   `SpaceToDepth` followed by a constant channel `Gather` (ONNX's order is block-major, PyTorch's channel-major),
@@ -297,12 +297,6 @@ def _emit(g: _Graph, net: SRNet, prefix: str, x: str) -> str:
     if emitter is None:
         raise _NoEmitter(type(net).__name__)
     return emitter(g, net, prefix, x)
-
-
-def input_multiple(net: SRNet) -> int:
-    """Height and width of the input must be multiples of this. Use `net.input_multiple`: this wrapper stays only
-    while engine.backends.ort and export.quantize still import it."""
-    return net.input_multiple
 
 
 def export_onnx(net: SRNet, *, precision: str = "fp32", io_dtype: str = "fp32", opset: int = OPSET) -> onnx.ModelProto:

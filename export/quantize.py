@@ -40,7 +40,7 @@ from torch import nn
 
 from engine.models import SRNet, interpolated
 
-from .onnx import export_onnx, input_multiple
+from .onnx import export_onnx
 
 METHODS = ("max", "percentile", "mse", "entropy")
 # Chosen by bench/int8_quality.py (study: docs/int8.md): mse has the smallest mean loss over three calibration sets
@@ -299,7 +299,7 @@ def collect_ranges(net: SRNet, images: Iterable[np.ndarray], *, gan_net: SRNet |
         raise QuantizeError(f"bins must be at least {ENTROPY_LEVELS} for entropy calibration, got {bins}")
     if not 0 < percentile <= 100:
         raise QuantizeError(f"percentile must be in (0, 100], got {percentile}")
-    crops = calibration_crops(images, channels=net.in_channels, multiple=input_multiple(net), size=crop,
+    crops = calibration_crops(images, channels=net.in_channels, multiple=net.input_multiple, size=crop,
                               per_image=crops_per_image, seed=seed)
     was_training = net.training
     net.eval()
@@ -340,7 +340,7 @@ def rdb_slice_ranges(net: SRNet, images: Iterable[np.ndarray], *, gan_net: SRNet
         rdb = name.rsplit(".", 1)[0]
         return tuple((f"{rdb}.{key}", x[:, a:b]) for key, a, b in bounds)
 
-    crops = calibration_crops(images, channels=net.in_channels, multiple=input_multiple(net), size=crop,
+    crops = calibration_crops(images, channels=net.in_channels, multiple=net.input_multiple, size=crop,
                               per_image=crops_per_image, seed=seed)
     nets = [net.eval()] if gan_net is None else [interpolated(net.eval(), gan_net, a) for a in alphas]
     ranges: dict[str, float] = {}

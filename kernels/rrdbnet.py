@@ -76,7 +76,7 @@ class FusedRRDBNet(FusedPlan):
         self.nf, self.gc, self.num_block = hp["num_feat"], hp["num_grow_ch"], hp["num_block"]
         self.scale, self.in_channels, self.out_channels = net.scale, net.in_channels, net.out_channels
         self.unshuffle, self.num_upsample = net.unshuffle, net.num_upsample
-        self.multiple, self.x_dtype = self.unshuffle, dtype
+        self.multiple, self.x_dtype = net.input_multiple, dtype
         self.params = Endpoints(pack_rrdbnet(net, dtype), pack_rrdbnet(gan_net, dtype) if gan_net is not None else None,
                                 self.device, "RRDBNet")
         views = self.params.views

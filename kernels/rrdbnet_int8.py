@@ -82,7 +82,7 @@ class FusedRRDBNetInt8(FusedPlan):
             raise ValueError("an INT8 trunk needs at least one RRDB")
         self.device, self.dtype = torch.device(device), dtype
         self.scale, self.in_channels, self.out_channels = net.scale, net.in_channels, net.out_channels
-        self.unshuffle, self.num_upsample, self.multiple = net.unshuffle, net.num_upsample, net.unshuffle
+        self.unshuffle, self.num_upsample, self.multiple = net.unshuffle, net.num_upsample, net.input_multiple
         self.x_dtype = dtype  # conv_first stays in fp16
         missing = [k for k in self._range_keys() if k not in ranges]
         if missing:

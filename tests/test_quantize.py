@@ -18,7 +18,7 @@ import engine.models as M
 from engine.imageio import write_image
 from engine.metrics import psnr
 from engine.models import registry
-from export.onnx import export_onnx, input_multiple
+from export.onnx import export_onnx
 from export.quantize import (
     QuantizeError,
     amax_from_histogram,
@@ -199,7 +199,7 @@ def test_collect_ranges_reads_each_conv_input() -> None:
     """conv_first of a ×4 RRDBNet reads the image itself: its ranges are statistics of the crops' pixels."""
     net = _net(0)
     images = _images(3, size=(40, 52))
-    crops = calibration_crops(images, channels=3, multiple=input_multiple(net), size=32, per_image=2)
+    crops = calibration_crops(images, channels=3, multiple=net.input_multiple, size=32, per_image=2)
     pixels = torch.cat([c.flatten() for c in crops]).numpy()
     assert len(crops) == 6 and all(c.shape == (1, 3, 32, 32) for c in crops)
     r_max = collect_ranges(net, images, method="max", crop=32, crops_per_image=2)
