@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import report  # noqa: E402  (bench/report.py)
 
 run = report.load_run()
+from bench import measure  # noqa: E402  (bench/measure.py)
 
 
 def validate(doc: dict[str, Any]) -> None:
@@ -150,10 +151,11 @@ import sys, numpy as np, torch
 sys.path.insert(0, sys.argv[1])
 import report
 run = report.load_run()
-with run.Memory(torch.device("cpu")) as mem:
+from bench import measure
+with measure.Memory(torch.device("cpu")) as mem:
     block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
     block.sum()
-with run.Memory(torch.device("cpu")) as small:
+with measure.Memory(torch.device("cpu")) as small:
     pass
 print(mem.peak, small.peak)
 """
@@ -171,10 +173,10 @@ def test_psnr_and_percentiles_follow_their_definitions() -> None:
     a = np.zeros((4, 4), np.uint8)
     b = a.copy()
     b[0, 0] = 16
-    value, largest = run.psnr(b, a, 255.0)
+    value, largest = measure.psnr(b, a, 255.0)
     assert value == pytest.approx(10 * np.log10(255.0**2 / (16**2 / 16))) and largest == 16
-    assert run.psnr(a, a, 255.0) == (None, 0.0)
-    lat = run.percentiles([0.001 * k for k in range(1, 11)])
+    assert measure.psnr(a, a, 255.0) == (None, 0.0)
+    lat = measure.percentiles([0.001 * k for k in range(1, 11)])
     assert lat == {"median": pytest.approx(5.5), "p20": pytest.approx(2.8), "p80": pytest.approx(8.2)}
 
 
@@ -264,7 +266,7 @@ def test_triton_rows_build_time_and_check_under_the_interpreter(tmp_path: Path) 
 
 def test_datasheet_peaks_are_looked_up_by_gpu_name() -> None:
     """The PCIe H100 is told apart from the SXM one (names as torch.cuda.get_device_name gives them)."""
-    assert run.datasheet("NVIDIA H100 PCIe") == {"fp16": 756.0, "bf16": 756.0, "int8": 1513.0, "fp32": 51.0}
-    assert run.datasheet("NVIDIA H100 80GB HBM3")["fp16"] == 989.0
-    assert run.datasheet("NVIDIA H200")["int8"] == 1979.0
-    assert run.datasheet("NVIDIA GeForce RTX 4090") is None  # measured instead, and the report says so
+    assert measure.datasheet("NVIDIA H100 PCIe") == {"fp16": 756.0, "bf16": 756.0, "int8": 1513.0, "fp32": 51.0}
+    assert measure.datasheet("NVIDIA H100 80GB HBM3")["fp16"] == 989.0
+    assert measure.datasheet("NVIDIA H200")["int8"] == 1979.0
+    assert measure.datasheet("NVIDIA GeForce RTX 4090") is None  # measured instead, and the report says so
