@@ -127,7 +127,7 @@ def choose_backend(requested: str) -> tuple[str, str]:
     """(backend, why) for --backend: the one asked for, or for auto the first of `_auto_order()` that runs here."""
     if requested != "auto":
         return requested, f"asked for with --backend {requested}"
-    skipped = []
+    skipped: list[str] = []
     for name in _auto_order():
         why_not = registry.get(name).unavailable()
         if why_not is None:

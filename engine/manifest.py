@@ -53,7 +53,11 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 def engine_files() -> frozenset[str]:
     """Every file name an engine folder of any registered backend may hold (besides its manifest). Nothing else is
     ever read from an engine folder."""
-    return frozenset().union(*(a | b for b in backends() for a, b in [b.files]))
+    names: frozenset[str] = frozenset()
+    for backend in backends():
+        required, optional = backend.files
+        names |= required | optional
+    return names
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ machine without a GPU the kernels run only under the Triton interpreter (TRITON_
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Mapping
@@ -21,7 +20,6 @@ import torch
 from .. import models
 from .registry import REBUILD, BackendInfo, BenchRow, BuildRequest, Built, EngineError, LoadRequest, reading, register
 
-log = logging.getLogger("engine")
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
