@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +117,47 @@ def test_every_architecture_is_in_the_table_with_its_fused_program() -> None:
     assert unsupported(M.create("edsr", num_block=1, num_feat=8), "fp16") is not None
     assert unsupported(M.create("srgan", num_block=1, num_feat=8), "int8") is not None  # no INT8 program for it
     assert unsupported(M.create("rrdb6"), "int8") is None
+
+
+class _TiedToy(M.SRNet):
+    """One conv applied twice: a traced ONNX graph keeps a single weight for both uses."""
+
+    arch = "tiedtoy"
+
+    def __init__(self, *, num_in_ch: int = 3, num_out_ch: int = 3, scale: int = 1) -> None:
+        super().__init__()
+        self._set_hparams(num_in_ch=num_in_ch, num_out_ch=num_out_ch, scale=scale)
+        self.conv = torch.nn.Conv2d(num_in_ch, num_out_ch, 3, 1, 1)
+        self.again = self.conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.again(torch.relu(self.conv(x)))
+
+
+@pytest.fixture
+def tied_toy() -> Iterator[type[M.SRNet]]:
+    M.register_arch(M.Arch("tiedtoy", _TiedToy, detect=None))
+    try:
+        yield _TiedToy
+    finally:
+        del M.ARCHS["tiedtoy"]
+
+
+def test_alpha_on_an_architecture_whose_graph_loses_weight_names_is_refused_clearly(
+        tied_toy: type[M.SRNet], tmp_path: Path) -> None:
+    """ONNX engines blend the endpoints by initializer name: a traced graph that lost a name cannot refit, and
+    says so, instead of blending the wrong tensors."""
+    from engine.backends import BuildRequest
+    from engine.backends.ort import from_network
+    from export.onnx import ExportError
+
+    torch.manual_seed(0)
+    net, gan = tied_toy().eval(), tied_toy().eval()
+    from_network(net)  # without alpha it runs
+    with pytest.raises(ExportError, match="alpha refit is unavailable for this _TiedToy graph"):
+        from_network(net, gan_net=gan)
+    request = BuildRequest(net=net, gan=gan, entries={"model": {}, "alpha": {"value": 0.5}}, precision="fp32",
+                           tile=16, batch=1, out=tmp_path / "e")
+    with pytest.raises(ExportError, match="alpha refit is unavailable"):  # engine.build's step for onnxruntime
+        get("onnxruntime").build(request)  # type: ignore[misc]
+

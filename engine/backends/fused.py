@@ -103,16 +103,11 @@ def fused_files(req: BuildRequest) -> Built:
     """What the Triton and native engines share: the INT8 slice ranges when calibrating (one per RDB slice)."""
     built = Built(manifest={}, write={})
     if req.precision == "int8":
-        from export.quantize import DEFAULT_METHOD, rdb_slice_ranges
+        from export.quantize import rdb_slice_ranges
 
-        assert req.calibration is not None
-        method = req.calib_method or DEFAULT_METHOD
-        images = req.calibration()
-        print(f"calibrating the INT8 trunk ({method}, one range per RDB slice) on {len(images)} images of "
-              f"{req.calib_source}" + (" at alpha 0, 0.5 and 1" if req.gan is not None else ""))
-        built.manifest["int8"] = {"method": method, "calibration_images": len(images),
-                                  "alpha_safe": req.gan is not None,
-                                  "slice_ranges": rdb_slice_ranges(req.net, images, gan_net=req.gan, method=method)}
+        method, images, entry = req.calibrate("the INT8 trunk, one range per RDB slice")
+        built.manifest["int8"] = {**entry, "slice_ranges": rdb_slice_ranges(req.net, images, gan_net=req.gan,
+                                                                            method=method)}
         built.probe = req.image_probe(images[0])
     return built
 

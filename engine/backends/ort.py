@@ -145,7 +145,7 @@ def from_network(net: Any, *, gan_net: Any = None, precision: str = "fp32", devi
                  threads: int = 0, calibration: list[np.ndarray] | None = None) -> OrtBackend:
     """An `OrtBackend` over the ONNX export of a reference network (and, with `gan_net`, both endpoints); INT8
     quantizes the graph with activation ranges calibrated on `calibration` (images)."""
-    from export.onnx import export_onnx, initializer_arrays
+    from export.onnx import export_onnx, initializer_arrays, require_refit_names
 
     from .torch_eager import TorchBackend
 
@@ -162,6 +162,7 @@ def from_network(net: Any, *, gan_net: Any = None, precision: str = "fp32", devi
     endpoints: dict[str, Any] = {}
     if gan_net is not None:
         models.registry.require_same_network(net, gan_net)
+        require_refit_names(model, net)
         endpoints = dict(weights_psnr=initializer_arrays(model, net.state_dict()),
                          weights_gan=initializer_arrays(model, gan_net.state_dict()))
     return OrtBackend(model.SerializeToString(), scale=net.scale, in_channels=net.in_channels,
@@ -180,27 +181,23 @@ def onnx_engine(req: BuildRequest, *, int8_compute: str,
     (`endpoint_arrays(graph, state_dict)`), which `set_alpha` blends."""
     from safetensors.numpy import save_file
 
-    from export.onnx import export_onnx, initializer_arrays, save, set_initializers
+    from export.onnx import export_onnx, initializer_arrays, require_refit_names, save, set_initializers
 
     net, gan = req.net, req.gan
     built = Built(manifest={}, write={})
     if req.precision == "int8":
-        from export.quantize import DEFAULT_METHOD, quantize
+        from export.quantize import quantize
 
-        assert req.calibration is not None
-        method = req.calib_method or DEFAULT_METHOD
-        images = req.calibration()
-        print(f"calibrating INT8 ({method}) on {len(images)} images of {req.calib_source}"
-              + (" at alpha 0, 0.5 and 1" if gan is not None else ""))
+        method, images, entry = req.calibrate("INT8")
         graph = quantize(net, images, gan_net=gan, method=method, precision=int8_compute)
-        built.manifest["int8"] = {"method": method, "calibration_images": len(images), "alpha_safe": gan is not None,
-                                  "float_compute": int8_compute}
+        built.manifest["int8"] = {**entry, "float_compute": int8_compute}
         built.probe = req.image_probe(images[0])
     else:
         graph = export_onnx(net, precision=req.precision)
     set_initializers(graph, initializer_arrays(graph, req.blended.state_dict()))
     built.write["model.onnx"] = lambda path: save(graph, path)
     if gan is not None:
+        require_refit_names(graph, net)  # alpha blends the endpoints by initializer name
         psnr_arrays, gan_arrays = endpoint_arrays(graph, net.state_dict()), endpoint_arrays(graph, gan.state_dict())
         built.write["weights_psnr.safetensors"] = lambda path: save_file(psnr_arrays, path)
         built.write["weights_gan.safetensors"] = lambda path: save_file(gan_arrays, path)

@@ -92,6 +92,19 @@ class BuildRequest:
     def alpha(self) -> float:
         return float(self.entries["alpha"]["value"])
 
+    def calibrate(self, what: str) -> tuple[str, list[np.ndarray], dict[str, Any]]:
+        """INT8: (activation range method, the calibration images, the manifest's "int8" entry so far), once it has
+        said what it calibrates (`what`: "INT8", "the INT8 trunk, one range per RDB slice")."""
+        from export.quantize import DEFAULT_METHOD
+
+        if self.calibration is None:
+            raise ValueError("INT8 needs calibration images (--calib DIR)")
+        method = self.calib_method or DEFAULT_METHOD
+        images = self.calibration()
+        print(f"calibrating {what} ({method}) on {len(images)} images of {self.calib_source}"
+              + (" at alpha 0, 0.5 and 1" if self.gan is not None else ""))
+        return method, images, {"method": method, "calibration_images": len(images), "alpha_safe": self.gan is not None}
+
     def image_probe(self, image: np.ndarray) -> torch.Tensor | None:
         """A central crop of a calibration image, (1, channels, side, side) float32 in [0, 1]: what INT8 ranges were
         calibrated for (pure noise lies outside them), or None when the image is smaller than the network's input
@@ -251,5 +264,5 @@ def get(name: str) -> BackendInfo:
     """The backend registered as `name`; ValueError listing the registered ones."""
     _load_builtin()
     if name not in _REGISTRY:
-        raise ValueError(f"unknown backend {name!r}; registered: {', '.join(_REGISTRY)}")
+        raise ValueError(f"unknown backend {name!r}; registered: {', '.join(names())}")
     return _REGISTRY[name]
