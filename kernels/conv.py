@@ -365,4 +365,4 @@ def upconv2x(x: torch.Tensor, w_phases: torch.Tensor, bias: torch.Tensor, y: tor
     `w_phases` from `fold_upconv_weight`."""
     return _launch(x, w_phases, bias, y, cin=cin, cout=cout, y_channel=y_channel, act=act, slope=slope, res1=None,
                    res1_scale=1.0, res2=None, res2_scale=1.0, bn=None, bn_eps=0.0, ksize=3, shuffle=1,
-                   upsample=True, **{**blocks_for(x.dtype), **blocks})
+                   upsample=True, wscale=None, **{**blocks_for(x.dtype), **blocks})

@@ -45,6 +45,7 @@ def pack_rrdbnet(net: RRDBNet, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     out = {}
     for name, module in net.named_modules():
         if isinstance(module, torch.nn.Conv2d):
+            assert module.bias is not None  # every conv of RRDBNet has a bias
             w = module.weight.detach().double()
             packed = fold_upconv_weight(w) if name.startswith("conv_up") else pack_conv_weight(w)
             out[f"{name}.weight"], out[f"{name}.bias"] = packed.to(dtype), module.bias.detach().to(dtype)

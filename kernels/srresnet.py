@@ -28,6 +28,7 @@ def _params(net: SRResNet, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for name, m in net.named_modules():
         if isinstance(m, torch.nn.Conv2d):
+            assert m.bias is not None  # every conv of SRResNet has a bias
             out[f"{name}.weight"] = pack_conv_weight(m.weight.detach().double(), dtype)
             out[f"{name}.bias"] = m.bias.detach().to(dtype)
         elif isinstance(m, torch.nn.BatchNorm2d):
@@ -51,7 +52,8 @@ class FusedSRResNet(FusedPlan):
         self.nf, self.num_block = net.hparams["num_feat"], net.hparams["num_block"]
         self.scale, self.in_channels, self.out_channels = net.scale, net.in_channels, net.out_channels
         self.multiple, self.x_dtype = 1, dtype
-        self.factors = [stage.shuffle.upscale_factor for stage in net.upsample]
+        self.factors: list[int] = [int(m.upscale_factor) for m in net.upsample.modules()
+                                   if isinstance(m, torch.nn.PixelShuffle)]
         self.eps = {name: m.eps for name, m in net.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
         self.params = Endpoints(_params(net, dtype), _params(gan_net.eval(), dtype) if gan_net is not None else None,
                                 self.device, "SRResNet")
