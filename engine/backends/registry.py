@@ -25,11 +25,10 @@ import torch
 from ..machine import Unavailable
 from ..models import SRNet
 
-# The backends of this package: their modules, imported when the registry is first read, and their names in the
-# order they are listed (engine.build --help, bench rows); backends registered from elsewhere follow them.
-BUILTIN = ("engine.backends.torch_eager", "engine.backends.ort", "engine.backends.trt", "engine.backends.fused",
-           "engine.backends.native")
-ORDER = ("torch", "onnxruntime", "tensorrt", "triton", "native")
+# The backends of this package: name → the module that registers it, imported when the registry is first read; in
+# the order they are listed (engine.build --help, bench rows). Backends registered from elsewhere follow them.
+BUILTIN = {"torch": "engine.backends.torch_eager", "onnxruntime": "engine.backends.ort",
+           "tensorrt": "engine.backends.trt", "triton": "engine.backends.fused", "native": "engine.backends.native"}
 
 
 @runtime_checkable
@@ -244,15 +243,15 @@ def _load_builtin() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
-        for module in BUILTIN:
+        for module in BUILTIN.values():
             importlib.import_module(module)
 
 
 def backends() -> list[BackendInfo]:
-    """Every registered backend: the built-in ones in `ORDER`, then the others in registration order."""
+    """Every registered backend: the built-in ones in `BUILTIN`'s order, then the others in registration order."""
     _load_builtin()
-    rank = {name: i for i, name in enumerate(ORDER)}
-    return sorted(_REGISTRY.values(), key=lambda b: rank.get(b.name, len(ORDER)))
+    rank = {name: i for i, name in enumerate(BUILTIN)}
+    return sorted(_REGISTRY.values(), key=lambda b: rank.get(b.name, len(BUILTIN)))
 
 
 def names(where: Callable[[BackendInfo], Any] = lambda b: True) -> list[str]:
