@@ -48,6 +48,7 @@ from engine.models.edsr import EDSR
 from engine.models.rcan import RCAN
 from engine.models.rrdbnet import RRDBNet
 from engine.models.srresnet import MSRResNet, SRResNet
+from engine.models.srvgg import LEAKY_SLOPE, SRVGGNetCompact
 
 OPSET = 18
 NOT_WEIGHTS = ("const/", "qdq/")  # initializer name prefixes of graph constants and INT8 scales (export/quantize.py)
@@ -275,6 +276,22 @@ def _rcan_groups(g: _Graph, net: RCAN, p: str, x: str) -> str:
 @register_emitter("rcan")
 def _rcan(g: _Graph, net: RCAN, p: str, x: str) -> str:
     return _mean_shifted(g, net, p, x, lambda feat: _rcan_groups(g, net, p, feat))
+
+
+@register_emitter("srvgg")
+def _srvgg(g: _Graph, net: SRVGGNetCompact, p: str, x: str) -> str:
+    feat = x
+    layer: Any
+    for i, layer in enumerate(net.body):
+        if isinstance(layer, nn.Conv2d):
+            feat = g.conv(layer, f"{p}body.{i}", feat)
+        elif isinstance(layer, nn.PReLU):
+            feat = g.prelu(layer, f"{p}body.{i}", feat)
+        elif isinstance(layer, nn.LeakyReLU):
+            feat = g.leaky_relu(feat, LEAKY_SLOPE)
+        else:
+            feat = g.relu(feat)
+    return g.add(g.pixel_shuffle(feat, net.scale), g.resize(x, net.scale, "nearest"))
 
 
 @register_emitter("cascade")

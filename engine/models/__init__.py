@@ -19,9 +19,10 @@ from .rcan import RCAN
 from .registry import ARCHS, VARIANTS, Arch, arch_of, build, create, register_arch
 from .rrdbnet import RRDB, ResidualDenseBlock, RRDBNet
 from .srresnet import MSRResNet, SRResNet
+from .srvgg import SRVGGNetCompact
 
 __all__ = [
     "ACCEPTED_FORMATS", "ARCHS", "VARIANTS", "Arch", "Cascade", "CheckpointError", "EDSR", "InterpolationError",
-    "MSRResNet", "ModelInfo", "RCAN", "RRDB", "RRDBNet", "ResidualDenseBlock", "SRNet", "SRResNet", "arch_of", "build",
-    "create", "interpolate", "interpolated", "load", "register_arch", "save",
+    "MSRResNet", "ModelInfo", "RCAN", "RRDB", "RRDBNet", "ResidualDenseBlock", "SRNet", "SRResNet", "SRVGGNetCompact",
+    "arch_of", "build", "create", "interpolate", "interpolated", "load", "register_arch", "save",
 ]

@@ -55,6 +55,9 @@ ESRGAN_2019_RULES: list[Rule] = [
 ]
 
 
+SRVGG_RULES: list[Rule] = [(r"(body\.\d+\.(?:weight|bias))", r"\1")]  # any other key has no place in it
+
+
 def _esrgan_2018_rules(sd: StateDict) -> list[Rule]:
     """ESRGAN's 2018 `nn.Sequential` layout, with n nearest-neighbour upsampling stages:
 
@@ -217,6 +220,10 @@ FORMATS: list[Format] = [
            "tail.1)",
            ("head.0.weight", "body.0.body.0.body.0.weight", "tail.1.weight"), "rcan", _rcan_official_rules,
            _edsr_mean_shift),
+    # Only SRVGGNetCompact has bare body.N.weight: the other layouts nest their blocks (body.N.conv1, body.N.rdb1,
+    # body.N.bn1, body.N.body.0, body.N.residual_group).
+    Format("basicsr", "Real-ESRGAN SRVGGNetCompact (body.N: convs at even N, PReLUs at odd N)",
+           ("body.0.weight", "body.0.bias"), "srvgg", lambda sd: SRVGG_RULES),
     Format("srresnet", "SRGAN SRResNet in this project's layout (conv_first 9×9, body.N.bn1, bn_body, "
            "upsample.N.conv)",
            ("conv_first.weight", "body.0.bn1.weight", "bn_body.weight"), "srresnet", lambda sd: _SAME),

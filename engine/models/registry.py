@@ -22,6 +22,7 @@ from .rcan import RCAN, rcan_hparams
 from .rrdbnet import RRDBNet, rrdbnet_hparams
 from .shapes import StateDict
 from .srresnet import MSRResNet, SRResNet, msrresnet_hparams, srresnet_hparams
+from .srvgg import SRVGGNetCompact, srvgg_hparams
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ register_arch(Arch("srresnet", SRResNet, srresnet_hparams, fused="srresnet"))
 register_arch(Arch("msrresnet", MSRResNet, msrresnet_hparams))
 register_arch(Arch("edsr", EDSR, edsr_hparams))
 register_arch(Arch("rcan", RCAN, rcan_hparams))
+register_arch(Arch("srvgg", SRVGGNetCompact, srvgg_hparams))
 register_arch(Arch("cascade", Cascade, None))
 
 # name → (arch, hyper-parameters). Hyper-parameters not given take the constructor's defaults.
@@ -82,6 +84,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # RCAN as published (10 groups × 20 RCABs, reduction 16): 15,592,355 parameters (the authors' count,
     # 15,592,379, adds the two fixed 24-parameter mean-shift convs that we keep as a buffer).
     "rcan": ("rcan", dict(num_group=10, num_block=20, num_feat=64, reduction=16, scale=4)),
+    # Real-ESRGAN's compact models (SRVGGNetCompact), published as .pth and as ncnn .param/.bin.
+    "realesr-general-x4v3": ("srvgg", dict(num_feat=64, num_conv=32, scale=4, act_type="prelu")),
+    "realesr-animevideov3": ("srvgg", dict(num_feat=64, num_conv=16, scale=4, act_type="prelu")),
     # The ×16 perceptual-extreme setting: two ×4 ESRGAN generators in a row.
     "rrdb23x16": ("cascade", dict(stages=["rrdb23", "rrdb23"])),
 }
@@ -117,8 +122,8 @@ def cascade_stages(hparams: Any) -> list[str | dict[str, Any]]:
 
 def check_hparams(arch: str, hparams: Any) -> None:
     """Raise ValueError naming the first hyper-parameter of `arch` (not a cascade) that its constructor does not
-    take or that is of the wrong kind: whole numbers (never bools) from 1 to MAX_SIZE, finite numbers, bools, and
-    sequences of finite numbers, as the constructor's defaults are."""
+    take or that is of the wrong kind: whole numbers (never bools) from 1 to MAX_SIZE, finite numbers, bools, strings
+    (the constructor checks their choices) and sequences of finite numbers, as the constructor's defaults are."""
     if not isinstance(hparams, dict):
         raise ValueError(f"the hyper-parameters of {arch} are a dict of keyword arguments, got {_short(hparams)}")
     defaults = _defaults(arch)
@@ -132,6 +137,8 @@ def check_hparams(arch: str, hparams: Any) -> None:
             ok, kind = _whole(value) and 1 <= value <= MAX_SIZE, f"a whole number from 1 to {MAX_SIZE}"
         elif isinstance(default, float):
             ok, kind = _finite(value), "a finite number"
+        elif isinstance(default, str):  # a choice, e.g. act_type
+            ok, kind = isinstance(value, str) and len(value) <= 64, "a short string"
         else:  # a tuple, e.g. rgb_mean
             ok = isinstance(value, (list, tuple)) and len(value) <= MAX_SIZE and all(_finite(v) for v in value)
             kind = "a list of finite numbers"
