@@ -30,6 +30,7 @@ from ._ext import load_C
 from .backends.registry import Backend
 from .backends.torch_eager import TorchBackend
 from .engines import load
+from .machine import available_memory
 
 log = logging.getLogger("engine")
 
@@ -37,7 +38,7 @@ log = logging.getLogger("engine")
 # clears the PSNR target against the untiled one and beats crop-only tiles, for every photo and tile size measured.
 DEFAULT_TILE_OVERLAP = 32
 DEFAULT_BATCH = 4
-CPU_MEMORY_BUDGET = 2 * 2**30  # bytes of activations per batch of tiles when the tile size is chosen for you
+CPU_MEMORY_BUDGET = 2 * 2**30  # bytes of activations in flight when the tile size is chosen and free memory is unknown
 
 
 def as_backend(net: Any, *, device: str | torch.device | None = None, dtype: str | None = None,
@@ -94,20 +95,43 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int, scale: int) -> 
                     C.axis_weights(height, ys, tile, scale), C.axis_weights(width, xs, tile, scale))
 
 
-def auto_tile(backend: Backend, height: int, width: int, batch: int, budget: int | None = None) -> int:
-    """The largest tile side whose batch of activations fits `budget` bytes (CPU: 2 GiB; CUDA: half the free
-    memory), rounded down to a multiple of 8 and of the backend's input multiple; the whole image if it fits."""
+def memory_budget(device: torch.device) -> int:
+    """Bytes the tiles in flight and their activations may take: half the free memory of a CUDA device; on the CPU
+    half of what this process can still take (`machine.available_memory`), or `CPU_MEMORY_BUDGET` where that
+    cannot be read."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    available = available_memory()
+    return available // 2 if available is not None else CPU_MEMORY_BUDGET
+
+
+def auto_tile(backend: Backend, height: int, width: int, batch: int, budget: int | None = None,
+              overlap: int = DEFAULT_TILE_OVERLAP) -> int:
+    """The tile side for a `height` × `width` image, batches of up to `batch` tiles and `budget` bytes of
+    activations (default `memory_budget`): the whole image when it fits as one tile; else the largest side,
+    a multiple of 8 and of the backend's input multiple, whose tiles in flight (`batch`, or fewer when the image
+    has fewer tiles) fit the budget. Larger tiles mean fewer overlaps to compute twice and blend."""
     if budget is None:
-        if backend.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(backend.device)
-            budget = free // 2
-        else:
-            budget = CPU_MEMORY_BUDGET
-    side = int(math.sqrt(budget / (batch * backend.bytes_per_pixel())))
-    if side >= max(height, width):
+        budget = memory_budget(backend.device)
+    per_pixel = backend.bytes_per_pixel()
+    if height * width * per_pixel <= budget:
         return max(height, width)
     step = 8 * backend.multiple // math.gcd(8, backend.multiple)
-    return max(step, side // step * step)
+    side = max(step, int(math.sqrt(budget / per_pixel)) // step * step)  # one tile in flight
+    while side > step and (tiles_in_flight(height, width, side, batch, overlap) * min(side, height) * min(side, width)
+                           * per_pixel > budget):
+        side -= step
+    return side
+
+
+def tiles_in_flight(height: int, width: int, tile: int, batch: int, overlap: int = DEFAULT_TILE_OVERLAP) -> int:
+    """How many tiles of side `tile` one network call takes for a `height` × `width` image: `batch`, or the
+    image's tile count when that is smaller (1 when the image is one tile)."""
+    if tile >= max(height, width):
+        return 1
+    C, overlap = load_C(), min(overlap, tile // 2)
+    return min(batch, len(C.axis_tiles(height, tile, overlap)) * len(C.axis_tiles(width, tile, overlap)))
 
 
 def check_tiling(tile: int | None, tile_overlap: int, batch: int) -> None:
@@ -171,7 +195,7 @@ def upscale_planes(backend: Backend, planes: np.ndarray | torch.Tensor, *, tile:
     source = source.contiguous()
     H, W = source.shape[1:]
     if tile is None:
-        tile = auto_tile(backend, H, W, batch)
+        tile = auto_tile(backend, H, W, batch, overlap=tile_overlap)
     if tile == 0:
         tile = max(H, W)
     if tile % m:

@@ -6,6 +6,7 @@ import logging
 import operator
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("engine")
@@ -61,3 +62,23 @@ def local_arch() -> int | None:
         return None
     major, minor = torch.cuda.get_device_capability()
     return major * 10 + minor
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still take: MemAvailable, or what its cgroup's limit leaves, the smaller; None if
+    neither can be read."""
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None

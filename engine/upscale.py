@@ -42,14 +42,15 @@ from .imageio import (
     write_image,
 )
 from .inference import (
-    CPU_MEMORY_BUDGET,
     DEFAULT_BATCH,
     DEFAULT_TILE_OVERLAP,
+    auto_tile,
     check_tiling,
     infer,
     output_size,
+    tiles_in_flight,
 )
-from .machine import usable_cpus
+from .machine import available_memory, usable_cpus
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT_MODEL = "tiny_x4"
@@ -292,26 +293,6 @@ def make_backend(args: argparse.Namespace) -> Backend:
 # Memory
 
 
-def available_memory() -> int | None:
-    """Bytes this process can still take: MemAvailable, or what its cgroup's limit leaves, the smaller; None if
-    neither can be read."""
-    found = []
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    found.append(int(line.split()[1]) * 1024)
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
-    except (OSError, ValueError):
-        pass
-    return min(found) if found else None
-
-
 def memory_needed(backend: Backend, image: np.ndarray, out_h: int, out_w: int, tile: int | None,
                   batch: int) -> dict[str, int]:
     """The large allocations of upscaling a decoded `image` (bytes, by what they are): its float32 planes, the
@@ -321,11 +302,8 @@ def memory_needed(backend: Backend, image: np.ndarray, out_h: int, out_w: int, t
     c = 1 if image.ndim == 2 else image.shape[2]
     s = backend.scale
     item = image.itemsize if image.dtype in (np.uint8, np.uint16) else 4
-    side = tile or max(h, w)
-    if tile is None:  # auto_tile fills the CPU budget at most
-        side = min(max(h, w), int(math.sqrt(CPU_MEMORY_BUDGET / (batch * backend.bytes_per_pixel()))) + 1)
-    side = min(side, max(h, w))
-    n = batch if side < max(h, w) else 1
+    side = min(tile or auto_tile(backend, h, w, batch), max(h, w))
+    n = tiles_in_flight(h, w, side, batch)
     tiles = n * side * side * (backend.in_channels + backend.out_channels * s * s) * 4
     need = {"input planes": 4 * h * w * (c + 2 * (c in (1, 2))),
             "tiles and activations": tiles + int(n * side * side * backend.bytes_per_pixel()),

@@ -239,6 +239,37 @@ def test_tile_size_is_chosen_from_the_memory_budget(shipped: TorchBackend) -> No
     assert auto_tile(shipped, 50, 60, batch=1, budget=2**30) == 60  # fits whole
 
 
+@pytest.mark.parametrize("h,w,batch,budget_px", [(256, 256, 4, 256 * 256), (300, 300, 4, 300 * 300),
+                                                 (4000, 3000, 4, 4 * 200 * 200), (640, 427, 4, 300 * 300),
+                                                 (1000, 700, 8, 8 * 150 * 150), (320, 600, 4, 2 * 300 * 300)])
+def test_auto_tile_takes_the_largest_tile_whose_batch_fits(shipped: TorchBackend, h: int, w: int, batch: int,
+                                                           budget_px: int) -> None:
+    """An image that fits as one tile is not cut (a batch of 4 is not budgeted for a single tile); otherwise the
+    tiles one call takes (the batch, or fewer when the image has fewer) fit the budget, and 8 pixels more do not."""
+    from engine.inference import auto_tile, tiles_in_flight
+
+    per_pixel = shipped.bytes_per_pixel()
+    budget = int(per_pixel * budget_px)
+    side = auto_tile(shipped, h, w, batch, budget=budget)
+
+    def fits(s: int) -> bool:
+        return tiles_in_flight(h, w, s, batch) * min(s, h) * min(s, w) * per_pixel <= budget
+
+    if h * w * per_pixel <= budget:
+        assert side == max(h, w)
+    else:
+        assert side % 8 == 0 and side < max(h, w) and fits(side) and not fits(side + 8)
+
+
+def test_the_memory_budget_follows_the_memory_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.inference as inference
+
+    monkeypatch.setattr(inference, "available_memory", lambda: 8 * 2**30)
+    assert inference.memory_budget(torch.device("cpu")) == 4 * 2**30
+    monkeypatch.setattr(inference, "available_memory", lambda: None)
+    assert inference.memory_budget(torch.device("cpu")) == inference.CPU_MEMORY_BUDGET
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Alpha and precision.
 
