@@ -3,9 +3,9 @@
 Two kinds, both written from the papers' descriptions and the published key layouts, sharing no code with
 `engine.models`:
 - modules with the exact names of the foreign layouts (ESRGAN 2018 `nn.Sequential`, ESRGAN 2019 / BSRGAN,
-  EDSR-PyTorch, RCAN's `model/rcan.py`), so that their `state_dict()` is a checkpoint in that format;
-- functional float64 forwards over a state dict in BasicSR's key names (RRDBNet, MSRResNet, EDSR, and our
-  SRResNet layout), to check our modules against the math;
+  EDSR-PyTorch, RCAN's `model/rcan.py`, Real-ESRGAN's SRVGGNetCompact), so that their `state_dict()` is a checkpoint in that format;
+- functional float64 forwards over a state dict in BasicSR's key names (RRDBNet, MSRResNet, EDSR, SRVGGNetCompact,
+  and our SRResNet layout), to check our modules against the math;
 - `LAYOUTS`: per architecture, the checkpoint layouts a network of ours can be written in (our key names bare or in
   `params_ema`, and the published modules above filled with its weights), for `util.assert_round_trip`.
 """
@@ -223,6 +223,33 @@ class RCANOfficial(nn.Module):
         return self.add_mean(self.tail(self.body(x) + x))
 
 
+class SRVGGOfficial(nn.Module):
+    """Real-ESRGAN's SRVGGNetCompact as its paper and code describe it: one `body` ModuleList of conv 3×3 in→nf,
+    activation, `num_conv` × (conv nf→nf, activation), conv nf→out·upscale²; then `upsampler` (pixel shuffle) plus the
+    input upsampled by nearest neighbour. PReLU has one slope per feature; leakyrelu's slope is 0.1."""
+
+    def __init__(self, num_in_ch: int, num_out_ch: int, num_feat: int, num_conv: int, upscale: int,
+                 act_type: str) -> None:
+        super().__init__()
+        self.upscale = upscale
+
+        def act() -> nn.Module:
+            return {"relu": nn.ReLU, "prelu": lambda: nn.PReLU(num_parameters=num_feat),
+                    "leakyrelu": lambda: nn.LeakyReLU(negative_slope=0.1)}[act_type]()
+
+        self.body = nn.ModuleList([nn.Conv2d(num_in_ch, num_feat, 3, 1, 1), act()])
+        for _ in range(num_conv):
+            self.body.extend([nn.Conv2d(num_feat, num_feat, 3, 1, 1), act()])
+        self.body.append(nn.Conv2d(num_feat, num_out_ch * upscale * upscale, 3, 1, 1))
+        self.upsampler = nn.PixelShuffle(upscale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        for layer in self.body:
+            out = layer(out)
+        return self.upsampler(out) + F.interpolate(x, scale_factor=self.upscale, mode="nearest")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Functional float64 forwards on BasicSR key names.
 
@@ -282,6 +309,24 @@ def edsr_math(sd: dict[str, torch.Tensor], x: torch.Tensor, res_scale: float = 1
         h = depth_to_space(y, int(round((y.shape[1] / h.shape[1]) ** 0.5)))
         i += 2
     return _conv(sd, "conv_last", h) / 255.0 + mean
+
+
+def srvgg_math(sd: dict[str, torch.Tensor], x: torch.Tensor, *, scale: int, act_type: str) -> torch.Tensor:
+    """SRVGGNetCompact: convs at body.0, body.2, …; after each but the last the activation (PReLU weights at the odd
+    indices); the last conv's output pixel-shuffled, plus every input pixel repeated scale × scale times."""
+    x = x.double()
+    convs = sorted(int(k.split(".")[1]) for k in sd if k.endswith(".bias"))
+    h = x
+    for i in convs:
+        h = _conv(sd, f"body.{i}", h)
+        if i == convs[-1]:
+            break
+        if act_type == "prelu":
+            h = torch.where(h >= 0, h, sd[f"body.{i + 1}.weight"].double().view(1, -1, 1, 1) * h)
+        else:
+            h = lrelu(h, 0.1 if act_type == "leakyrelu" else 0.0)
+    base = x.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+    return depth_to_space(h, scale) + base
 
 
 def srresnet_math(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -366,6 +411,8 @@ def _exact_from_shapes(net: Any) -> bool:
         conventional = arch == "rcan" or hp["res_scale"] == (0.1 if hp["num_feat"] >= 256 else 1.0)
         reduction = arch == "edsr" or hp["num_feat"] // (hp["num_feat"] // hp["reduction"]) == hp["reduction"]
         return conventional and reduction and hp["img_range"] == 255.0 and tuple(hp["rgb_mean"]) == DIV2K_MEAN
+    if arch == "srvgg":  # ReLU and LeakyReLU leave no tensor: no PReLU weights are read as ReLU
+        return hp["act_type"] != "leakyrelu"
     if arch == "cascade":
         return all(_exact_from_shapes(stage) for stage in net.stages)
     return arch == "msrresnet"
@@ -451,6 +498,16 @@ def _rcan_official(net: Any) -> Written | None:
     return Written(dict(module.state_dict()), _Ranged(module, rgb_range))
 
 
+def _srvgg_official(net: Any) -> Written | None:
+    """Real-ESRGAN's release files: the official module's state dict under `params`."""
+    if not _exact_from_shapes(net):
+        return None
+    hp = net.hparams
+    module = _renamed(net, [(r"(.*)", r"\1")], SRVGGOfficial(hp["num_in_ch"], hp["num_out_ch"], hp["num_feat"],
+                                                              hp["num_conv"], hp["scale"], hp["act_type"]))
+    return Written({"params": dict(module.state_dict())}, module)
+
+
 def _ours(fmt: str) -> list[Layout]:
     """Our key names (BasicSR's) in a .pth, bare and wrapped as BasicSR saves them."""
     return [Layout("bare", fmt, _bare), Layout("params_ema", fmt, _params_ema, wrapper="params_ema")]
@@ -463,5 +520,6 @@ LAYOUTS: dict[str, list[Layout]] = {
     "msrresnet": _ours("basicsr"),
     "edsr": [*_ours("basicsr"), Layout("edsr-official", "edsr-official", _edsr_official)],
     "rcan": [*_ours("basicsr"), Layout("rcan-official", "rcan-official", _rcan_official)],
+    "srvgg": [*_ours("basicsr"), Layout("realesrgan", "basicsr", _srvgg_official, wrapper="params")],
     "cascade": _ours("cascade"),
 }
