@@ -30,6 +30,8 @@ from safetensors.torch import save_file
 from ..atomic import atomic_write
 from .base import SRNet
 from .formats import ACCEPTED, MAX_CASCADE_DEPTH, detect, detect_arch
+from .ncnn import MAGIC as NCNN_MAGIC
+from .ncnn import NcnnError, read_ncnn
 from .registry import ARCHS, VARIANTS, build, cascade_stages, check_hparams, variant_name
 from .shapes import FormatError, StateDict, count
 
@@ -39,6 +41,7 @@ WRAPPERS = ("params_ema", "params", "state_dict")  # BasicSR's EMA weights first
 MAX_WRAPPING = 3  # {"params_ema": {"state_dict": {...}}} and so on, so deep
 COUNTS = ("num_block", "num_group")  # the repeated modules that make a network big; the keys always tell them
 HEAD_BYTES = 4096  # what is read to tell the kind of a file
+MAX_NCNN_PARAM_BYTES = 16 << 20  # an ncnn .param is text, one line per layer: a real x4 RRDBNet's is ~120 kB
 TORCH_LEGACY_MAGIC = b"\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"  # torch.save's pre-1.6 format pickles this number first
 
 _NOT_FILES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
@@ -63,11 +66,13 @@ class ModelInfo:
     in_channels: int
     out_channels: int
     format: str  # "esrgan-2018", "esrgan-2019", "basicsr", "edsr-official", "rcan-official", "srresnet", "cascade",
-    #              "safetensors"
+    #              "safetensors", "ncnn"
     name: str | None = None  # the registered variant with exactly these hyper-parameters, if any
     path: str | None = None
     wrapper: str | None = None  # "params_ema", "params" or "state_dict" when the tensors were wrapped
-    metadata: dict[str, str] = field(default_factory=dict)  # our safetensors' own metadata (e.g. alpha)
+    metadata: dict[str, str] = field(default_factory=dict)  # our safetensors' own metadata (e.g. alpha); for ncnn
+    # "ncnn.weights" ("fp16", "fp32" or both: how the .bin stored the conv weights) and, when the graph resizes the
+    # network's output (realesr-animevideov3-x2/x3), "ncnn.output_resize" saying how
 
 
 def _fail(where: str, what: str) -> CheckpointError:
@@ -88,8 +93,8 @@ def _short(value: Any, limit: int = 200) -> str:
 # Files: what kind each is, told by its first bytes.
 
 
-def _read_head(path: Path, where: str) -> tuple[bytes, int]:
-    """The first HEAD_BYTES of the regular file `path` and its size. Anything else is refused before reading (a
+def _read_head(path: Path, where: str, nbytes: int = HEAD_BYTES) -> tuple[bytes, int]:
+    """The first `nbytes` of the regular file `path` and its size. Anything else is refused before reading (a
     FIFO would block): opened without blocking, checked with fstat."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -102,7 +107,10 @@ def _read_head(path: Path, where: str) -> tuple[bytes, int]:
         if not stat.S_ISREG(mode):
             kind = next((name for is_kind, name in _NOT_FILES if is_kind(mode)), "not a regular file")
             raise _fail(where, f"{kind}, not a checkpoint file")
-        return os.read(fd, HEAD_BYTES), size
+        chunks: list[bytes] = []
+        while (got := sum(map(len, chunks))) < nbytes and (chunk := os.read(fd, min(nbytes - got, 1 << 30))):
+            chunks.append(chunk)
+        return b"".join(chunks), size
     except OSError as e:
         raise _fail(where, f"cannot be read ({e.strerror or e})") from None
     finally:
@@ -157,6 +165,44 @@ def _describe(head: bytes) -> str:
     return f"an unrecognised binary file (it begins with {head[:8]!r})"
 
 
+def _is_ncnn(path: Path, where: str) -> bool:
+    """Whether `path` is an ncnn .param: by its suffix or its first line, the magic number."""
+    return path.suffix.lower() == ".param" or _read_head(path, where, 16)[0].split(b"\n")[0].strip() == str(
+        NCNN_MAGIC).encode()
+
+
+def _read_ncnn(path: Path, bin_path: str | os.PathLike[str] | None, where: str
+               ) -> tuple[str, dict[str, Any], StateDict, dict[str, str]]:
+    """An ncnn model (`path`, a .param, and `bin_path`, by default the .bin beside it) as our architecture,
+    hyper-parameters, state dict and metadata."""
+    text, size = _read_head(path, where, MAX_NCNN_PARAM_BYTES + 1)
+    if size > MAX_NCNN_PARAM_BYTES:
+        raise _fail(where, f"{size:,} bytes, more than an ncnn .param of any network we read ({MAX_NCNN_PARAM_BYTES:,}"
+                    "); it is no such file")
+    try:
+        param = text.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _fail(where, "not an ncnn .param: that is text, this file is binary (a binary .param.bin is not "
+                    "supported: use the text .param)") from None
+    weights = Path(bin_path) if bin_path is not None else path.with_suffix(".bin")
+
+    def read_bin(most: int) -> bytes:
+        if not weights.exists() and not weights.is_symlink():
+            raise _fail(where, f"its weights {weights} do not exist: put the .bin beside the .param under the same "
+                        "name, or pass bin_path=")
+        data, bin_size = _read_head(weights, str(weights), most + 1)
+        if bin_size > most:
+            raise _fail(str(weights), f"holds {bin_size:,} bytes, more than the {most:,} that the layers of {where} "
+                        "can read; the .bin belongs to another .param")
+        return data
+
+    try:
+        found = read_ncnn(param, read_bin, where, str(weights))
+    except NcnnError as e:
+        raise CheckpointError(str(e)) from None
+    return found.arch, found.hparams, found.state_dict, found.metadata
+
+
 def _read_file(path: Path) -> tuple[Any, dict[str, str], int]:
     """The object stored in `path`, for safetensors its metadata, and the file's size."""
     where = str(path)
@@ -171,6 +217,9 @@ def _read_file(path: Path) -> tuple[Any, dict[str, str], int]:
     if kind == "pickle":  # never unpickled: torch.load could not read it, and plain unpickling runs code
         raise _unrecognised(where, "a Python pickle that torch.save did not write, so no PyTorch checkpoint; it is "
                             "not unpickled, which could execute code")
+    if path.suffix == ".bin" and path.with_suffix(".param").is_file():
+        raise _fail(where, f"the weights of an ncnn model, without its graph: load {path.with_suffix('.param')} "
+                    "(the .bin beside it is read with it)")
     raise _unrecognised(where, f"not a checkpoint: {_describe(head)}")
 
 
@@ -416,12 +465,14 @@ def _instantiate(arch: str, hparams: dict[str, Any], sd: StateDict, where: str) 
     return model.eval()
 
 
-def load(source: str | os.PathLike[str] | Mapping[str, Any], *, device: str | torch.device = "cpu"
-         ) -> tuple[SRNet, ModelInfo]:
+def load(source: str | os.PathLike[str] | Mapping[str, Any], *, device: str | torch.device = "cpu",
+         bin_path: str | os.PathLike[str] | None = None) -> tuple[SRNet, ModelInfo]:
     """Load a generator from a checkpoint file or an in-memory state dict.
 
     Accepts ESRGAN 2018/2019, BasicSR/Real-ESRGAN (bare or in `params`/`params_ema`, preferring
-    `params_ema`), SRResNet/MSRResNet/EDSR/RCAN layouts (BasicSR's and the authors'), and our safetensors.
+    `params_ema`), SRResNet/MSRResNet/EDSR/RCAN layouts (BasicSR's and the authors'), our safetensors, and ncnn
+    models of RRDBNet and SRVGGNetCompact: `source` is the .param (told by its suffix or its magic first line), the
+    weights are `bin_path`, by default the .bin beside it with the same stem (see engine.models.ncnn).
     Returns the network in eval mode on `device` (float32) and a `ModelInfo`. Raises `FileNotFoundError` when
     `source` does not exist and `CheckpointError`, naming the file, for every other bad file: not a regular file,
     empty, damaged, not a checkpoint, refused as unsafe, an unknown network, metadata that contradicts the tensors,
@@ -430,10 +481,14 @@ def load(source: str | os.PathLike[str] | Mapping[str, Any], *, device: str | to
     metadata: dict[str, str] = {}
     size = None
     if isinstance(source, Mapping):
+        if bin_path is not None:
+            raise ValueError("bin_path names the weights of an ncnn .param file; a state dict has its weights")
         where, path, obj = "<state dict>", None, source
     else:
         path = Path(source)
         where = str(path)
+        if bin_path is not None or _is_ncnn(path, where):
+            return _load_ncnn(path, bin_path, where, device)
         obj, metadata, size = _read_file(path)
     sd, wrapper = _state_dict(obj, where)
     if size is not None:
@@ -456,6 +511,17 @@ def load(source: str | os.PathLike[str] | Mapping[str, Any], *, device: str | to
         path=None if path is None else str(path), wrapper=wrapper,
         metadata={k: v for k, v in metadata.items() if not k.startswith("engine.")},
     )
+    return model, info
+
+
+def _load_ncnn(path: Path, bin_path: str | os.PathLike[str] | None, where: str, device: str | torch.device
+               ) -> tuple[SRNet, ModelInfo]:
+    arch, hparams, sd, metadata = _read_ncnn(path, bin_path, where)
+    _check_finite(sd, sd, where)
+    model = _instantiate(arch, hparams, sd, where).to(device)
+    info = ModelInfo(arch=arch, hparams=model.hparams, scale=model.scale, in_channels=model.in_channels,
+                     out_channels=model.out_channels, format="ncnn", name=variant_name(arch, model.hparams),
+                     path=str(path), metadata=metadata)
     return model, info
 
 
