@@ -3,7 +3,8 @@
 Two kinds, both written from the papers' descriptions and the published key layouts, sharing no code with
 `engine.models`:
 - modules with the exact names of the foreign layouts (ESRGAN 2018 `nn.Sequential`, ESRGAN 2019 / BSRGAN,
-  EDSR-PyTorch, RCAN's `model/rcan.py`, Real-ESRGAN's SRVGGNetCompact), so that their `state_dict()` is a checkpoint in that format;
+  EDSR-PyTorch, RCAN's `model/rcan.py`, Real-ESRGAN's SRVGGNetCompact), so that their `state_dict()` is a
+  checkpoint in that format;
 - functional float64 forwards over a state dict in BasicSR's key names (RRDBNet, MSRResNet, EDSR, SRVGGNetCompact,
   and our SRResNet layout), to check our modules against the math;
 - `LAYOUTS`: per architecture, the checkpoint layouts a network of ours can be written in (our key names bare or in

@@ -26,7 +26,9 @@ SMALL = dict(num_feat=8, num_conv=3, scale=4)
 
 
 def _net(seed: int = 0, **hparams: Any) -> M.SRNet:
-    return randomize_(M.build("srvgg", {**SMALL, **hparams}), seed=seed)
+    net = M.build("srvgg", {**SMALL, **hparams})
+    randomize_(net, seed=seed)
+    return net
 
 
 def _x(*shape: int, seed: int = 1) -> torch.Tensor:
