@@ -19,7 +19,8 @@ sums, BinaryOp adds and scalar multiplies are one linear-combination node (terms
 carries its ordinal, so the k-th conv of the file is the k-th of our network. Two graphs are the same network
 when their outputs are the same node. A graph whose output is one of ours followed by an Interp (the
 realesr-animevideov3 ×2/×3 files: the ×4 network, then a bicubic downscale) loads as the network, and the resize
-is named in the metadata ("ncnn.output_resize"); ncnn's bicubic is not torch's at the borders.
+is named in the metadata ("ncnn.output_resize"): `F.interpolate(y, scale_factor=s, mode="bicubic")` applied to the
+network's output gives what the ncnn graph gives.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import torch
 
 from ..atomic import atomic_write
 from .base import SRNet
-from .registry import ARCHS, build
+from .registry import ARCHS, check_hparams, full_hparams
 
 MAGIC = 7767517
 FP32_TAG, FP32_SCALED_TAG, FP16_TAG, INT8_TAG = 0, 0x0002C056, 0x01306B47, 0x000D4B38
@@ -46,21 +47,24 @@ MAX_LAYERS = 1 << 16  # a real x4 RRDBNet has ~1000
 LEAKY = 0.2  # RRDBNet's LeakyReLU slope
 RESIZE_NAMES = {1: "nearest", 2: "bilinear", 3: "bicubic"}
 
-# The params each layer type may carry, with the values we support for those that must be fixed (None: read).
+# The params each layer type may carry: "i" a whole number, "f" a number, "a" an array of numbers, or the one value
+# we support.
 _PARAMS: dict[str, dict[int, Any]] = {
-    "Input": {0: None, 1: None, 2: None, 11: None},
+    "Input": {0: "i", 1: "i", 2: "i", 11: "i"},
     "Split": {},
-    "Convolution": {0: None, 1: None, 11: None, 2: None, 12: None, 3: None, 13: None, 4: None, 14: None, 15: None,
-                    16: None, 5: None, 6: None, 8: 0, 9: None, 10: None, 18: 0.0, 19: 0},
-    "ReLU": {0: None},
-    "PReLU": {0: None},
-    "Eltwise": {0: None, 1: None},
-    "BinaryOp": {0: None, 1: None, 2: None},
+    "Convolution": {0: "i", 1: "i", 11: "i", 2: "i", 12: "i", 3: "i", 13: "i", 4: "i", 14: "i", 15: "i", 16: "i",
+                    5: "i", 6: "i", 8: 0, 9: "i", 10: "a", 18: 0.0, 19: 0},
+    "ReLU": {0: "f"},
+    "PReLU": {0: "i"},
+    "Eltwise": {0: "i", 1: "a"},
+    "BinaryOp": {0: "i", 1: "i", 2: "f"},
     "Concat": {0: 0},
-    "Interp": {0: None, 1: None, 2: None, 3: 0, 4: 0, 5: 0, 6: None},
-    "PixelShuffle": {0: None, 1: None},
-    "Reorg": {0: None, 1: None},
+    "Interp": {0: "i", 1: "f", 2: "f", 3: 0, 4: 0, 5: 0, 6: "i"},
+    "PixelShuffle": {0: "i", 1: "i"},
+    "Reorg": {0: "i", 1: "i"},
 }
+_KINDS = {"i": lambda v: isinstance(v, int), "f": lambda v: isinstance(v, (int, float)) and math.isfinite(v),
+          "a": lambda v: isinstance(v, tuple) and all(math.isfinite(x) for x in v)}
 
 
 class NcnnError(ValueError):
@@ -143,8 +147,8 @@ def parse_param(text: str, path: str) -> list[Layer]:
             raise NcnnError(f"{where}: unsupported layer type {layer.type!r}; supported: {', '.join(_PARAMS)}")
         for token in tokens[4 + n_in + n_out:]:
             key, value = _param(token, where)
-            allowed = _PARAMS[layer.type]
-            if key not in allowed or (allowed[key] is not None and value != allowed[key]):
+            kind = _PARAMS[layer.type].get(key)
+            if kind is None or not (_KINDS[kind](value) if isinstance(kind, str) else value == kind):
                 raise NcnnError(f"{where}: unsupported param {token!r}")
             layer.params[key] = value
         for blob in layer.bottoms:
@@ -364,8 +368,7 @@ def _canonical(layers: list[Layer], nodes: _Nodes, path: str) -> _Canonical:
 class _Graph:
     """A graph being written: layers in order, each conv / PReLU with the state-dict prefix of its weights."""
 
-    def __init__(self, shapes: dict[str, torch.Size]) -> None:
-        self.shapes = shapes
+    def __init__(self) -> None:
         self.layers: list[Layer] = []
 
     def add(self, type: str, bottoms: list[str], params: dict[int, Any] | None = None, key: str | None = None) -> str:
@@ -373,9 +376,9 @@ class _Graph:
         self.layers.append(Layer(type, f"{type.lower()}_{len(self.layers)}", bottoms, [top], params or {}, key=key))
         return top
 
-    def conv(self, key: str, x: str, slope: float | None = None) -> str:
-        out, cin, kh, kw = self.shapes[f"{key}.weight"]
-        params: dict[int, Any] = {0: out, 1: kw, 4: kw // 2, 5: int(f"{key}.bias" in self.shapes), 6: out * cin * kh * kw}
+    def conv(self, key: str, x: str, cin: int, out: int, slope: float | None = None) -> str:
+        """A 3×3 conv with bias (`key`.weight of shape (out, cin, 3, 3)), then LeakyReLU(`slope`) if given."""
+        params: dict[int, Any] = {0: out, 1: 3, 4: 1, 5: 1, 6: out * cin * 9}
         if slope is not None:
             params |= {9: 2, 10: (float(slope),)} if slope else {9: 1}
         return self.add("Convolution", [x], params, key)
@@ -399,50 +402,54 @@ class _Graph:
         return out
 
 
-def _rrdbnet_graph(g: _Graph, hp: dict[str, Any], net: SRNet) -> None:
+def _rrdbnet_graph(g: _Graph, hp: dict[str, Any]) -> None:
+    """RRDBNet (see rrdbnet.py), its layers in forward order; pixel unshuffle is a Reorg."""
+    nf, gc, scale = hp["num_feat"], hp["num_grow_ch"], hp["scale"]
+    unshuffle = 4 // scale if scale < 4 and hp["pixel_unshuffle"] else 1
     x = g.add("Input", [])
-    if getattr(net, "unshuffle", 1) > 1:
-        x = g.add("Reorg", [x], {0: net.unshuffle, 1: 0})
-    feat = h = g.conv("conv_first", x)
+    if unshuffle > 1:
+        x = g.add("Reorg", [x], {0: unshuffle, 1: 0})
+    feat = h = g.conv("conv_first", x, hp["num_in_ch"] * unshuffle**2, nf)
     for b in range(hp["num_block"]):
         rrdb_in = h
         for r in (1, 2, 3):
             xs = [h]
             for c in (1, 2, 3, 4):
-                xs.append(g.conv(f"body.{b}.rdb{r}.conv{c}", xs[0] if c == 1 else g.add("Concat", list(xs)), LEAKY))
-            y = g.conv(f"body.{b}.rdb{r}.conv5", g.add("Concat", xs))
+                joined = xs[0] if c == 1 else g.add("Concat", list(xs))
+                xs.append(g.conv(f"body.{b}.rdb{r}.conv{c}", joined, nf + (c - 1) * gc, gc, LEAKY))
+            y = g.conv(f"body.{b}.rdb{r}.conv5", g.add("Concat", xs), nf + 4 * gc, nf)
             h = g.add("Eltwise", [y, h], {0: 1, 1: (0.2, 1.0)})
         h = g.add("Eltwise", [h, rrdb_in], {0: 1, 1: (0.2, 1.0)})
-    feat = g.add("BinaryOp", [feat, g.conv("conv_body", h)], {0: 0})
-    for k in range(1, net.num_upsample + 1):
-        feat = g.conv(f"conv_up{k}", g.add("Interp", [feat], {0: 1, 1: 2.0, 2: 2.0}), LEAKY)
-    g.conv("conv_last", g.conv("conv_hr", feat, LEAKY))
+    feat = g.add("BinaryOp", [feat, g.conv("conv_body", h, nf, nf)], {0: 0})
+    for k in range(1, int(math.log2(scale * unshuffle)) + 1):
+        feat = g.conv(f"conv_up{k}", g.add("Interp", [feat], {0: 1, 1: 2.0, 2: 2.0}), nf, nf, LEAKY)
+    g.conv("conv_last", g.conv("conv_hr", feat, nf, nf, LEAKY), nf, hp["num_out_ch"])
 
 
-def _srvgg_graph(g: _Graph, hp: dict[str, Any], net: SRNet) -> None:
+def _srvgg_graph(g: _Graph, hp: dict[str, Any]) -> None:
+    """SRVGGNetCompact (see srvgg.py): its activations as PReLU or ReLU layers, the shuffle, the upsampled input."""
+    nf, n, s = hp["num_feat"], hp["num_conv"], hp["scale"]
     x = h = g.add("Input", [])
-    n, s = hp["num_conv"], hp["scale"]
     for i in range(n + 1):
-        h = g.conv(f"body.{2 * i}", h)
+        h = g.conv(f"body.{2 * i}", h, hp["num_in_ch"] if i == 0 else nf, nf)
         if hp["act_type"] == "prelu":
-            h = g.add("PReLU", [h], {0: hp["num_feat"]}, f"body.{2 * i + 1}")
+            h = g.add("PReLU", [h], {0: nf}, f"body.{2 * i + 1}")
         else:
             h = g.add("ReLU", [h], {0: 0.1} if hp["act_type"] == "leakyrelu" else {})
-    h = g.add("PixelShuffle", [g.conv(f"body.{2 * n + 2}", h)], {0: s})
+    h = g.add("PixelShuffle", [g.conv(f"body.{2 * n + 2}", h, nf, hp["num_out_ch"] * s * s)], {0: s})
     g.add("BinaryOp", [h, g.add("Interp", [x], {0: 1, 1: float(s), 2: float(s)})], {0: 0})
 
 
-GRAPHS: dict[str, Callable[[_Graph, dict[str, Any], SRNet], None]] = {"rrdbnet": _rrdbnet_graph,
-                                                                      "srvgg": _srvgg_graph}
+GRAPHS: dict[str, Callable[[_Graph, dict[str, Any]], None]] = {"rrdbnet": _rrdbnet_graph, "srvgg": _srvgg_graph}
 
 
-def graph_of(net: SRNet) -> list[Layer]:
-    """The ncnn layers of `net` (RRDBNet or SRVGGNetCompact; works on the meta device): input blob "data", output
-    "output", as realesrgan-ncnn-vulkan names them."""
-    if net.arch not in GRAPHS:
-        raise ValueError(f"no ncnn graph for {net.arch}; ncnn models are written for {', '.join(GRAPHS)}")
-    g = _Graph({k: v.shape for k, v in net.state_dict().items()})
-    GRAPHS[net.arch](g, net.hparams, net)
+def graph_of(arch: str, hparams: dict[str, Any]) -> list[Layer]:
+    """The ncnn layers of the network `arch` (RRDBNet or SRVGGNetCompact) with `hparams` (defaults filled in):
+    input blob "data" (RGB in [0, 1]), output blob "output", as realesrgan-ncnn-vulkan names them."""
+    if arch not in GRAPHS:
+        raise ValueError(f"no ncnn graph for {arch}; ncnn models are written for {', '.join(GRAPHS)}")
+    g = _Graph()
+    GRAPHS[arch](g, full_hparams(arch, hparams))
     return g.finish()
 
 
@@ -495,14 +502,12 @@ def _convert(layers: list[Layer], weights: Weights, path: str) -> Converted:
         raise NcnnError(f"{path}: the graph has no Convolution layer; it is neither an RRDBNet nor an SRVGGNetCompact")
     arch, hp = _hparams(layers, convs, path)
     try:
-        with torch.device("meta"):
-            net = build(arch, hp)
-    except (ValueError, RuntimeError) as e:
+        check_hparams(arch, hp)
+    except ValueError as e:
         raise NcnnError(f"{_where(path, convs[0])}: the graph reads as a {arch} with {hp}, which is no valid network "
                         f"({e})") from None
     nodes = _Nodes()
-    expected_layers = graph_of(net)
-    expected = _canonical(expected_layers, nodes, "<ours>")
+    expected = _canonical(graph_of(arch, hp), nodes, "<ours>")
     found = _canonical(layers, nodes, path)
     metadata = {"ncnn.weights": " and ".join(sorted(weights.storage, reverse=True)) or "none"}
     output = found.output
@@ -575,7 +580,7 @@ def save_ncnn(net: SRNet, param_path: str | os.PathLike[str], bin_path: str | os
     """Write `net` (RRDBNet or SRVGGNetCompact) as an ncnn model: `param_path` and `bin_path` (default: the `.bin`
     beside it). Conv weights are stored as float16 when `fp16`, else float32; biases and slopes as float32. Input
     blob "data" (RGB in [0, 1]), output blob "output". Both files are written atomically."""
-    layers = graph_of(net)
+    layers = graph_of(net.arch, net.hparams)
     sd = {k: v.detach().float().cpu() for k, v in net.state_dict().items()}
     chunks: list[bytes] = []
     for layer in layers:
