@@ -118,6 +118,7 @@ def test_names_are_case_insensitive_and_aliases_name_the_same_row() -> None:
     assert pt.find(" realesrgan-x4plus ") is pt.find("RealESRGAN_x4plus")
     assert pt.find("RealESRGAN-X4PLUS-ANIME").name == "RealESRGAN_x4plus_anime_6B"
     assert pt.find("realesr-animevideov3-x4").name == "realesr-animevideov3"
+    assert pt.is_published("RealESRGAN-x4plus-anime") and not pt.is_published("RealESRGAN_x4plus.pth")
     assert {r.arch for r in pt.PRETRAINED} == {"rrdbnet", "srvgg"}
     assert len({n.lower() for r in pt.PRETRAINED for n in (r.name, *r.aliases)}) == len(pt._BY_NAME)
 

@@ -133,6 +133,11 @@ PRETRAINED: tuple[Pretrained, ...] = (
 _BY_NAME = {n.lower(): row for row in PRETRAINED for n in (row.name, *row.aliases)}
 
 
+def is_published(name: str) -> bool:
+    """Whether `name` (any case) names a row of PRETRAINED: for callers that take a file or a model name."""
+    return name.strip().lower() in _BY_NAME
+
+
 def find(name: str) -> Pretrained:
     """The row named `name` (a name or an alias, in any case); PretrainedError listing close matches if none."""
     row = _BY_NAME.get(name.strip().lower())
