@@ -372,7 +372,7 @@ class _Graph:
         self.layers: list[Layer] = []
 
     def add(self, type: str, bottoms: list[str], params: dict[int, Any] | None = None, key: str | None = None) -> str:
-        top = str(len(self.layers))
+        top = "data" if type == "Input" else str(len(self.layers))
         self.layers.append(Layer(type, f"{type.lower()}_{len(self.layers)}", bottoms, [top], params or {}, key=key))
         return top
 
