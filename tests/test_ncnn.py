@@ -96,6 +96,17 @@ def test_bin_path_explicit_and_missing(tmp_path: Path) -> None:
     assert M.load(renamed, bin_path=path.with_suffix(".bin"))[1].format == "ncnn"
     with pytest.raises(ValueError, match="bin_path"):
         M.load(net.state_dict(), bin_path=other)
+    with pytest.raises(M.CheckpointError, match=re.escape(f"{tmp_path}: a directory, not a checkpoint file")):
+        M.load(renamed, bin_path=tmp_path)
+
+
+def test_oversized_param_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "huge.param"
+    with open(path, "wb") as f:
+        f.write(b"7767517\n")
+        f.truncate((16 << 20) + 1)  # sparse: nothing written but the size
+    with deadline(10), pytest.raises(M.CheckpointError, match=re.escape(f"{path}: 16,777,217 bytes, more than")):
+        M.load(path)
 
 
 # ---------------------------------------------------------------------------------------------------------
