@@ -77,7 +77,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help=f"registered model ({', '.join(models.registry.VARIANTS)}); with --weights it "
                    "must match the checkpoint (default: the checkpoint's network)")
     p.add_argument("--weights", help="checkpoint of the network: any supported format, any registered architecture "
-                   f"({', '.join(models.registry.ARCHS)}) (default: none; --random-weights is then required)")
+                   f"({', '.join(models.registry.ARCHS)}), or a published model's name (python -m engine.models list) "
+                   "(default: none; --random-weights is then required)")
     p.add_argument("--random-weights", action="store_true",
                    help="build --model with random weights (for benchmarks only) (default: off)")
     p.add_argument("--gan-weights", help="the GAN fine-tune of the same network: enables alpha (default: none)")
@@ -195,6 +196,7 @@ def _networks(args: argparse.Namespace) -> tuple[models.SRNet, models.SRNet | No
     if args.weights:
         if args.random_weights:
             raise BuildError("--random-weights and --weights exclude each other")
+        args.weights = models.pretrained.locate(args.weights)  # a file, or a published model's name
         net, info = models.load(args.weights)
         endpoints["psnr"] = {"file": Path(args.weights).name, "sha256": sha256(args.weights)}
         if args.model:
@@ -218,6 +220,7 @@ def _networks(args: argparse.Namespace) -> tuple[models.SRNet, models.SRNet | No
         raise BuildError(f"--alpha must be in [0, 1], got {alpha}")
     gan = None
     if args.gan_weights:
+        args.gan_weights = models.pretrained.locate(args.gan_weights)
         gan, _ = models.load(args.gan_weights)
         if not models.registry.same_network(net, gan):
             raise BuildError(f"--gan-weights {args.gan_weights} is a {gan.arch} {gan.hparams}, not the same network "

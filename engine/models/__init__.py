@@ -1,7 +1,8 @@
 """Reference generators of the ESRGAN family, checkpoint loading/saving and network interpolation.
 
     model = engine.models.create("rrdb23")                     # a registered variant (see VARIANTS)
-    model, info = engine.models.load("RealESRGAN_x4plus.pth")  # any supported checkpoint layout
+    model, info = engine.models.load("RealESRGAN_x4plus.pth")  # any supported checkpoint layout, or .param (ncnn)
+    model, info = engine.models.load("RealESRGAN_x4plus")      # a published model by name (PRETRAINED)
     engine.models.save(model, "net.safetensors")
     blended = engine.models.interpolate(psnr_net, gan_net, alpha=0.8)
 
@@ -11,10 +12,11 @@ hyper-parameters from tensor shapes; `register_arch` adds one.
 
 from .base import SRNet
 from .cascade import Cascade
-from .checkpoint import CheckpointError, ModelInfo, load, save
+from .checkpoint import CheckpointError, ModelInfo, save
 from .edsr import EDSR
 from .formats import ACCEPTED as ACCEPTED_FORMATS
 from .interpolation import InterpolationError, interpolate, interpolated
+from .pretrained import PRETRAINED, PretrainedError, load
 from .rcan import RCAN
 from .registry import ARCHS, VARIANTS, Arch, arch_of, build, create, register_arch
 from .rrdbnet import RRDB, ResidualDenseBlock, RRDBNet
@@ -22,7 +24,8 @@ from .srresnet import MSRResNet, SRResNet
 from .srvgg import SRVGGNetCompact
 
 __all__ = [
-    "ACCEPTED_FORMATS", "ARCHS", "VARIANTS", "Arch", "Cascade", "CheckpointError", "EDSR", "InterpolationError",
-    "MSRResNet", "ModelInfo", "RCAN", "RRDB", "RRDBNet", "ResidualDenseBlock", "SRNet", "SRResNet", "SRVGGNetCompact",
-    "arch_of", "build", "create", "interpolate", "interpolated", "load", "register_arch", "save",
+    "ACCEPTED_FORMATS", "ARCHS", "PRETRAINED", "VARIANTS", "Arch", "Cascade", "CheckpointError", "EDSR",
+    "InterpolationError", "MSRResNet", "ModelInfo", "PretrainedError", "RCAN", "RRDB", "RRDBNet", "ResidualDenseBlock",
+    "SRNet", "SRResNet", "SRVGGNetCompact", "arch_of", "build", "create", "interpolate", "interpolated", "load",
+    "register_arch", "save",
 ]

