@@ -28,7 +28,8 @@ from ..models import SRNet
 # The backends of this package: name → the module that registers it, imported when the registry is first read; in
 # the order they are listed (engine.build --help, bench rows). Backends registered from elsewhere follow them.
 BUILTIN = {"torch": "engine.backends.torch_eager", "onnxruntime": "engine.backends.ort",
-           "tensorrt": "engine.backends.trt", "triton": "engine.backends.fused", "native": "engine.backends.native"}
+           "tensorrt": "engine.backends.trt", "triton": "engine.backends.fused", "native": "engine.backends.native",
+           "ncnn": "engine.backends.ncnn_cpu"}
 
 
 @runtime_checkable

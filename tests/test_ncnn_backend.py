@@ -1,0 +1,64 @@
+"""The ncnn backend (engine/backends/ncnn_cpu.py): our network written as .param/.bin and run by the ncnn runtime
+on the CPU computes what PyTorch computes, blends alpha, and is refused where it cannot run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import engine
+import engine.models as M
+from engine.backends import get
+
+pytest.importorskip("ncnn", reason="the ncnn package (pyncnn) is not installed")
+
+
+@pytest.mark.parametrize("arch,hparams", [("srvgg", dict(num_feat=8, num_conv=2, scale=2)),
+                                          ("srvgg", dict(num_feat=6, num_conv=1, scale=3, act_type="leakyrelu")),
+                                          ("rrdbnet", dict(num_feat=8, num_block=1, num_grow_ch=4, scale=4)),
+                                          ("rrdbnet", dict(num_feat=8, num_block=1, num_grow_ch=4, scale=2))])
+def test_ncnn_backend_computes_what_pytorch_computes(arch: str, hparams: dict, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net, gan = M.build(arch, hparams).eval(), M.build(arch, hparams).eval()
+    backend = get("ncnn").from_network(net, gan_net=gan, threads=1)
+    x = torch.rand(2, 3, 8, 12, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref, blend = net(x), M.interpolated(net, gan, 0.3)(x)
+    assert (backend.run(x) - ref).abs().max() < 1e-5
+    backend.set_alpha(0.3)
+    assert backend.alpha == 0.3 and (backend.run(x) - blend).abs().max() < 1e-5
+    image = (np.random.default_rng(0).random((10, 14, 3)) * 255).astype(np.uint8)
+    backend.set_alpha(0.0)
+    got = engine.infer(backend, image, tile=0)
+    want = engine.infer(net, image, tile=0)
+    assert got.shape == want.shape and np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+def test_ncnn_backend_refuses_what_it_cannot_run() -> None:
+    info = get("ncnn")
+    edsr = M.build("edsr", dict(num_block=1, num_feat=8))
+    assert info.network(edsr, "fp32") == "ncnn models here are rrdbnet, srvgg, not edsr"
+    with pytest.raises(ValueError, match="runs on the CPU here, not cuda"):
+        info.from_network(M.build("srvgg", dict(num_feat=4, num_conv=1)), device="cuda")
+    with pytest.raises(ValueError, match="alpha needs the GAN weights"):
+        info.from_network(M.build("srvgg", dict(num_feat=4, num_conv=1))).set_alpha(0.5)
+
+
+def test_upscale_runs_a_checkpoint_with_ncnn(tmp_path: Path) -> None:
+    import cv2
+
+    from engine.upscale import main as upscale
+
+    torch.manual_seed(0)
+    net = M.build("srvgg", dict(num_feat=8, num_conv=2, scale=2)).eval()
+    M.save(net, tmp_path / "net.safetensors")
+    image = (np.random.default_rng(0).random((12, 10, 3)) * 255).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "in.png"), image)
+    assert upscale(["-i", str(tmp_path / "in.png"), "-o", str(tmp_path / "out"), "-n",
+                    str(tmp_path / "net.safetensors"), "--backend", "ncnn"]) == 0
+    got = cv2.imread(str(tmp_path / "out" / "in_out.png"))
+    want = cv2.cvtColor(engine.infer(net, cv2.cvtColor(image, cv2.COLOR_BGR2RGB)), cv2.COLOR_RGB2BGR)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
