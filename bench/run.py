@@ -72,6 +72,7 @@ from bench.measure import (  # noqa: E402
 from engine.atomic import atomic_write  # noqa: E402
 from engine.backends import registry  # noqa: E402
 from engine.backends.registry import BackendInfo, BenchRow  # noqa: E402
+from engine.models import pretrained  # noqa: E402
 from engine.models.flops import macs_per_pixel  # noqa: E402
 
 SCHEMA_VERSION = 1
@@ -90,26 +91,33 @@ class Workload:
 
     name: str
     what: str
-    model: str  # a registered variant (random weights), or "default": the shipped default model
+    model: str  # a published model (engine.models.PRETRAINED; random weights of `fallback` where it is not on this
+    #             machine), a registered variant (random weights), or "default": the shipped default model
     width: int
     height: int
     device: str = "cuda"
     batch: int = 1
     tile: int = 0
     tile_batch: int = 4
+    fallback: str = "rrdb23"  # the variant a published model's workload runs with random weights when it is absent
 
     @property
     def frames(self) -> int:
         return self.batch
 
 
+X4PLUS = "RealESRGAN_x4plus"  # the ESRGAN network of Real-ESRGAN (rrdb23's shape): the GPU workloads' weights
 WORKLOADS = [
-    Workload("1080p", "480×270 → 1920×1080 video frame", "rrdb23", 480, 270),
-    Workload("4k", "960×540 → 3840×2160 video frame", "rrdb23", 960, 540),
-    Workload("8k-tiled", "1920×1080 → 7680×4320 frame, tiles of 560, 4 per call", "rrdb23", 1920, 1080, tile=560),
-    Workload("256-batch8", "8 tiles of 256×256 → 1024×1024 per call", "rrdb23", 256, 256, batch=8),
+    Workload("1080p", "480×270 → 1920×1080 video frame", X4PLUS, 480, 270),
+    Workload("4k", "960×540 → 3840×2160 video frame", X4PLUS, 960, 540),
+    Workload("8k-tiled", "1920×1080 → 7680×4320 frame, tiles of 560, 4 per call", X4PLUS, 1920, 1080, tile=560),
+    Workload("256-batch8", "8 tiles of 256×256 → 1024×1024 per call", X4PLUS, 256, 256, batch=8),
     Workload("default-cpu", "the shipped example photo, 640×427 → 2560×1708, with the shipped default model",
              "default", 640, 427, device="cpu"),
+    Workload("x4plus-cpu", "the example photo at 256×171 → 1024×684, RealESRGAN_x4plus", X4PLUS, 256, 171,
+             device="cpu"),
+    Workload("animevideov3-cpu", "the example photo at 640×427 → 2560×1708, realesr-animevideov3",
+             "realesr-animevideov3", 640, 427, device="cpu", fallback="realesr-animevideov3"),
 ]
 QUICK = [
     Workload("quick-frame", "160×120 → 640×480 frame, shipped default model", "default", 160, 120, device="cpu"),
@@ -247,18 +255,35 @@ BASELINE = "torch-fp32"
 def load_network(w: Workload) -> tuple[M.SRNet, M.SRNet, str]:
     """(network, its GAN endpoint, where the weights came from)."""
     if w.model == "default":
-        net, _ = M.load(DEFAULT_MODEL)
-        gan, _ = M.load(DEFAULT_MODEL)
-        g = torch.Generator().manual_seed(1)
-        with torch.no_grad():  # no GAN fine-tune ships: a perturbed copy stands in as the endpoint set_alpha blends
-            for p in gan.parameters():
-                p.add_(0.01 * p.abs().mean() * torch.randn(p.shape, generator=g))
-        return net.eval(), gan.eval(), f"{DEFAULT_MODEL.relative_to(REPO)} (GAN endpoint: it plus 1% noise)"
+        net, _ = M.load(DEFAULT_MODEL)  # no GAN fine-tune ships: a perturbed copy stands in as the alpha endpoint
+        return net.eval(), _perturbed(net), f"{DEFAULT_MODEL.relative_to(REPO)} (GAN endpoint: it plus 1% noise)"
+    if pretrained.is_published(w.model):
+        try:
+            path = pretrained.resolve(w.model, download=False)
+        except pretrained.PretrainedError as e:
+            print(f"{w.model} is not on this machine ({e}): random {w.fallback} weights instead", file=sys.stderr)
+            return _random(w.fallback, f"random {w.fallback} weights (seeds 0 and 1): {w.model} is not on this "
+                                       f"machine (python -m engine.models fetch {w.model})")
+        net, _ = M.load(path)
+        return net.eval(), _perturbed(net), f"{w.model} ({path.name}; GAN endpoint: it plus 1% noise)"
+    return _random(w.model, "random weights (seeds 0 and 1)")
+
+
+def _random(variant: str, what: str) -> tuple[M.SRNet, M.SRNet, str]:
     torch.manual_seed(0)
-    net = M.create(w.model).eval()
+    net = M.create(variant).eval()
     torch.manual_seed(1)
-    gan = M.create(w.model).eval()
-    return net, gan, "random weights (seeds 0 and 1)"
+    return net, M.create(variant).eval(), what
+
+
+def _perturbed(net: M.SRNet) -> M.SRNet:
+    """A copy of `net` with 1% noise on every weight: the GAN endpoint set_alpha blends where none ships."""
+    gan = copy.deepcopy(net)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in gan.parameters():
+            p.add_(0.01 * p.abs().mean() * torch.randn(p.shape, generator=g))
+    return gan.eval()
 
 
 def inputs(w: Workload) -> tuple[list[np.ndarray], np.ndarray | None, torch.Tensor | None]:

@@ -4,6 +4,7 @@ definitions, and README's performance section against the committed results (ben
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import subprocess
@@ -270,3 +271,30 @@ def test_datasheet_peaks_are_looked_up_by_gpu_name() -> None:
     assert measure.datasheet("NVIDIA H100 80GB HBM3")["fp16"] == 989.0
     assert measure.datasheet("NVIDIA H200")["int8"] == 1979.0
     assert measure.datasheet("NVIDIA GeForce RTX 4090") is None  # measured instead, and the report says so
+
+
+def test_published_model_workloads_use_the_real_weights_or_say_they_could_not(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rrdb23-sized workloads run RealESRGAN_x4plus where it is on this machine; elsewhere random weights of
+    the same shape, and the result says why."""
+    import engine.models as M
+
+    pretrained = sys.modules["engine.models.pretrained"]
+    w = next(w for w in run.WORKLOADS if w.name == "1080p")
+    assert w.model == "RealESRGAN_x4plus" and w.fallback == "rrdb23"
+
+    def absent(name: str, **kwargs: Any) -> Path:
+        raise pretrained.PretrainedError(f"{name} is not in the cache")
+
+    monkeypatch.setattr(pretrained, "resolve", absent)
+    small = dataclasses.replace(w, fallback="msrresnet")
+    net, gan, where = run.load_network(small)
+    assert net.arch == "msrresnet" and "random msrresnet weights" in where and "RealESRGAN_x4plus is not" in where
+
+    torch.manual_seed(0)
+    path = tmp_path / "RealESRGAN_x4plus.safetensors"
+    M.save(M.build("rrdbnet", dict(num_feat=8, num_block=1, num_grow_ch=4, scale=4)), path)
+    monkeypatch.setattr(pretrained, "resolve", lambda name, **kwargs: path)
+    net, gan, where = run.load_network(w)
+    assert net.hparams["num_feat"] == 8 and where.startswith("RealESRGAN_x4plus (RealESRGAN_x4plus.safetensors")
+    assert not torch.equal(net.conv_first.weight, gan.conv_first.weight)  # a perturbed copy as the GAN endpoint
