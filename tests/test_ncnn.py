@@ -263,8 +263,9 @@ def _ncnn_forward(param: Path, bin_path: Path, x: torch.Tensor, blob: str = "out
         setattr(net.opt, option, False)
     net.opt.num_threads = 2
     assert net.load_param(str(param)) == 0 and net.load_model(str(bin_path)) == 0
+    pixels = np.ascontiguousarray(x[0].numpy())  # ncnn.Mat does not hold its buffer: keep it alive
     ex = net.create_extractor()
-    ex.input("data", ncnn.Mat(np.ascontiguousarray(x[0].numpy())))
+    ex.input("data", ncnn.Mat(pixels))
     ret, out = ex.extract(blob)
     assert ret == 0
     return torch.from_numpy(np.array(out)).unsqueeze(0)

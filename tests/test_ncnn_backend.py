@@ -37,6 +37,21 @@ def test_ncnn_backend_computes_what_pytorch_computes(arch: str, hparams: dict, t
     assert got.shape == want.shape and np.abs(got.astype(int) - want.astype(int)).max() <= 1
 
 
+def test_ncnn_backend_reads_a_batch_laid_out_in_any_order() -> None:
+    """A batch made from HWC images by permute is not contiguous: each image is copied for ncnn, and the copy must
+    live until ncnn has read it (ncnn.Mat does not hold it; a freed copy gave outputs of 1e22)."""
+    torch.manual_seed(0)
+    net = M.build("rrdbnet", dict(num_feat=8, num_block=1, num_grow_ch=4, scale=4)).eval()
+    backend = get("ncnn").from_network(net, threads=1)
+    hwc = torch.rand(4, 64, 64, 3, generator=torch.Generator().manual_seed(1))
+    batch = hwc.permute(0, 3, 1, 2)
+    assert not batch.is_contiguous()
+    with torch.no_grad():
+        ref = net(batch.contiguous())
+    for _ in range(3):
+        assert (backend.run(batch) - ref).abs().max() < 1e-5
+
+
 def test_ncnn_backend_refuses_what_it_cannot_run() -> None:
     info = get("ncnn")
     edsr = M.build("edsr", dict(num_block=1, num_feat=8))

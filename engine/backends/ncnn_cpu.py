@@ -87,8 +87,9 @@ class NcnnBackend:
         """float32 (N, C, h, w) in [0, 1] → float32 (N, C, h·scale, w·scale), one ncnn extraction per image."""
         outs = []
         for image in batch.detach().cpu().float().numpy():
+            pixels = np.ascontiguousarray(image)  # ncnn.Mat reads this buffer without holding it: keep it alive
             ex = self._session.create_extractor()
-            ex.input("data", self._ncnn.Mat(np.ascontiguousarray(image)))
+            ex.input("data", self._ncnn.Mat(pixels))
             code, out = ex.extract("output")
             if code != 0:
                 raise RuntimeError(f"ncnn failed to run the model (code {code})")
