@@ -87,15 +87,14 @@ def parser() -> argparse.ArgumentParser:
     precision = p.add_mutually_exclusive_group()
     for name, text in (("fp32", "float32"), ("fp16", "float16"), ("bf16", "bfloat16"),
                        ("int8", "INT8 by explicit Q/DQ quantization; needs --calib")):
-        takes = [b.name for b in registry.backends() if b.build is not None and name in b.precisions]
-        default = [b.name for b in registry.backends() if b.build is not None and b.precisions[0] == name]
+        takes = [b.name for b in _builders() if name in b.precisions]
+        default = [b.name for b in _builders() if b.precisions[0] == name]
         precision.add_argument(f"--{name}", dest="precision", action="store_const", const=name,
                                help=f"{text}: {', '.join(takes)} (default with {', '.join(default) or 'none'})")
-    engines = registry.names(lambda b: b.build is not None)
-    p.add_argument("--backend", choices=["auto", *engines], default="auto",
+    p.add_argument("--backend", choices=["auto", *(b.name for b in _builders())], default="auto",
                    help="engine backend: " + "; ".join(f"{b.name}: {b.label} ({', '.join(b.precisions)}"
                                                         f"{', a GPU' if b.needs_gpu else ''})" for b in
-                                                        registry.backends() if b.build is not None)
+                                                        _builders())
                    + " (default: auto: " + ", else ".join(_auto_order()) + ")")
     p.add_argument("--arch", type=int, help="native: the SM architecture to compile for, e.g. 90 for H100/H200 "
                    "(default: this machine's GPU, else 90)")
@@ -119,9 +118,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _builders() -> list[registry.BackendInfo]:
+    """The registered backends that build engine folders (the --backend choices)."""
+    return [b for b in registry.backends() if b.build is not None]
+
+
 def _auto_order() -> list[str]:
-    return [b.name for b in sorted((b for b in registry.backends() if b.build is not None and b.auto is not None),
-                                   key=lambda b: b.auto or 0)]
+    return [b.name for b in sorted((b for b in _builders() if b.auto is not None), key=lambda b: b.auto or 0)]
 
 
 def choose_backend(requested: str) -> tuple[str, str]:
@@ -155,7 +158,7 @@ def check_args(args: argparse.Namespace, backend: str) -> str:
         raise BuildError(f"--arch {args.arch} is not a GPU architecture the native backend compiles for "
                          f"({', '.join(map(str, SM_ARCHS))}): e.g. --arch 90 for H100/H200, 80 for A100")
     if precision not in info.precisions:
-        takes = [b.name for b in registry.backends() if b.build is not None and precision in b.precisions]
+        takes = [b.name for b in _builders() if precision in b.precisions]
         raise BuildError(f"--{precision} is for --backend {' or '.join(takes)}; {info.label} engines take "
                          f"{', '.join('--' + p for p in info.precisions)}")
     if args.tile <= 0 or args.batch <= 0:
@@ -183,8 +186,7 @@ def check_network(net: models.SRNet, backend: str, precision: str, tile: int) ->
     """What the backend and the tile need from the network, before any work."""
     why = registry.get(backend).network(net, precision)
     if why is not None:
-        others = [b.name for b in registry.backends() if b.build is not None and b.network(net, precision) is None
-                  and precision in b.precisions]
+        others = [b.name for b in _builders() if b.network(net, precision) is None and precision in b.precisions]
         raise BuildError(f"--backend {backend}: {why}" + (f"; use --backend {' or '.join(others)}" if others else ""))
     if tile % net.input_multiple:
         raise BuildError(f"--tile {tile} must be a multiple of {net.input_multiple} for this ×{net.scale} network")

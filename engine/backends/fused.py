@@ -38,10 +38,8 @@ class TritonBackend:
         if self.device.type != "cuda" and not _interpreting():
             raise RuntimeError("the triton backend runs its kernels on a CUDA GPU; this machine has none (set "
                                "TRITON_INTERPRET=1 before anything imports triton to run them, slowly, on the CPU)")
-        try:
-            import triton  # noqa: F401
-        except ImportError as e:
-            raise RuntimeError(f"the triton backend needs Triton: pip install 'esrgan-engine[triton]' ({e})") from e
+        if (why := triton_missing()) is not None:
+            raise RuntimeError(f"the triton backend needs Triton: {why}")
         from kernels.fused import fused_network
 
         self.dtype = dtype
