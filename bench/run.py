@@ -199,9 +199,9 @@ def _fixed_shape(one_shape: bool) -> Callable[[Workload], tuple[int, int]]:
             return w.width, w.batch
         if w.tile:
             return w.tile, w.tile_batch
-        if one_shape:  # an engine of one shape (a native plan): two tiles of the shorter side, not the longer squared
-            side = -(-min(w.width, w.height) // 16) * 16
-            return side, 2
+        if one_shape:  # an engine of one shape (a native plan): two tiles of the shorter side, not the longer squared;
+            # no larger than the frame, whose edge rows would otherwise be padded (docs/native-plans.md#on-a-gpu)
+            return min(w.width, w.height), 2
         return max(w.width, w.height), 1  # TensorRT's profile takes the whole frame: any shape up to tile × tile
     return shape
 

@@ -479,3 +479,15 @@ def test_native_runtime_matches_triton_and_reference_on_gpu(tmp_path: Path) -> N
     assert dev.is_cuda and dev.shape == (3, 180, 280)
     host = engine.infer(native, image.astype(np.float32) / 255)
     assert np.abs(dev.cpu().numpy().transpose(1, 2, 0) - host).max() <= 1e-6
+
+
+def test_an_image_smaller_than_the_plan_tile_is_named_before_it_is_padded() -> None:
+    """The native runtime pads an image smaller than its one tile shape by repeating edge pixels, which changes the
+    network's output near that edge (seen on an H200): upscale_planes warns with the --tile that avoids it."""
+    from engine.backends.native import padded_edges
+
+    assert padded_edges(544, 540, 960) is not None and "height 540" in padded_edges(544, 540, 960)
+    assert "--tile 540" in padded_edges(544, 540, 960)
+    both = padded_edges(512, 300, 400)
+    assert both is not None and "height 300 and width 400" in both
+    assert padded_edges(540, 540, 960) is None and padded_edges(256, 1080, 1920) is None

@@ -96,6 +96,9 @@ class NativeBackend:
         if tile not in (None, self.tile):
             raise ValueError(f"{self.path} was built for {self.tile}-pixel tiles, not {tile}: rebuild it with "
                              f"--tile {tile} or leave tile unset")
+        why = padded_edges(self.tile, int(planes.shape[-2]), int(planes.shape[-1]))
+        if why:
+            log.warning("%s: %s", self.path, why)
         if 2 * tile_overlap > self.tile:
             log.warning("tile overlap %d is more than half the plan's tile %d: using %d", tile_overlap, self.tile,
                         self.tile // 2)
@@ -113,6 +116,18 @@ class NativeBackend:
     def bytes_per_pixel(self) -> float:
         s = self.shapes[0]
         return float(self.runtime.arena_bytes) / (s["n"] * s["h"] * s["w"])
+
+
+def padded_edges(tile: int, height: int, width: int) -> str | None:
+    """Why an image of height × width through a plan of `tile`-pixel tiles is not the network's output at its
+    edges, or None. The plan runs one tile shape, and the runtime pads a smaller image by repeating its edge pixels:
+    the network sees those instead of its zero padding (measured: docs/native-plans.md#on-a-gpu)."""
+    short = [f"{name} {n}" for name, n in (("height", height), ("width", width)) if n < tile]
+    if not short:
+        return None
+    return (f"the image's {' and '.join(short)} is less than the plan's {tile}-pixel tile: it is padded, and the "
+            f"output near that edge differs from the network's; build the plan with --tile {min(height, width)} "
+            f"or less for images of this size")
 
 
 # ---------------------------------------------------------------------------------------------------------
