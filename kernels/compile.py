@@ -73,9 +73,8 @@ def variants(dtype: str = "fp16") -> list[tuple[str, Any, dict[str, Any], dict[s
     tiles = {"BLOCK_M": blocks["block_m"], "BLOCK_N": blocks["block_n"], "BLOCK_K": blocks["block_k"]}
     options = {"num_warps": blocks["num_warps"], "num_stages": blocks["num_stages"]}
     # fp32 operands are multiplied exactly (as conv3x3 launches them), not in TF32
-    base = dict(ACT=0, HAS_R1=False, HAS_R2=False, HAS_BN=False, SHUFFLE=1, UPSAMPLE=False, KSIZE=3, TAPS=9,
-                EVEN_K=True,
-                IEEE=dtype == "fp32", X_INT8=False, OUT_INT8=False, **tiles)
+    base = dict(ACT=0, HAS_R1=False, R1_LOWRES=False, HAS_R2=False, HAS_BN=False, SHUFFLE=1, UPSAMPLE=False,
+                KSIZE=3, TAPS=9, EVEN_K=True, IEEE=dtype == "fp32", X_INT8=False, OUT_INT8=False, **tiles)
     conv = {
         "rdb conv1-4 (lrelu)": dict(base, ACT=1),
         "rdb conv5 (x + 0.2·y)": dict(base, HAS_R1=True),
@@ -87,6 +86,7 @@ def variants(dtype: str = "fp16") -> list[tuple[str, Any, dict[str, Any], dict[s
         "srgan block conv1 (batch norm, prelu)": dict(base, HAS_BN=True, ACT=3),
         "srgan block conv2 (batch norm, + x)": dict(base, HAS_BN=True, HAS_R1=True),
         "srgan conv_first 9×9 (cin 3, prelu)": dict(base, KSIZE=9, TAPS=81, EVEN_K=False, ACT=3),
+        "srvgg last conv (pixel shuffle ×4, + nearest ×4 input)": dict(base, SHUFFLE=4, HAS_R1=True, R1_LOWRES=True),
     }
     out: list[tuple[str, Any, dict[str, Any], dict[str, Any]]] = [
         (f"conv_kernel: {name}", conv_kernel, c, options) for name, c in conv.items()]

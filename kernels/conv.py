@@ -3,6 +3,7 @@
     conv3x3(x, w, bias, y, cin=nf + 2·gc, cout=gc, y_channel=nf + 2·gc, act="lrelu")        # an RDB conv
     conv3x3(x, w, bias, y, cin=nf, cout=4·nf, shuffle=2, act="prelu", slope=s)              # SRGAN upsampler
     conv2d(x, w, bias, y, cin=3, cout=nf, ksize=9, act="prelu", slope=s)                     # SRGAN conv_first
+    conv3x3(x, w, bias, y, cin=nf, cout=3·s², shuffle=s, res1=img, res1_lowres=True)        # SRVGG's last conv
     upconv2x(x, w_phases, bias, y, cin=nf, cout=nf, act="lrelu")                             # nearest ×2 + conv
 
 The GEMM: M = N·H·W output pixels, N = output channels, K = taps × input channels. A program computes a
@@ -21,6 +22,11 @@ dequantized by their scale; requantization if `y` is int8. Residuals are read at
 channels, so `res1`/`res2` may alias `y` (each element is read by the program that writes it, before it writes
 it). With `shuffle = r`, output channel c·r² + i·r + j of pixel (h, w) is stored at pixel (h·r + i, w·r + j),
 channel c: PixelShuffle done by the store.
+
+Low-resolution residual (`res1_lowres`, SRVGGNetCompact's `+ nearest×s(x)`): `res1` is read at the conv's own input
+grid pixel (h, w) and the stored channel c instead of at the stored pixel, so output pixel (h·r + i, w·r + j),
+channel c gets res1(h, w, c): the nearest ×r upsampled input, added without ever being made. `res1` is then
+(N, H, W, ≥cout/r²) and must not alias `y` (other programs write the pixels it reads).
 
 `upconv2x`: nearest ×2 followed by a 3×3 conv equals, for each output phase (py, px) ∈ {0, 1}², a 2×2 conv on the
 low-resolution grid whose taps are sums of the 3×3 taps (`fold_upconv_weight`), stored at (2h + py, 2w + px). No
@@ -51,9 +57,9 @@ def _epilogue(acc, offs_m, offs_n, mask_m, mask_n, img, oh, ow,
               H, W, COUT,
               stride_yn, stride_yh, stride_yw, stride_r1n, stride_r1h, stride_r1w, stride_r2n, stride_r2h, stride_r2w,
               slope, r1_scale, r2_scale, bn_eps, r1_dq, r2_dq, out_inv,
-              ACT: tl.constexpr, HAS_R1: tl.constexpr, HAS_R2: tl.constexpr, HAS_BN: tl.constexpr,
-              SHUFFLE: tl.constexpr, PHASE_Y, PHASE_X, UPSAMPLE: tl.constexpr, X_INT8: tl.constexpr,
-              OUT_INT8: tl.constexpr):
+              ACT: tl.constexpr, HAS_R1: tl.constexpr, R1_LOWRES: tl.constexpr, HAS_R2: tl.constexpr,
+              HAS_BN: tl.constexpr, SHUFFLE: tl.constexpr, PHASE_Y, PHASE_X, UPSAMPLE: tl.constexpr,
+              X_INT8: tl.constexpr, OUT_INT8: tl.constexpr):
     """dequantization (INT8), bias, batch norm, activation, residuals, requantization (INT8 output), then the store
     (shuffled, phase-interleaved or plain)."""
     if X_INT8:  # int32 sums of int8 products: one scale per output channel (weight scale · input slice scales)
@@ -93,8 +99,11 @@ def _epilogue(acc, offs_m, offs_n, mask_m, mask_n, img, oh, ow,
         out = tl.where(out >= 0, out, out * a[None, :])
     mask = mask_m[:, None] & mask_n[None, :]
     if HAS_R1:
-        r1 = tl.load(r1_ptr + (img[:, None] * stride_r1n + py * stride_r1h + px * stride_r1w + c2), mask=mask,
-                     other=0.0)
+        if R1_LOWRES:  # at the input-grid pixel (oh, ow), stored channel c: nearest ×SHUFFLE of res1
+            r1_off = (img * stride_r1n + oh * stride_r1h + ow * stride_r1w)[:, None] + c[None, :]
+        else:
+            r1_off = img[:, None] * stride_r1n + py * stride_r1h + px * stride_r1w + c2
+        r1 = tl.load(r1_ptr + r1_off, mask=mask, other=0.0)
         out = r1.to(tl.float32) * r1_dq + r1_scale * out
     if HAS_R2:
         r2 = tl.load(r2_ptr + (img[:, None] * stride_r2n + py * stride_r2h + px * stride_r2w + c2), mask=mask,
@@ -122,8 +131,9 @@ def conv_kernel(
     # epilogue scalars
     slope, r1_scale, r2_scale, bn_eps, r1_dq, r2_dq, out_inv,
     # meta-parameters
-    ACT: tl.constexpr, HAS_R1: tl.constexpr, HAS_R2: tl.constexpr, HAS_BN: tl.constexpr, SHUFFLE: tl.constexpr,
-    UPSAMPLE: tl.constexpr, KSIZE: tl.constexpr, TAPS: tl.constexpr, EVEN_K: tl.constexpr, IEEE: tl.constexpr,
+    ACT: tl.constexpr, HAS_R1: tl.constexpr, R1_LOWRES: tl.constexpr, HAS_R2: tl.constexpr, HAS_BN: tl.constexpr,
+    SHUFFLE: tl.constexpr, UPSAMPLE: tl.constexpr, KSIZE: tl.constexpr, TAPS: tl.constexpr, EVEN_K: tl.constexpr,
+    IEEE: tl.constexpr,
     X_INT8: tl.constexpr, OUT_INT8: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -179,8 +189,8 @@ def conv_kernel(
 
     _epilogue(acc, offs_m, offs_n, mask_m, mask_n, img, oh, ow, b_ptr, s_ptr, bn_ptr, q_ptr, y_ptr, r1_ptr, r2_ptr,
               H, W, COUT, stride_yn, stride_yh, stride_yw, stride_r1n, stride_r1h, stride_r1w, stride_r2n,
-              stride_r2h, stride_r2w, slope, r1_scale, r2_scale, bn_eps, r1_dq, r2_dq, out_inv, ACT, HAS_R1, HAS_R2,
-              HAS_BN, SHUFFLE, phase_y, phase_x, UPSAMPLE, X_INT8, OUT_INT8)
+              stride_r2h, stride_r2w, slope, r1_scale, r2_scale, bn_eps, r1_dq, r2_dq, out_inv, ACT, HAS_R1,
+              R1_LOWRES, HAS_R2, HAS_BN, SHUFFLE, phase_y, phase_x, UPSAMPLE, X_INT8, OUT_INT8)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -240,8 +250,8 @@ def _check_nhwc(name: str, t: torch.Tensor, batch: int, h: int, w: int, channels
 
 def _launch(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torch.Tensor, *, cin: int, cout: int,
             y_channel: int, act: str, slope: float | torch.Tensor, res1: torch.Tensor | None, res1_scale: float,
-            res2: torch.Tensor | None, res2_scale: float, bn: torch.Tensor | None, bn_eps: float, ksize: int,
-            shuffle: int, upsample: bool, block_m: int, block_n: int, block_k: int, num_warps: int,
+            res1_lowres: bool, res2: torch.Tensor | None, res2_scale: float, bn: torch.Tensor | None, bn_eps: float,
+            ksize: int, shuffle: int, upsample: bool, block_m: int, block_n: int, block_k: int, num_warps: int,
             num_stages: int, wscale: torch.Tensor | None = None, res1_dq: float = 1.0, res2_dq: float = 1.0,
             out_scale: float | None = None) -> torch.Tensor:
     n, h, w = x.shape[:3]
@@ -276,9 +286,12 @@ def _launch(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torc
         if not isinstance(slope, torch.Tensor) or tuple(slope.shape) != (cout_stored,):
             raise ValueError(f"prelu needs one slope per output channel: a tensor of shape ({cout_stored},)")
         slopes = slope
+    if res1_lowres and (res1 is None or upsample):
+        raise ValueError("res1_lowres reads res1 at the input grid's pixels: it needs res1, and no upsample")
     for name, r in (("res1", res1), ("res2", res2)):
         if r is not None:
-            _check_nhwc(name, r, n, h * up, w * up, cout_stored)
+            r_up = 1 if name == "res1" and res1_lowres else up
+            _check_nhwc(name, r, n, h * r_up, w * r_up, cout_stored)
     # allocate: the output is the caller's buffer, seen from its channel slice
     out = y[..., y_channel:]
     r1 = res1 if res1 is not None else out
@@ -298,17 +311,19 @@ def _launch(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torc
         float(res1_dq), float(res2_dq), 1.0 / out_scale if out_int8 and out_scale else 1.0,
     ]
     constexprs = dict(
-        ACT=ACTS[act], HAS_R1=res1 is not None, HAS_R2=res2 is not None, HAS_BN=bn is not None, SHUFFLE=shuffle,
-        UPSAMPLE=upsample, KSIZE=ksize, TAPS=4 if upsample else taps, EVEN_K=even_k,
+        ACT=ACTS[act], HAS_R1=res1 is not None, R1_LOWRES=res1_lowres, HAS_R2=res2 is not None,
+        HAS_BN=bn is not None, SHUFFLE=shuffle, UPSAMPLE=upsample, KSIZE=ksize, TAPS=4 if upsample else taps,
+        EVEN_K=even_k,
         IEEE=x.dtype == torch.float32, X_INT8=x_int8, OUT_INT8=out_int8,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
     )
     launch(conv_kernel, grid, args, constexprs, num_warps=num_warps, num_stages=num_stages)
     if _RECORDERS:
         e, stored = x.element_size(), m * up * up * cout_stored
+        r1_read = 0 if res1 is None else (m * cout_stored if res1_lowres else stored)
         entry = {"cin": cin, "cout": cout, "pixels": m, "upsample": upsample, "shuffle": shuffle,
                  "flops": 2 * m * taps * cin * cout,
-                 "bytes_read": (m * cin + stored * ((res1 is not None) + (res2 is not None))) * e,
+                 "bytes_read": (m * cin + r1_read + stored * (res2 is not None)) * e,
                  "bytes_written": stored * e}
         for launches in _RECORDERS:
             launches.append(entry)
@@ -329,17 +344,19 @@ def blocks_for(dtype: torch.dtype) -> dict[str, int]:
 
 def conv2d(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torch.Tensor, *, cin: int, cout: int,
            ksize: int = 3, y_channel: int = 0, act: str = "none", slope: float | torch.Tensor = 0.2,
-           res1: torch.Tensor | None = None, res1_scale: float = 1.0, res2: torch.Tensor | None = None,
-           res2_scale: float = 1.0, bn: torch.Tensor | None = None, bn_eps: float = 1e-5, shuffle: int = 1,
-           wscale: torch.Tensor | None = None, res1_dq: float = 1.0, res2_dq: float = 1.0,
-           out_scale: float | None = None, **blocks: int) -> torch.Tensor:
+           res1: torch.Tensor | None = None, res1_scale: float = 1.0, res1_lowres: bool = False,
+           res2: torch.Tensor | None = None, res2_scale: float = 1.0, bn: torch.Tensor | None = None,
+           bn_eps: float = 1e-5, shuffle: int = 1, wscale: torch.Tensor | None = None, res1_dq: float = 1.0,
+           res2_dq: float = 1.0, out_scale: float | None = None, **blocks: int) -> torch.Tensor:
     """y[..., y_channel:y_channel + cout/shuffle²] = epilogue(conv_k×k(x[..., :cin], w) + bias), "same" zero
     padding, stride 1; returns `y`.
 
     x: (N, H, W, ≥cin) NHWC, fp16/bf16/fp32; w_packed: (k²·cin, cout) from `pack_conv_weight` in x's dtype;
     bias: (cout,); y: (N, H·s, W·s, ≥y_channel + cout/s²) with s = `shuffle`; res1/res2: NHWC views read at
-    channels [0, cout/s²) (slice a wider buffer to offset them; they may alias y's slice). `slope`: the LeakyReLU
-    slope (float) or, for act="prelu", one slope per stored channel. `bn`: (4, cout) gamma, beta, running mean,
+    channels [0, cout/s²) (slice a wider buffer to offset them; they may alias y's slice). `res1_lowres=True`:
+    res1 is (N, H, W, ≥cout/s²) on the input's grid instead, and the epilogue adds its nearest ×s upsampling
+    (`nearest×s(res1) + res1_scale·out`; it must not alias y). `slope`: the LeakyReLU slope (float) or, for
+    act="prelu", one slope per stored channel. `bn`: (4, cout) gamma, beta, running mean,
     running var of an inference batch norm applied before the activation.
 
     INT8: with int8 `x` and `w_packed`, the int32 sums are scaled by `wscale` (float32, one per output channel);
@@ -348,9 +365,9 @@ def conv2d(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torch
     if ksize % 2 == 0:
         raise ValueError(f"ksize must be odd ('same' padding), got {ksize}")
     return _launch(x, w_packed, bias, y, cin=cin, cout=cout, y_channel=y_channel, act=act, slope=slope, res1=res1,
-                   res1_scale=res1_scale, res2=res2, res2_scale=res2_scale, bn=bn, bn_eps=bn_eps, ksize=ksize,
-                   shuffle=shuffle, upsample=False, wscale=wscale, res1_dq=res1_dq, res2_dq=res2_dq,
-                   out_scale=out_scale, **{**blocks_for(x.dtype), **blocks})
+                   res1_scale=res1_scale, res1_lowres=res1_lowres, res2=res2, res2_scale=res2_scale, bn=bn,
+                   bn_eps=bn_eps, ksize=ksize, shuffle=shuffle, upsample=False, wscale=wscale, res1_dq=res1_dq,
+                   res2_dq=res2_dq, out_scale=out_scale, **{**blocks_for(x.dtype), **blocks})
 
 
 def conv3x3(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torch.Tensor, **kwargs: Any
@@ -364,5 +381,5 @@ def upconv2x(x: torch.Tensor, w_phases: torch.Tensor, bias: torch.Tensor, y: tor
     """y (N, 2H, 2W, ≥y_channel + cout) = epilogue(conv3x3(nearest×2(x[..., :cin]))) without the ×2 tensor;
     `w_phases` from `fold_upconv_weight`."""
     return _launch(x, w_phases, bias, y, cin=cin, cout=cout, y_channel=y_channel, act=act, slope=slope, res1=None,
-                   res1_scale=1.0, res2=None, res2_scale=1.0, bn=None, bn_eps=0.0, ksize=3, shuffle=1,
-                   upsample=True, wscale=None, **{**blocks_for(x.dtype), **blocks})
+                   res1_scale=1.0, res1_lowres=False, res2=None, res2_scale=1.0, bn=None, bn_eps=0.0, ksize=3,
+                   shuffle=1, upsample=True, wscale=None, **{**blocks_for(x.dtype), **blocks})

@@ -51,6 +51,7 @@ def register_program(program: Program) -> Program:
 
 register_program(Program("rrdbnet", "kernels.rrdbnet:FusedRRDBNet", "kernels.rrdbnet_int8:FusedRRDBNetInt8"))
 register_program(Program("srresnet", "kernels.srresnet:FusedSRResNet"))
+register_program(Program("srvgg", "kernels.srvgg:FusedSRVGG"))
 
 
 def program_of(net: models.SRNet) -> Program | None:

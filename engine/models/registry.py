@@ -71,7 +71,7 @@ register_arch(Arch("srresnet", SRResNet, srresnet_hparams, fused="srresnet"))
 register_arch(Arch("msrresnet", MSRResNet, msrresnet_hparams))
 register_arch(Arch("edsr", EDSR, edsr_hparams))
 register_arch(Arch("rcan", RCAN, rcan_hparams))
-register_arch(Arch("srvgg", SRVGGNetCompact, srvgg_hparams))
+register_arch(Arch("srvgg", SRVGGNetCompact, srvgg_hparams, fused="srvgg"))
 register_arch(Arch("cascade", Cascade, None))
 
 # name → (arch, hyper-parameters). Hyper-parameters not given take the constructor's defaults.
