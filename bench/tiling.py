@@ -1,12 +1,14 @@
 """`python bench/tiling.py`: how close tiled output is to untiled output, ours (blended) vs crop-only tiles.
 
-For each real photo (scikit-image's held-out set of the default model) and tile size: the PSNR of the tiled
-output against the untiled one, for several overlaps, beside Real-ESRGAN's crop-only tiling (each tile run with
+For each real photo (scikit-image's held-out set of the default model, optionally a centre crop of each) and tile
+size: the PSNR and the worst pixel of the tiled output against the untiled one, for several overlaps, beside
+Real-ESRGAN's crop-only tiling (each tile run with
 `pad` pixels of context, the context cropped away, no blending) at the same tile size. All outputs are rounded
 to 8 bits first, as they would be saved. "Same tile size" is Real-ESRGAN's meaning of `-t`: the crop-only tiles
 have that side plus `pad` of context, ours have that side in all. Prints a Markdown table and writes
-bench/results/tiling.json; the default overlap is the smallest one that, for every image and tile size, clears
-the target and beats crop-only tiles.
+bench/results/tiling.json (or --json); the default overlap is the smallest one that, for every image and tile
+size, clears the target and beats crop-only tiles. `--model` takes a published name (RealESRGAN_x4plus,
+realesr-animevideov3) as well as a file.
 """
 
 from __future__ import annotations
@@ -49,36 +51,56 @@ def crop_only_tiles(backend: TorchBackend, planes: np.ndarray, tile: int, pad: i
     return out
 
 
+def to8(x: np.ndarray) -> np.ndarray:
+    """[0, 1] float planar (C, H, W) → the 8-bit values it would be saved with, (H, W, C) float64."""
+    return np.clip(np.rint(x.astype(np.float64) * 255), 0, 255).transpose(1, 2, 0)
+
+
 def psnr8(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR of two [0, 1] float planar images (C, H, W) after rounding to 8 bits (inf when identical)."""
-    def to8(x: np.ndarray) -> np.ndarray:
-        return np.clip(np.rint(x * 255), 0, 255).transpose(1, 2, 0)
-
     return psnr(to8(a), to8(b))
 
 
-def photos() -> dict[str, np.ndarray]:
+def worst8(a: np.ndarray, b: np.ndarray) -> int:
+    """The largest difference of two [0, 1] float planar images in 8-bit levels, after rounding."""
+    return int(np.abs(to8(a) - to8(b)).max())
+
+
+def photos(crop: int = 0, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """float32 (3, H, W) in [0, 1] of the held-out photos (`names`, default all), each its centre crop×crop when
+    crop > 0."""
     import skimage.data
 
     from train.photos import VAL
 
-    return {name: getattr(skimage.data, name)().astype(np.float32).transpose(2, 0, 1) / 255 for name in VAL}
+    out = {}
+    for name in names or list(VAL):
+        img = getattr(skimage.data, name)()
+        if crop:
+            h, w = img.shape[:2]
+            img = img[max(0, (h - crop) // 2):][:crop, max(0, (w - crop) // 2):][:, :crop]
+        out[name] = np.ascontiguousarray(img.astype(np.float32).transpose(2, 0, 1) / 255)
+    return out
 
 
-def measure(model: str, tiles: list[int], overlaps: list[int], pad: int) -> dict:
+def measure(model: str, tiles: list[int], overlaps: list[int], pad: int, crop: int = 0,
+            names: list[str] | None = None) -> dict:
     net, info = models.load(model)
     backend = TorchBackend(net)
     rows = []
-    for name, planes in photos().items():
-        planes = np.ascontiguousarray(planes)
+    for name, planes in photos(crop, names).items():
         whole = upscale_planes(backend, planes, tile=0)
         for tile in tiles:
+            if tile >= max(planes.shape[1:]):
+                continue  # one tile: the untiled output
             row = {"image": name, "size": list(planes.shape[1:]), "tile": tile}
             for overlap in overlaps:
                 if 2 * overlap <= tile:
-                    row[f"overlap_{overlap}"] = psnr8(upscale_planes(backend, planes, tile=tile, tile_overlap=overlap),
-                                                      whole)
-            row[f"crop_only_pad_{pad}"] = psnr8(crop_only_tiles(backend, planes, tile, pad), whole)
+                    tiled = upscale_planes(backend, planes, tile=tile, tile_overlap=overlap)
+                    row[f"overlap_{overlap}"], row[f"worst_{overlap}"] = psnr8(tiled, whole), worst8(tiled, whole)
+            crop_only = crop_only_tiles(backend, planes, tile, pad)
+            row[f"crop_only_pad_{pad}"] = psnr8(crop_only, whole)
+            row[f"crop_only_worst_{pad}"] = worst8(crop_only, whole)
             rows.append(row)
             print(row, file=sys.stderr)
     def good(o: int) -> bool:  # clears the target and beats crop-only at the same tile size, everywhere
@@ -86,21 +108,24 @@ def measure(model: str, tiles: list[int], overlaps: list[int], pad: int) -> dict
 
     chosen = next((o for o in overlaps if good(o)), None)
     return {"model": model, "model_info": {"arch": info.arch, "hparams": info.hparams}, "target_db": TARGET_DB,
-            "pad": pad, "tiles": tiles, "overlaps": overlaps, "rows": rows, "chosen_overlap": chosen,
+            "crop": crop, "pad": pad, "tiles": tiles, "overlaps": overlaps, "rows": rows, "chosen_overlap": chosen,
             "conditions": {"device": "cpu", "dtype": "fp32", "torch": torch.__version__,
                            "python": platform.python_version(), "cpu": platform.processor() or platform.machine()}}
 
 
 def markdown(result: dict) -> str:
     overlaps, pad = result["overlaps"], result["pad"]
+    def cell(db: float | None, worst: int | None) -> str:
+        if db is None:
+            return "–"
+        return "∞" if db == math.inf else (f"{db:.1f}" if worst is None else f"{db:.1f} / {worst}")
+
     head = "| image | tile | " + " | ".join(f"overlap {o}" for o in overlaps) + f" | crop-only, pad {pad} |"
     lines = [head, "|" + "---|" * (3 + len(overlaps))]
     for r in result["rows"]:
-        cells = [("–" if (v := r.get(f"overlap_{o}")) is None else ("∞" if v == math.inf else f"{v:.1f}"))
-                 for o in overlaps]
-        crop = r[f"crop_only_pad_{pad}"]
-        lines.append(f"| {r['image']} | {r['tile']} | " + " | ".join(cells) +
-                     f" | {'∞' if crop == math.inf else f'{crop:.1f}'} |")
+        cells = [cell(r.get(f"overlap_{o}"), r.get(f"worst_{o}")) for o in overlaps]
+        crop = cell(r[f"crop_only_pad_{pad}"], r.get(f"crop_only_worst_{pad}"))
+        lines.append(f"| {r['image']} | {r['tile']} | " + " | ".join(cells) + f" | {crop} |")
     return "\n".join(lines)
 
 
@@ -110,16 +135,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiles", default="64,128,256", help="tile sides in input pixels (default: 64,128,256)")
     p.add_argument("--overlaps", default="8,16,24,32", help="overlaps in input pixels (default: 8,16,24,32)")
     p.add_argument("--pad", type=int, default=10, help="context of the crop-only baseline (default: 10, Real-ESRGAN's)")
+    p.add_argument("--crop", type=int, default=0, help="centre crop of each photo, in pixels (default: 0, whole)")
+    p.add_argument("--images", default="", help="comma-separated photo names (default: all held-out photos)")
     p.add_argument("--json", default=str(REPO / "bench" / "results" / "tiling.json"), help="output JSON")
     args = p.parse_args(argv)
     result = measure(args.model, [int(t) for t in args.tiles.split(",")], [int(o) for o in args.overlaps.split(",")],
-                     args.pad)
+                     args.pad, args.crop, [n for n in args.images.split(",") if n] or None)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     finite = {**result, "rows": [{k: (None if v == math.inf else v) for k, v in r.items()} for r in result["rows"]]}
     out.write_text(json.dumps(finite, indent=2) + "\n")  # null: identical to the untiled output
     print(markdown(result))
-    print(f"\nPSNR (dB) of tiled vs untiled output, 8-bit; chosen default overlap (≥ {TARGET_DB} dB and ≥ crop-only "
+    print(f"\nPSNR (dB) / worst pixel (levels) of tiled vs untiled output, 8-bit; chosen default overlap "
+          f"(≥ {TARGET_DB} dB and ≥ crop-only "
           "everywhere): "
           f"{result['chosen_overlap']}")
     return 0

@@ -34,7 +34,7 @@ def test_the_table_names_each_architecture_once_with_its_class_detection_and_fus
     assert rows == {
         "rrdbnet": (M.RRDBNet, True, "rrdbnet"), "srresnet": (M.SRResNet, True, "srresnet"),
         "msrresnet": (M.MSRResNet, True, None), "edsr": (M.EDSR, True, None), "rcan": (M.RCAN, True, None),
-        "srvgg": (M.SRVGGNetCompact, True, None), "cascade": (M.Cascade, False, None),
+        "srvgg": (M.SRVGGNetCompact, True, "srvgg"), "cascade": (M.Cascade, False, None),
     }
     assert all(a.cls.arch == name for name, a in M.ARCHS.items())
     assert all(M.ARCHS[f.arch].detect is not None for f in FORMATS)  # every layout row names a detecting arch

@@ -314,8 +314,8 @@ def test_verify_refuses_a_reference_network_whose_output_is_not_finite(weights: 
 
 
 @pytest.mark.parametrize("flags,words", [
-    (["--backend", "triton"], "--backend triton: the fused kernels run rrdbnet, srresnet, not edsr"),
-    (["--backend", "native"], "--backend native: the fused kernels run rrdbnet, srresnet, not edsr"),
+    (["--backend", "triton"], "--backend triton: the fused kernels run rrdbnet, srresnet, srvgg, not edsr"),
+    (["--backend", "native"], "--backend native: the fused kernels run rrdbnet, srresnet, srvgg, not edsr"),
     (["--backend", "native", "--arch", "5"], "--arch 5 is not a GPU architecture"),
     (["--backend", "native", "--arch", "-90"], "--arch -90 is not a GPU architecture"),
     (["--arch", "90"], "--arch is for --backend native"),

@@ -388,7 +388,7 @@ def test_a_plan_that_differs_from_what_we_record_is_refused(tmp_path: Path, what
 
 
 def test_build_refuses_what_a_plan_cannot_hold() -> None:
-    with pytest.raises(ValueError, match="the fused kernels run rrdbnet, srresnet, not edsr"):
+    with pytest.raises(ValueError, match="the fused kernels run rrdbnet, srresnet, srvgg, not edsr"):
         fused_network(M.create("edsr", num_block=1, num_feat=16), "fp16")
     with pytest.raises(P.PlanBuildError, match="multiples of 2"):
         P.build_plan(fused_network(_rrdb(0, scale=2), "fp16"), [(1, 3, 5, 6)], compile=False)

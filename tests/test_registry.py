@@ -113,7 +113,7 @@ def test_registry_changes_what_a_manifest_may_name(tmp_path: Path) -> None:
 def test_every_architecture_is_in_the_table_with_its_fused_program() -> None:
     from kernels.fused import PROGRAMS, fused_archs, unsupported
 
-    assert fused_archs() == ["rrdbnet", "srresnet"] and set(PROGRAMS) == {"rrdbnet", "srresnet"}
+    assert fused_archs() == ["rrdbnet", "srresnet", "srvgg"] and set(PROGRAMS) == {"rrdbnet", "srresnet", "srvgg"}
     assert unsupported(M.create("edsr", num_block=1, num_feat=8), "fp16") is not None
     assert unsupported(M.create("srgan", num_block=1, num_feat=8), "int8") is not None  # no INT8 program for it
     assert unsupported(M.create("rrdb6"), "int8") is None
