@@ -7,7 +7,8 @@
 
 A plan is the fused forward of `kernels/` (FusedRRDBNet, FusedRRDBNetInt8, FusedSRResNet, FusedSRVGG) frozen:
 every Triton kernel variant it launches, compiled for one GPU architecture with
-`triton.compile(..., GPUTarget("cuda", arch, 32))` (this runs without a GPU), and the ordered list of launches of each built input shape with every argument
+`triton.compile(..., GPUTarget("cuda", arch, 32))` (this runs without a GPU), and the ordered list of launches of
+each built input shape with every argument
 resolved to a number or to a byte offset into one of two device buffers:
 
     arena    per-shape scratch: the NHWC activations, the float32 NCHW input and output of the tile batch; its size
