@@ -103,7 +103,8 @@ def parser() -> argparse.ArgumentParser:
                    f"(default: {DEFAULT_MODEL})")
     runners = registry.backends()
     p.add_argument("--backend", choices=["auto", *(b.name for b in runners if b.from_network)], default="auto",
-                   help="how a checkpoint runs: auto = PyTorch on CUDA, ONNX Runtime on the CPU (bf16: PyTorch); "
+                   help="how a checkpoint runs: auto = PyTorch on CUDA; on the CPU at fp32, the fastest installed "
+                   "backend for the network's architecture (docs/onnxruntime.md), else PyTorch (bf16: PyTorch); "
                    + "; ".join(f"{b.name} = {b.label} ({', '.join(b.precisions)})" for b in runners if b.from_network)
                    + " (default: auto)")
     p.add_argument("-s", "--outscale", type=float, help="final scale, resized after the network (default: the "
@@ -265,9 +266,16 @@ def make_backend(args: argparse.Namespace) -> Backend:
     precision = args.precision or ("fp16" if device.startswith("cuda") else "fp32")
     if precision == "fp16" and device == "cpu":
         raise UsageError("--fp16 needs a CUDA device; on the CPU use --bf16 or --fp32")
+    if (args.alpha is None) != (args.gan_weights is None):
+        raise UsageError("--alpha and --gan-weights go together: the blend of the model (alpha 0) and its GAN "
+                         "fine-tune (alpha 1)")
+    net, _ = models.load(source)
     kind = args.backend
+    fallbacks: list[str] = []
     if kind == "auto":
-        kind = "onnxruntime" if device == "cpu" and precision == "fp32" else "torch"
+        ranked = [b.name for b in registry.cpu_defaults(net, precision)] if device == "cpu" and precision == "fp32" \
+            else []
+        kind, fallbacks = (ranked or ["torch"])[0], ranked[1:]
     info = registry.get(kind)
     if torch.device(device).type not in info.devices:
         raise UsageError(f"--backend {kind} runs on {' or '.join(info.devices)}, and this run is on {device}; use "
@@ -279,18 +287,22 @@ def make_backend(args: argparse.Namespace) -> Backend:
     why = info.unavailable()
     if why is not None:
         raise UsageError(f"--backend {kind}: {why}")
-    if (args.alpha is None) != (args.gan_weights is None):
-        raise UsageError("--alpha and --gan-weights go together: the blend of the model (alpha 0) and its GAN "
-                         "fine-tune (alpha 1)")
-    net, _ = models.load(source)
     gan = models.load(args.gan_weights)[0] if args.gan_weights else None
     why = info.network(net, precision)
     if why is not None:
         raise UsageError(f"--backend {kind}: {why}; use --backend torch")
     options = {"channels_last": True} if args.channels_last and kind == "torch" else {}
     assert info.from_network is not None
-    backend: Any = info.from_network(net, gan_net=gan, precision=precision, device=device, threads=args.threads,
-                                     **options)
+    try:
+        backend: Any = info.from_network(net, gan_net=gan, precision=precision, device=device, threads=args.threads,
+                                         **options)
+    except OSError as e:  # e.g. no room for the model files ncnn loads: the next-fastest default needs none
+        if not fallbacks:
+            raise
+        print(f"warning: {info.label} could not start ({e}); running {fallbacks[0]} instead", file=sys.stderr)
+        nxt = registry.get(fallbacks[0]).from_network
+        assert nxt is not None  # cpu_defaults lists only backends that run networks
+        backend = nxt(net, gan_net=gan, precision=precision, device=device, threads=args.threads)
     if args.alpha is not None:
         backend.set_alpha(args.alpha)
     return backend

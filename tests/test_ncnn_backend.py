@@ -77,3 +77,42 @@ def test_upscale_runs_a_checkpoint_with_ncnn(tmp_path: Path) -> None:
     got = cv2.imread(str(tmp_path / "out" / "in_out.png"))
     want = cv2.cvtColor(engine.infer(net, cv2.cvtColor(image, cv2.COLOR_BGR2RGB)), cv2.COLOR_RGB2BGR)
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("arch,hparams,expected", [("srvgg", dict(num_feat=4, num_conv=1, scale=2), "NcnnBackend"),
+                                                   ("rrdbnet", dict(num_feat=4, num_block=1, num_grow_ch=4, scale=4),
+                                                    "NcnnBackend"),
+                                                   ("srresnet", dict(num_feat=4, num_block=1, scale=2), "OrtBackend")])
+def test_upscale_runs_what_ncnn_writes_on_ncnn_and_the_others_on_onnxruntime(arch: str, hparams: dict,
+                                                                            expected: str, tmp_path: Path) -> None:
+    """engine.upscale's CPU default is the faster runtime per architecture (docs/onnxruntime.md#the-cpu-default);
+    the output through it is the network's."""
+    from engine import upscale
+
+    torch.manual_seed(0)
+    net = M.build(arch, hparams).eval()
+    M.save(net, tmp_path / "net.safetensors")
+    args = upscale.parser().parse_args(["-n", str(tmp_path / "net.safetensors"), "-i", "x", "-o", "y",
+                                        "--device", "cpu"])
+    backend = upscale.make_backend(args)
+    assert type(backend).__name__ == expected
+    image = (np.random.default_rng(0).random((9, 11, 3)) * 255).astype(np.uint8)
+    got, want = engine.infer(backend, image, tile=0), engine.infer(net, image, tile=0)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+def test_the_memory_a_pixel_takes_in_ncnn_is_measured_not_borrowed_from_pytorch() -> None:
+    """The automatic tile budgets with bytes_per_pixel: ncnn's is the measured growth of the peak resident memory
+    over a probe, more than PyTorch's estimate for the same network."""
+    from engine.backends import ncnn_cpu
+    from engine.backends.torch_eager import TorchBackend
+
+    grown = ncnn_cpu.peak_rss_growth(lambda: np.ones(64 * 2**20, dtype=np.uint8))  # 64 MiB touched
+    if grown is None:
+        pytest.skip("the peak resident memory cannot be read or reset here (/proc/self/clear_refs)")
+    assert 60 * 2**20 <= grown <= 200 * 2**20
+    torch.manual_seed(0)
+    net = M.build("srvgg", dict(num_feat=32, num_conv=4, scale=4)).eval()
+    backend = get("ncnn").from_network(net, threads=1)
+    bpp = backend.bytes_per_pixel()
+    assert bpp > TorchBackend(net).bytes_per_pixel() and bpp == backend.bytes_per_pixel()

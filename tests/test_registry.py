@@ -161,3 +161,44 @@ def test_alpha_on_an_architecture_whose_graph_loses_weight_names_is_refused_clea
     with pytest.raises(ExportError, match="alpha refit is unavailable"):  # engine.build's step for onnxruntime
         get("onnxruntime").build(request)  # type: ignore[misc]
 
+
+
+def test_upscale_auto_on_the_cpu_takes_the_available_backend_of_lowest_rank_that_runs_the_network(
+        tmp_path: Path) -> None:
+    """engine.upscale --backend auto at fp32 on the CPU asks `cpu_default`: a backend whose library is missing, or
+    that refuses the network, is passed over for the next rank; without any, PyTorch."""
+    from engine import upscale
+    from engine.backends import registry
+
+    made: list[str] = []
+
+    def maker(name: str):  # noqa: ANN202
+        def from_network(net: M.SRNet, **kw: object) -> str:
+            made.append(name)
+            return name
+        return from_network
+
+    rows = [BackendInfo(name="t-missing", label="missing", precisions=("fp32",), devices=("cpu",),
+                        unavailable=lambda: "its library is not installed", from_network=maker("t-missing"),
+                        cpu_rank=lambda net: -3),
+            BackendInfo(name="t-refuses", label="refuses", precisions=("fp32",), devices=("cpu",),
+                        unavailable=lambda: None, network=lambda net, p: "not this network",
+                        from_network=maker("t-refuses"), cpu_rank=lambda net: -2),
+            BackendInfo(name="t-runs", label="runs", precisions=("fp32",), devices=("cpu",), unavailable=lambda: None,
+                        from_network=maker("t-runs"), cpu_rank=lambda net: -1)]
+    net = M.create("realesr-animevideov3", num_feat=4, num_conv=1, scale=2)
+    M.save(net, tmp_path / "net.safetensors")
+    args = upscale.parser().parse_args(["-n", str(tmp_path / "net.safetensors"), "-i", "x", "-o", "y",
+                                        "--device", "cpu"])
+    shipped = registry.cpu_default(net)
+    assert shipped is not None and shipped.cpu_rank is not None and (shipped.cpu_rank(net) or 0) >= 0
+    for info in rows:
+        register(info)
+    try:
+        assert registry.cpu_default(net).name == "t-runs"
+        assert upscale.make_backend(args) == "t-runs" and made == ["t-runs"]
+        assert registry.cpu_default(net, "bf16") is None  # no ranked backend runs bf16
+    finally:
+        for info in rows:
+            unregister(info.name)
+    assert registry.cpu_default(net) is shipped

@@ -5,9 +5,9 @@
 
 It runs what `engine.models.ncnn.save_ncnn` writes (RRDBNet and SRVGGNetCompact), in float32, or with ncnn's own
 fp16 storage and arithmetic options for "fp16" (where the CPU has them; elsewhere ncnn computes in float32). It is
-here to put the CPU peer users would pick beside our backends, on the same files, image and threads
-(`bench/run.py`). Alpha writes the blended weights to a new .bin and loads it into a fresh ncnn.Net: ncnn has no
-refit.
+`engine.upscale`'s CPU default for those networks where ncnn is installed (`cpu_rank`), and the CPU peer users would
+pick, beside our other backends in `bench/run.py`. Alpha writes the blended weights to a new .bin and loads it into
+a fresh ncnn.Net: ncnn has no refit.
 """
 
 from __future__ import annotations
@@ -97,13 +97,49 @@ class NcnnBackend:
         return torch.stack(outs)
 
     def bytes_per_pixel(self) -> float:
-        """The activation bytes per input pixel PyTorch measures for the same network (ncnn keeps the same
-        tensors alive, in float32)."""
+        """The memory one input pixel takes while ncnn runs it (the automatic tile budgets with it): measured once,
+        as the growth of this process's peak resident memory over a PROBE_SIDE² probe (Linux; its fixed costs make
+        it an overestimate for larger tiles). Where the peak cannot be read, UNMEASURED_FACTOR × what PyTorch takes
+        for the same network (ncnn takes more: docs/onnxruntime.md#the-cpu-default)."""
         if self._bpp is None:
-            from .torch_eager import TorchBackend
+            side = -(-PROBE_SIDE // self.multiple) * self.multiple
+            probe = torch.rand(1, self.in_channels, side, side, generator=torch.Generator().manual_seed(0))
+            grown = peak_rss_growth(lambda: self.run(probe))
+            if grown is not None:
+                self._bpp = max(float(grown), 1.0) / (side * side)
+            else:
+                from .torch_eager import TorchBackend
 
-            self._bpp = TorchBackend(self.net).bytes_per_pixel()
+                self._bpp = UNMEASURED_FACTOR * TorchBackend(self.net).bytes_per_pixel()
         return self._bpp
+
+
+PROBE_SIDE = 96  # input pixels of the memory probe's side
+UNMEASURED_FACTOR = 4.0  # ncnn's memory per pixel over PyTorch's where it cannot be measured (docs/onnxruntime.md)
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def peak_rss_growth(fn: Any) -> int | None:
+    """Bytes by which this process's peak resident memory rose above its resident memory while `fn()` ran, or
+    None where that cannot be read (not Linux, or /proc/self/clear_refs not writable). Resets the peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current resident size
+        base = _status_bytes("VmRSS")
+    except OSError:
+        return None
+    fn()
+    try:
+        return max(0, _status_bytes("VmHWM") - base)
+    except OSError:
+        return None
 
 
 def from_network(net: models.SRNet, *, gan_net: models.SRNet | None = None, precision: str = "fp32",
@@ -126,12 +162,18 @@ def _network(net: models.SRNet, precision: str) -> str | None:
     return None if net.arch in WRITABLE else f"ncnn models here are {', '.join(WRITABLE)}, not {net.arch}"
 
 
+def _cpu_rank(net: models.SRNet) -> int | None:
+    """engine.upscale's CPU default for the networks it writes, ahead of ONNX Runtime, which runs them slower
+    (bench/cpu_peers.py, docs/onnxruntime.md#the-cpu-default)."""
+    return 0 if net.arch in WRITABLE else None
+
+
 def _cpu_workloads_only(device: torch.device) -> str | None:
     return "the ncnn backend runs on the CPU; this workload runs on the GPU" if device.type != "cpu" else None
 
 
 register(BackendInfo(
     name="ncnn", label="ncnn (CPU)", precisions=("fp32", "fp16"), devices=("cpu",), unavailable=_unavailable,
-    network=_network, from_network=from_network,
+    network=_network, from_network=from_network, cpu_rank=_cpu_rank,
     bench=(BenchRow("ncnn-fp32", "ncnn fp32 (CPU)", "fp32", unavailable=_cpu_workloads_only),),
 ))

@@ -260,6 +260,6 @@ ENDPOINT_FILES = frozenset({"weights_psnr.safetensors", "weights_gan.safetensors
 register(BackendInfo(
     name="onnxruntime", label="ONNX Runtime", precisions=("fp32", "fp16", "int8"), devices=("cpu",),
     unavailable=_unavailable, files=(frozenset({"model.onnx"}), ENDPOINT_FILES), gan_file="weights_gan.safetensors",
-    build=build, load=load, from_network=from_network, auto=1,
+    build=build, load=load, from_network=from_network, auto=1, cpu_rank=lambda net: 1,
     bench=(BenchRow("onnxruntime-fp32", "ONNX Runtime fp32", "fp32", unavailable=_not_on_gpu_workloads),),
 ))

@@ -205,6 +205,9 @@ class BackendInfo:
     unverifiable: Callable[[Mapping[str, Any]], str | None] = _no_reason  # why a new engine cannot run here
     options: tuple[str, ...] = ()  # engine.build options only this backend takes ("arch", "timing_cache")
     auto: int | None = None  # engine.build --backend auto takes the available backend of lowest rank
+    # engine.upscale --backend auto at fp32 on the CPU takes, of the available backends that run the network, the
+    # one this ranks lowest for it (None: never); the ranks follow measurements (docs/onnxruntime.md#the-cpu-default)
+    cpu_rank: Callable[[SRNet], int | None] | None = None
     one_shape: bool = False  # an engine holds one input shape (bench builds it square)
     tolerance: Mapping[str, float] = field(default_factory=dict)  # verification limits that differ, by precision
     bench: tuple[BenchRow, ...] = ()
@@ -258,6 +261,20 @@ def backends() -> list[BackendInfo]:
 def names(where: Callable[[BackendInfo], Any] = lambda b: True) -> list[str]:
     """Names of the registered backends for which `where(backend)` is true."""
     return [b.name for b in backends() if where(b)]
+
+
+def cpu_defaults(net: SRNet, precision: str = "fp32") -> list[BackendInfo]:
+    """The backends `engine.upscale --backend auto` may run `net` with on the CPU, best first: those with a
+    `cpu_rank` for it that are available here and run `net` at `precision`, by rank."""
+    ranked = sorted((rank, i, b) for i, b in enumerate(backends())
+                    if b.cpu_rank is not None and b.from_network is not None and (rank := b.cpu_rank(net)) is not None)
+    return [b for _, _, b in ranked if precision in b.precisions and "cpu" in b.devices
+            and b.unavailable() is None and b.network(net, precision) is None]
+
+
+def cpu_default(net: SRNet, precision: str = "fp32") -> BackendInfo | None:
+    """The first of `cpu_defaults`, or None."""
+    return next(iter(cpu_defaults(net, precision)), None)
 
 
 def get(name: str) -> BackendInfo:
