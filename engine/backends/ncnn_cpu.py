@@ -99,18 +99,17 @@ class NcnnBackend:
     def bytes_per_pixel(self) -> float:
         """The memory one input pixel takes while ncnn runs it (the automatic tile budgets with it): measured once,
         as the growth of this process's peak resident memory over a PROBE_SIDE² probe (Linux; its fixed costs make
-        it an overestimate for larger tiles). Where the peak cannot be read, UNMEASURED_FACTOR × what PyTorch takes
-        for the same network (ncnn takes more: docs/onnxruntime.md#the-cpu-default)."""
+        it an overestimate for larger tiles), and never less than what PyTorch takes for the same network (memory
+        the process had already freed can hide part of the growth). Where the peak cannot be read, UNMEASURED_FACTOR
+        × PyTorch's (ncnn takes more: docs/onnxruntime.md#the-cpu-default)."""
         if self._bpp is None:
+            from .torch_eager import TorchBackend
+
+            floor = TorchBackend(self.net).bytes_per_pixel()
             side = -(-PROBE_SIDE // self.multiple) * self.multiple
             probe = torch.rand(1, self.in_channels, side, side, generator=torch.Generator().manual_seed(0))
             grown = peak_rss_growth(lambda: self.run(probe))
-            if grown is not None:
-                self._bpp = max(float(grown), 1.0) / (side * side)
-            else:
-                from .torch_eager import TorchBackend
-
-                self._bpp = UNMEASURED_FACTOR * TorchBackend(self.net).bytes_per_pixel()
+            self._bpp = UNMEASURED_FACTOR * floor if grown is None else max(grown / (side * side), floor)
         return self._bpp
 
 
