@@ -220,7 +220,9 @@ def test_sigint_to_a_running_build_leaves_nothing_behind(weights: Path, tmp_path
     out = tmp_path / "e"
     proc = subprocess.Popen([sys.executable, "-m", "engine.build", "--model", "rrdb23", "--random-weights", "--tile",
                              "64", "-o", str(out)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            # a shell's background job ignores SIGINT, and children inherit that: restore it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout.readline().startswith("backend: ")  # then rrdb23 is made, exported, written, verified
     time.sleep(2)
     proc.send_signal(signal.SIGINT)

@@ -322,7 +322,9 @@ def test_sigint_to_the_process(tmp_path: Path) -> None:
         write_image(src / f"{i}.png", skimage.data.astronaut()[40 * i:40 * i + 160, :160])
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "engine.upscale", "-i", str(src), "-o", str(out)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a shell's background job ignores SIGINT, and children inherit that: restore it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
         while not (out.exists() and any(out.glob("*_out.png"))):  # the first image is done: the run is going
