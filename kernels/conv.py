@@ -205,6 +205,14 @@ def pack_conv_weight(weight: torch.Tensor, dtype: torch.dtype | None = None) -> 
     return weight.permute(2, 3, 1, 0).reshape(k * k * cin, cout).to(dtype or weight.dtype).contiguous()
 
 
+def conv_params(name: str, conv: torch.nn.Conv2d, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """`{name}.weight` packed (from float64, then cast to `dtype`) and `{name}.bias` of a conv with a bias."""
+    if conv.bias is None:
+        raise ValueError(f"{name}: the fused programs run convs with a bias")
+    return {f"{name}.weight": pack_conv_weight(conv.weight.detach().double(), dtype),
+            f"{name}.bias": conv.bias.detach().to(dtype)}
+
+
 # For output phase p ∈ {0, 1} along one axis, the 2 low-resolution taps t ∈ {0, 1} (offset t + p − 1) sum these
 # 3×3 taps: phase 0 reads row h − 1 with tap 0 and row h with taps 1 + 2; phase 1 reads row h with taps 0 + 1 and
 # row h + 1 with tap 2.

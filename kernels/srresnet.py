@@ -18,7 +18,7 @@ import torch
 
 from engine.models.srresnet import SRResNet
 
-from .conv import conv2d, pack_conv_weight
+from .conv import conv2d, conv_params
 from .packing import Endpoints, FusedPlan
 
 
@@ -28,9 +28,7 @@ def _params(net: SRResNet, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for name, m in net.named_modules():
         if isinstance(m, torch.nn.Conv2d):
-            assert m.bias is not None  # every conv of SRResNet has a bias
-            out[f"{name}.weight"] = pack_conv_weight(m.weight.detach().double(), dtype)
-            out[f"{name}.bias"] = m.bias.detach().to(dtype)
+            out.update(conv_params(name, m, dtype))
         elif isinstance(m, torch.nn.BatchNorm2d):
             assert m.running_mean is not None and m.running_var is not None
             out[name] = torch.stack([m.weight.detach(), m.bias.detach(), m.running_mean, m.running_var]).to(dtype)

@@ -19,7 +19,7 @@ import torch
 
 from engine.models.srvgg import LEAKY_SLOPE, SRVGGNetCompact
 
-from .conv import conv3x3, pack_conv_weight
+from .conv import conv3x3, conv_params
 from .packing import Endpoints, FusedPlan
 
 # the network's act_type → the conv epilogue's act
@@ -32,9 +32,7 @@ def _params(net: SRVGGNetCompact, dtype: torch.dtype) -> dict[str, torch.Tensor]
     out: dict[str, torch.Tensor] = {}
     for name, m in net.named_modules():
         if isinstance(m, torch.nn.Conv2d):
-            assert m.bias is not None  # every conv of SRVGGNetCompact has a bias
-            out[f"{name}.weight"] = pack_conv_weight(m.weight.detach().double(), dtype)
-            out[f"{name}.bias"] = m.bias.detach().to(dtype)
+            out.update(conv_params(name, m, dtype))
         elif isinstance(m, torch.nn.PReLU):
             out[f"{name}.weight"] = m.weight.detach().to(dtype)
     return out

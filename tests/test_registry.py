@@ -165,7 +165,7 @@ def test_alpha_on_an_architecture_whose_graph_loses_weight_names_is_refused_clea
 
 def test_upscale_auto_on_the_cpu_takes_the_available_backend_of_lowest_rank_that_runs_the_network(
         tmp_path: Path) -> None:
-    """engine.upscale --backend auto at fp32 on the CPU asks `cpu_default`: a backend whose library is missing, or
+    """engine.upscale --backend auto at fp32 on the CPU asks `cpu_defaults`: a backend whose library is missing, or
     that refuses the network, is passed over for the next rank; without any, PyTorch."""
     from engine import upscale
     from engine.backends import registry
@@ -190,15 +190,15 @@ def test_upscale_auto_on_the_cpu_takes_the_available_backend_of_lowest_rank_that
     M.save(net, tmp_path / "net.safetensors")
     args = upscale.parser().parse_args(["-n", str(tmp_path / "net.safetensors"), "-i", "x", "-o", "y",
                                         "--device", "cpu"])
-    shipped = registry.cpu_default(net)
+    shipped = registry.cpu_defaults(net)[0]
     assert shipped is not None and shipped.cpu_rank is not None and (shipped.cpu_rank(net) or 0) >= 0
     for info in rows:
         register(info)
     try:
-        assert registry.cpu_default(net).name == "t-runs"
+        assert registry.cpu_defaults(net)[0].name == "t-runs"
         assert upscale.make_backend(args) == "t-runs" and made == ["t-runs"]
-        assert registry.cpu_default(net, "bf16") is None  # no ranked backend runs bf16
+        assert registry.cpu_defaults(net, "bf16") == []  # no ranked backend runs bf16
     finally:
         for info in rows:
             unregister(info.name)
-    assert registry.cpu_default(net) is shipped
+    assert registry.cpu_defaults(net)[0] is shipped

@@ -272,10 +272,6 @@ def cpu_defaults(net: SRNet, precision: str = "fp32") -> list[BackendInfo]:
             and b.unavailable() is None and b.network(net, precision) is None]
 
 
-def cpu_default(net: SRNet, precision: str = "fp32") -> BackendInfo | None:
-    """The first of `cpu_defaults`, or None."""
-    return next(iter(cpu_defaults(net, precision)), None)
-
 
 def get(name: str) -> BackendInfo:
     """The backend registered as `name`; ValueError listing the registered ones."""
