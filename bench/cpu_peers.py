@@ -163,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         worker(args)
         return 0
     runners = [r for r in args.runners.split(",") if r]
+    for flag, given, known in (("--runners", runners, RUNNERS), ("--models", args.models.split(","), MODELS)):
+        unknown = [g for g in given if g and g not in known]
+        if unknown:
+            p.error(f"{flag}: unknown {', '.join(unknown)}; give some of {', '.join(known)}")
     doc: dict[str, Any] = {"command": " ".join(["python bench/cpu_peers.py", *(argv or sys.argv[1:])]),
                            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "side": args.side,
                            "threads": args.threads, "rounds": args.rounds, "calls": args.calls,

@@ -36,3 +36,10 @@ def test_every_runtime_runs_in_its_own_process_and_agrees_with_pytorch(tmp_path:
         assert r["median_s"] > 0 and r["peak_rss_gib"] > 0
     assert proc.stderr.count("round 2/2") == 4  # a fresh process per runtime per round
     assert "| ours | " in proc.stdout
+
+
+@pytest.mark.parametrize("flag,value", [("--models", "x5"), ("--runners", "pytorch,foo")])
+def test_an_unknown_model_or_runner_is_named_before_any_process_starts(flag: str, value: str) -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "cpu_peers.py"), flag, value], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and f"{flag}: unknown" in proc.stderr and "Traceback" not in proc.stderr
