@@ -1,18 +1,23 @@
 // engine._C bindings of native plans: PlanError, read_plan (plan.cpp, host only) and the NativePlan class
 // (plan_runtime.h: plan_runtime.cu and plan_upscale.cu, or cuda_stub.cpp without CUDA), including DLPack in
-// and out of upscale_dlpack. Arguments are checked here.
+// and out of upscale_dlpack, and HostBufferPool (its output pool, buffer_pool.h, over host memory). Arguments are
+// checked here.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <string>
 #include <vector>
 
 #include "bind_args.h"
 #include "bindings.h"
+#include "buffer_pool.h"
 #include "dlpack.h"
 #include "plan.h"
 #include "plan_runtime.h"
@@ -211,19 +216,16 @@ py::array plan_upscale(PlanRuntime& rt, const py::handle& planes_obj, int64_t ti
   return out;
 }
 
-// The output of upscale_dlpack: a DLManagedTensor over a cudaMalloc'd buffer that its deleter frees.
+// The output of upscale_dlpack: a DLManagedTensor over a buffer of the plan's output pool, which its deleter gives
+// back (PooledBuffer holds the pool, so this works after the NativePlan is gone).
 struct OutputTensor {
   DLManagedTensor managed{};
   int64_t shape[3] = {0, 0, 0};
   int64_t strides[3] = {0, 0, 0};
-  int device = 0;
+  engine::PooledBuffer buffer;
 };
 
-void output_tensor_deleter(DLManagedTensor* self) {
-  auto* owner = static_cast<OutputTensor*>(self->manager_ctx);
-  engine::cuda::free_device_buffer(owner->device, reinterpret_cast<uintptr_t>(self->dl_tensor.data));
-  delete owner;
-}
+void output_tensor_deleter(DLManagedTensor* self) { delete static_cast<OutputTensor*>(self->manager_ctx); }
 
 // An unconsumed "dltensor" capsule frees its tensor; a consumer renames it "used_dltensor" and owns it.
 void dltensor_capsule_destructor(PyObject* capsule) {
@@ -306,20 +308,18 @@ py::object plan_upscale_dlpack(PlanRuntime& rt, const py::object& image, int64_t
                           num(static_cast<int64_t>(src)));
   }
   auto owner = std::make_unique<OutputTensor>();
-  owner->device = rt.device();
   owner->shape[0] = rt.shapes()[0].c_out;
   owner->shape[1] = h * s;
   owner->shape[2] = w * s;
   owner->strides[0] = owner->shape[1] * owner->shape[2];
   owner->strides[1] = owner->shape[2];
   owner->strides[2] = 1;
-  uintptr_t out = 0;
   {
     py::gil_scoped_release release;
-    out = rt.upscale_device(src, c, h, w, tile_overlap, stream);
+    owner->buffer = rt.upscale_device(src, c, h, w, tile_overlap, stream);
   }
   DLManagedTensor& m = owner->managed;
-  m.dl_tensor.data = reinterpret_cast<void*>(out);
+  m.dl_tensor.data = owner->buffer.get();
   m.dl_tensor.device = {kDLCUDA, rt.device()};
   m.dl_tensor.ndim = 3;
   m.dl_tensor.dtype = {kDLFloat, 32, 1};
@@ -329,10 +329,7 @@ py::object plan_upscale_dlpack(PlanRuntime& rt, const py::object& image, int64_t
   m.manager_ctx = owner.get();
   m.deleter = output_tensor_deleter;
   PyObject* result = PyCapsule_New(&m, "dltensor", dltensor_capsule_destructor);
-  if (result == nullptr) {
-    engine::cuda::free_device_buffer(owner->device, out);
-    throw py::error_already_set();
-  }
+  if (result == nullptr) throw py::error_already_set();  // owner gives the buffer back
   owner.release();  // the capsule (or its consumer) owns it now
   return py::reinterpret_steal<py::object>(result);
 }
@@ -347,14 +344,83 @@ py::dict plan_stats(const PlanRuntime& rt) {
   py::dict d;
   d["graph_captures"] = st.graph_captures;
   d["graph_replays"] = st.graph_replays;
+  d["output_allocations"] = st.output_allocations;
+  d["output_reuses"] = st.output_reuses;
   d["last_upscale"] = last;
   return d;
+}
+
+// HostBufferPool: the pool of upscale_dlpack's outputs over host memory, so that it is tested on any machine.
+std::atomic<int64_t> host_buffers_live{0};  // over every HostBufferPool of the process
+
+std::shared_ptr<engine::BufferPool> host_buffer_pool(int64_t max_free, int64_t max_live) {
+  if (max_free < 0) throw py::value_error("max_free must be >= 0, got " + num(max_free));
+  if (max_live < -1) throw py::value_error("max_live must be -1 (no limit) or >= 0, got " + num(max_live));
+  auto live = std::make_shared<std::atomic<int64_t>>(0);  // this pool's buffers not yet freed
+  return engine::BufferPool::create(
+      [live, max_live](uint64_t bytes) {
+        if (max_live >= 0 && *live >= max_live) throw std::bad_alloc();
+        void* p = std::malloc(bytes);
+        if (p == nullptr) throw std::bad_alloc();
+        ++*live;
+        ++host_buffers_live;
+        return p;
+      },
+      [live](void* p) {
+        std::free(p);
+        --*live;
+        --host_buffers_live;
+      },
+      static_cast<size_t>(max_free));
+}
+
+py::dict pool_stats(const engine::BufferPool& pool) {
+  const engine::BufferPoolStats st = pool.stats();
+  py::dict d;
+  d["allocations"] = st.allocations;
+  d["reuses"] = st.reuses;
+  d["frees"] = st.frees;
+  d["free_buffers"] = st.free_buffers;
+  return d;
+}
+
+void bind_buffer_pool(py::module_& m) {
+  py::class_<engine::PooledBuffer>(m, "PooledBuffer", "A buffer of a HostBufferPool; goes back to it on release.")
+      .def_property_readonly(
+          "ptr", [](const engine::PooledBuffer& b) { return reinterpret_cast<uintptr_t>(b.get()); },
+          "Its address (int), 0 once released.")
+      .def_property_readonly("bytes", &engine::PooledBuffer::bytes, "Its size in bytes, 0 once released.")
+      .def("release", &engine::PooledBuffer::release, py::call_guard<py::gil_scoped_release>(),
+           "Gives it back to its pool (also done when it is garbage-collected); a no-op the second time.");
+
+  py::class_<engine::BufferPool, std::shared_ptr<engine::BufferPool>>(m, "HostBufferPool",
+                                                                      R"doc(The pool that keeps NativePlan.upscale_dlpack's
+output buffers for reuse, over host memory (malloc / free), for tests on machines without a GPU.
+
+HostBufferPool(max_free=2, max_live=-1): keeps at most max_free released buffers (releasing one more frees the
+one released longest ago). max_live >= 0 makes an allocation fail (MemoryError) while that many of this pool's
+buffers are allocated and not freed, like a full device. A buffer keeps its pool alive: released after the
+pool object is gone, it is freed with the pool.)doc")
+      .def(py::init(&host_buffer_pool), py::arg("max_free") = 2, py::arg("max_live") = -1)
+      .def("acquire", &engine::BufferPool::acquire, py::arg("bytes"), py::call_guard<py::gil_scoped_release>(),
+           R"doc(A PooledBuffer of exactly `bytes` (> 0): the most recently released free one of that size, else a
+new one; when allocating fails, the free buffers are freed and it is tried once more. ValueError for 0,
+MemoryError when no memory is left. The GIL is released (acquire and release, for the thread tests).)doc")
+      .def("trim", &engine::BufferPool::trim, "Frees every free buffer; returns how many.")
+      .def("stats", &pool_stats,
+           "Counters: dict allocations, reuses (acquires served by a free buffer), frees (beyond max_free or to "
+           "retry an allocation), free_buffers (held now).")
+      .def_property_readonly("max_free", &engine::BufferPool::max_free, "Free buffers kept at most.")
+      .def_static(
+          "live_buffers", [] { return host_buffers_live.load(); },
+          "Host buffers of every HostBufferPool of this process allocated and not yet freed.");
 }
 
 }  // namespace
 
 void bind_plan(py::module_& m) {
   py::register_exception<engine::PlanError>(m, "PlanError", PyExc_ValueError);
+  bind_buffer_pool(m);
 
   m.def("read_plan", &read_plan, py::arg("path"), py::arg("arch") = py::none(), py::arg("cubins") = false,
         R"doc(Reads and validates a native engine plan (format version 1, see kernels/plan.py) on the host, no GPU.
@@ -432,14 +498,21 @@ tile_overlap more than half a tile).)doc")
            py::arg("stream") = 0,
            R"doc(upscale for an image already on the device: `image` is any DLPack producer (__dlpack__, e.g. a
 torch CUDA tensor) of float32 (C, H, W), C-contiguous, on the plan's device. Returns a "dltensor" PyCapsule
-owning a new float32 (c_out, H * s, W * s) device tensor (torch.from_dlpack(capsule)). `stream`: the
+owning a float32 (c_out, H * s, W * s) device tensor (torch.from_dlpack(capsule)). `stream`: the
 caller's cudaStream_t as int (torch: current_stream().cuda_stream), 0 = the legacy default stream; the
 input is read after the work queued there, and the output is ready for work queued there after the call.
+Output buffers are pooled, not freed: when the tensor is dropped its buffer goes back to the plan (at most 2
+are kept free; the pool outlives the plan while a tensor holds it), and a later call of the same output size
+writes it, on its own `stream`, after the work queued there. Work that reads an output on another stream must
+be complete, or that stream synchronized with `stream`, before the tensor is dropped (as torch's
+Tensor.record_stream would ensure for its caching allocator). stats() counts output_allocations and
+output_reuses.
 Raises TypeError (no DLPack, not CUDA, not float32) or ValueError (device, shape, layout, tile_overlap).)doc")
       .def("stats", &plan_stats,
-           R"doc(Counters: dict graph_captures, graph_replays (graph launches so far), last_upscale (dict tiles,
-batches, graph_replays, seconds: of the last upscale / upscale_dlpack; seconds is the call's wall-clock time,
-which for upscale_dlpack ends once the work is queued).)doc");
+           R"doc(Counters: dict graph_captures, graph_replays (graph launches so far), output_allocations (output
+buffers upscale_dlpack allocated), output_reuses (its calls served by a buffer given back earlier),
+last_upscale (dict tiles, batches, graph_replays, seconds: of the last upscale / upscale_dlpack; seconds is
+the call's wall-clock time, which for upscale_dlpack ends once the work is queued).)doc");
 }
 
 }  // namespace engine::bind

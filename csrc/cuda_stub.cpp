@@ -56,11 +56,9 @@ void PlanRuntime::run_device(uintptr_t, uintptr_t, size_t, uintptr_t) { built_wi
 int64_t PlanRuntime::scale() const { built_without_cuda(); }
 void PlanRuntime::check_upscale(int64_t, int64_t, int64_t, int64_t) const { built_without_cuda(); }
 void PlanRuntime::upscale_host(const float*, int64_t, int64_t, int64_t, int64_t, float*) { built_without_cuda(); }
-uintptr_t PlanRuntime::upscale_device(uintptr_t, int64_t, int64_t, int64_t, int64_t, uintptr_t) {
+PooledBuffer PlanRuntime::upscale_device(uintptr_t, int64_t, int64_t, int64_t, int64_t, uintptr_t) {
   built_without_cuda();
 }
-
-void free_device_buffer(int, uintptr_t) noexcept {}
 
 }  // namespace engine::cuda
 

@@ -29,6 +29,27 @@ namespace {
 
 std::string n2s(int64_t v) { return std::to_string(v); }
 
+// cudaFree of an output buffer on `device`, from any thread; never throws. It waits for the device's work.
+void free_output(int device, void* ptr) noexcept {
+  int previous = -1;
+  if (cudaGetDevice(&previous) != cudaSuccess) previous = -1;
+  (void)cudaSetDevice(device);
+  (void)cudaFree(ptr);
+  if (previous >= 0 && previous != device) (void)cudaSetDevice(previous);
+  (void)cudaGetLastError();
+}
+
+// The output pool of a runtime on `device`. Its buffers are allocated by upscale_device, with the device current.
+std::shared_ptr<BufferPool> output_pool(int device) {
+  return BufferPool::create(
+      [](uint64_t bytes) {
+        void* p = nullptr;
+        check(cudaMalloc(&p, bytes), ("cudaMalloc(upscale output, " + bytes_str(bytes) + ")").c_str());
+        return p;
+      },
+      [device](void* ptr) { free_output(device, ptr); }, kFreeOutputBuffers);
+}
+
 }  // namespace
 
 PlanRuntime::Impl::Impl(const std::string& path, int dev, bool cuda_graph) : device(dev), graphs_on(cuda_graph) {
@@ -82,6 +103,7 @@ void PlanRuntime::Impl::load(const std::string& path) {
     }
   }
 
+  outputs = output_pool(device);
   device_alloc(&arena, plan.max_arena_bytes(), "arena");
   weights_size = plan.weights.size();
   device_alloc(&weights, weights_size, "weights");
@@ -147,6 +169,7 @@ void PlanRuntime::Impl::release() noexcept {
   for (Stream* s : {&compute, &upload, &download}) s->reset();
   for (DevicePtr* p : {&arena, &weights, &source, &canvas, &tables}) p->reset();
   for (HostPtr* p : {&run_in, &run_out, &source_pinned, &out_pinned, &tables_pinned}) p->reset();
+  outputs.reset();  // its free buffers go now, or with the last output still held
   modules.clear();
   (void)cudaGetLastError();
 }
@@ -272,7 +295,11 @@ bool PlanRuntime::cuda_graph() const { return impl_->graphs_on; }
 
 PlanStats PlanRuntime::stats() const {
   std::lock_guard<std::mutex> lock(impl_->mutex);
-  return impl_->stats;
+  PlanStats st = impl_->stats;
+  const BufferPoolStats out = impl_->outputs->stats();
+  st.output_allocations = out.allocations;
+  st.output_reuses = out.reuses;
+  return st;
 }
 
 void PlanRuntime::forward(size_t shape) {
@@ -305,16 +332,6 @@ void PlanRuntime::run_device(uintptr_t in, uintptr_t out, size_t shape, uintptr_
   std::lock_guard<std::mutex> lock(impl_->mutex);
   DeviceGuard guard(impl_->device);
   impl_->run_device(in, out, shape, stream);
-}
-
-void free_device_buffer(int device, uintptr_t ptr) noexcept {
-  if (ptr == 0) return;
-  int previous = -1;
-  if (cudaGetDevice(&previous) != cudaSuccess) previous = -1;
-  (void)cudaSetDevice(device);
-  (void)cudaFree(reinterpret_cast<void*>(ptr));  // waits for the device's queued work
-  if (previous >= 0 && previous != device) (void)cudaSetDevice(previous);
-  (void)cudaGetLastError();
 }
 
 }  // namespace engine::cuda

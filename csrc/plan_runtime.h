@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "buffer_pool.h"
 #include "plan.h"
 
 namespace engine::cuda {
@@ -22,6 +23,8 @@ struct UpscaleStats {
 
 struct PlanStats {
   int64_t graph_captures = 0, graph_replays = 0;
+  // upscale_device's output buffers: cudaMallocs, and calls served by a buffer released earlier
+  int64_t output_allocations = 0, output_reuses = 0;
   UpscaleStats last_upscale;
 };
 
@@ -69,17 +72,18 @@ class PlanRuntime {
   void upscale_host(const float* planes, int64_t channels, int64_t height, int64_t width, int64_t tile_overlap,
                     float* out);
 
-  // The same from device planes; returns a new device buffer (cudaMalloc) of float32 (c_out, height * s,
-  // width * s) that the caller owns (free_device_buffer). Ordered after and before the work on `stream`.
-  uintptr_t upscale_device(uintptr_t planes, int64_t channels, int64_t height, int64_t width,
-                           int64_t tile_overlap, uintptr_t stream);
+  // The same from device planes into a device buffer of float32 (c_out, height * s, width * s) from the plan's
+  // output pool (buffer_pool.h): a free one of that size released earlier, else a new one (cudaMalloc). The
+  // buffer keeps the pool alive and returns to it when released, on any thread, even after this runtime is
+  // gone. Ordered after and before the work on `stream`: a reused buffer is written once the work queued on
+  // `stream` before this call is done, so a consumer that read the previous output on another stream must
+  // synchronize with it before releasing it.
+  PooledBuffer upscale_device(uintptr_t planes, int64_t channels, int64_t height, int64_t width,
+                              int64_t tile_overlap, uintptr_t stream);
 
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
-
-// cudaFree of a buffer from upscale_device on `device`; never throws.
-void free_device_buffer(int device, uintptr_t ptr) noexcept;
 
 }  // namespace engine::cuda

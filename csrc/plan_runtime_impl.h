@@ -14,10 +14,12 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
+#include "buffer_pool.h"
 #include "cuda_driver.h"
 #include "cuda_handles.h"
 #include "plan.h"
@@ -25,6 +27,9 @@
 #include "upscale_tiling.h"
 
 namespace engine::cuda {
+
+// Output buffers of upscale_device kept free for reuse; releasing one more cudaFrees the oldest free one.
+constexpr size_t kFreeOutputBuffers = 2;
 
 struct PlanRuntime::Impl {
   // One precomputed launch: cuLaunchKernel's arguments, with the parameter values in `storage` (one 8-byte slot
@@ -63,6 +68,8 @@ struct PlanRuntime::Impl {
   uint64_t source_cap = 0, canvas_cap = 0, tables_cap = 0;
   HostPtr source_pinned, out_pinned, tables_pinned;
   uint64_t source_pinned_cap = 0, out_pinned_cap = 0, tables_pinned_cap = 0;
+  // upscale_device's outputs (cudaMalloc on this device / cudaFree), shared with the buffers handed out
+  std::shared_ptr<BufferPool> outputs;
 
   PlanStats stats;
   mutable std::mutex mutex;
@@ -106,7 +113,7 @@ struct PlanRuntime::Impl {
   void record_upscale(const Tiling& t, int64_t batches, int64_t replays_before,
                       std::chrono::steady_clock::time_point t0);
   void upscale_host(const Tiling& t, const float* planes, float* out);
-  uintptr_t upscale_device(const Tiling& t, uintptr_t planes, uintptr_t stream);
+  PooledBuffer upscale_device(const Tiling& t, uintptr_t planes, uintptr_t stream);
 };
 
 inline double seconds_since(std::chrono::steady_clock::time_point t0) {

@@ -203,11 +203,11 @@ void PlanRuntime::Impl::upscale_host(const Tiling& t, const float* planes, float
   record_upscale(t, batches, replays_before, t0);
 }
 
-uintptr_t PlanRuntime::Impl::upscale_device(const Tiling& t, uintptr_t planes, uintptr_t stream) {
+PooledBuffer PlanRuntime::Impl::upscale_device(const Tiling& t, uintptr_t planes, uintptr_t stream) {
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t replays_before = stats.graph_replays;
-  DevicePtr out;
-  device_alloc(&out, t.out_bytes(), "upscale output");
+  // A reused buffer is written only on the compute stream after after_caller: after the caller's queued work.
+  PooledBuffer out = outputs->acquire(t.out_bytes());
   // The padded canvas is the output itself when no padding is needed.
   const bool direct = t.canvas_h == t.height && t.canvas_w == t.width;
   if (!direct) grow(&canvas, &canvas_cap, t.canvas_bytes(), "upscale canvas");
@@ -232,11 +232,11 @@ uintptr_t PlanRuntime::Impl::upscale_device(const Tiling& t, uintptr_t planes, u
     before_caller(stream);
     record_upscale(t, batches, replays_before, t0);
   } catch (...) {
-    (void)cudaStreamSynchronize(compute.get());  // nothing queued may still write `out` when it is freed
+    (void)cudaStreamSynchronize(compute.get());  // nothing queued may still write `out` when it is reused
     (void)cudaGetLastError();
     throw;
   }
-  return reinterpret_cast<uintptr_t>(out.release());
+  return out;
 }
 
 int64_t PlanRuntime::scale() const { return scale_of(impl_->plan.shapes[0]); }
@@ -253,8 +253,8 @@ void PlanRuntime::upscale_host(const float* planes, int64_t channels, int64_t he
   impl_->upscale_host(t, planes, out);
 }
 
-uintptr_t PlanRuntime::upscale_device(uintptr_t planes, int64_t channels, int64_t height, int64_t width,
-                                      int64_t tile_overlap, uintptr_t stream) {
+PooledBuffer PlanRuntime::upscale_device(uintptr_t planes, int64_t channels, int64_t height, int64_t width,
+                                         int64_t tile_overlap, uintptr_t stream) {
   const Tiling t = plan_tiling(impl_->plan.shapes[0], channels, height, width, tile_overlap);
   if (planes == 0) throw std::invalid_argument("planes must be a device pointer, got 0");
   std::lock_guard<std::mutex> lock(impl_->mutex);
