@@ -8,6 +8,7 @@ TensorRT is imported lazily: importing this module works without it; `require_te
 from __future__ import annotations
 
 import logging
+import re
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -21,9 +22,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("engine.trt")
 
-INSTALL_HINT = ("TensorRT is not installed: `pip install tensorrt` (TensorRT 10 or 11, NVIDIA GPU and driver "
+INSTALL_HINT = ("TensorRT is not installed: `pip install tensorrt` (TensorRT 10.1 or newer, NVIDIA GPU and driver "
                 "needed), or build with --backend onnxruntime")
-MIN_MAJOR = 10  # TensorRT 10 and 11: strongly typed networks, tensor-name APIs, refit from device memory
+# The oldest TensorRT (major, minor) the builder and runtime work with: 10.x for strongly typed networks, tensor-name
+# APIs and refit from device memory; 10.1 for IExecutionContext.set_device_memory(ptr, size) and
+# ICudaEngine.device_memory_size_v2, which the runtime's shared scratch memory uses. TensorRT 11 is accepted.
+MIN_VERSION = (10, 1)
 # Initializers equal at every alpha by construction: export.onnx constants, export.quantize scales and zero points
 FIXED_PREFIXES = ("const/", "qdq/")
 
@@ -61,12 +65,25 @@ def require_tensorrt(need: str = "Runtime") -> str:
         where = ", ".join(getattr(tensorrt, "__path__", [])) or getattr(tensorrt, "__file__", "?")
         raise TensorRTUnavailable(f"{INSTALL_HINT} (`import tensorrt` found a package without TensorRT's "
                                   f"{need} at {where}: type stubs only? `pip uninstall tensorrt-stubs`)")
-    version = str(getattr(tensorrt, "__version__", "0"))
-    major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else 0
-    if major < MIN_MAJOR:
-        raise TensorRTUnavailable(f"TensorRT {version} is too old: this project needs TensorRT 10 or 11 "
-                                  f"(`pip install -U tensorrt`), or build with --backend onnxruntime")
+    version = str(getattr(tensorrt, "__version__", "?"))
+    check_version(version)
     return version
+
+
+def check_version(version: str) -> tuple[int, int]:
+    """(major, minor) of a TensorRT version string such as "10.13.3.9.post1" → (10, 13); raises
+    `TensorRTUnavailable` saying what to do when it is older than `MIN_VERSION` or has no leading major.minor."""
+    match = re.match(r"(\d+)\.(\d+)", version.strip())
+    need = ".".join(map(str, MIN_VERSION))
+    if match is None:
+        raise TensorRTUnavailable(f"cannot tell the installed TensorRT's version (its __version__ is {version!r}): "
+                                  f"this project needs TensorRT {need} or newer (`pip install -U tensorrt`), or use "
+                                  f"--backend onnxruntime")
+    found = (int(match.group(1)), int(match.group(2)))
+    if found < MIN_VERSION:
+        raise TensorRTUnavailable(f"TensorRT {version} is installed; this project needs TensorRT {need} or newer "
+                                  f"(`pip install -U tensorrt`), or use --backend onnxruntime")
+    return found
 
 
 def tensorrt_available(need: str = "Runtime") -> bool:

@@ -30,7 +30,15 @@ from engine.backends.torch_eager import TorchBackend
 from engine.backends.trt import TensorRTBackend
 from engine.backends.trt_weights import BlendedWeights, pack_offsets
 from engine.inference import upscale_planes
-from engine.trt_lib import RefitWeightsError, TensorRTUnavailable, TrtLog, match_refit_weights, tensorrt_available
+from engine.trt_lib import (
+    MIN_VERSION,
+    RefitWeightsError,
+    TensorRTUnavailable,
+    TrtLog,
+    check_version,
+    match_refit_weights,
+    tensorrt_available,
+)
 from export.onnx import export_onnx, save
 from export.tensorrt import BuildProgress, build_engine, check_profile, profile_shapes, refit_arrays
 
@@ -221,6 +229,31 @@ def test_stub_only_tensorrt_package_is_detected(tmp_path: Path) -> None:
                           timeout=300)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "pip install tensorrt" in proc.stdout and "pip uninstall tensorrt-stubs" in proc.stdout
+
+
+@pytest.mark.parametrize(("version", "parsed"), [
+    ("10.1.0", (10, 1)), ("10.1.0.27", (10, 1)), ("10.13.3.9.post1", (10, 13)), ("10.13.3.9", (10, 13)),
+    ("11.0.0", (11, 0)), (" 12.4", (12, 4)),
+])
+def test_tensorrt_10_1_and_newer_are_accepted(version: str, parsed: tuple[int, int]) -> None:
+    assert check_version(version) == parsed
+
+
+@pytest.mark.parametrize("version", ["10.0.1.6", "10.0.0", "10.0", "8.6.1.post1", "9.3.0"])
+def test_tensorrt_older_than_10_1_is_refused_with_what_to_do(version: str) -> None:
+    """The runtime calls IExecutionContext.set_device_memory(ptr, size) and device_memory_size_v2 (TensorRT 10.1)."""
+    assert MIN_VERSION == (10, 1)
+    with pytest.raises(TensorRTUnavailable) as error:
+        check_version(version)
+    assert str(error.value) == (f"TensorRT {version} is installed; this project needs TensorRT 10.1 or newer "
+                                f"(`pip install -U tensorrt`), or use --backend onnxruntime")
+
+
+@pytest.mark.parametrize("version", ["?", "", "10", "ten.one", "v10.1"])
+def test_an_unreadable_tensorrt_version_is_refused(version: str) -> None:
+    with pytest.raises(TensorRTUnavailable, match=r"cannot tell the installed TensorRT's version .*TensorRT 10\.1 or "
+                                                  r"newer \(`pip install -U tensorrt`\), or use --backend onnxruntime"):
+        check_version(version)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -516,7 +549,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.mark.parametrize("shape", [(BATCH, 3, TILE, TILE), (1, 3, 20, 28), (5, 3, 16, 16)])
 @pytest.mark.gpu
-@pytest.mark.skipif(not HAVE_TRT_GPU, reason="needs TensorRT 10/11 and a CUDA GPU")
+@pytest.mark.skipif(not HAVE_TRT_GPU, reason="needs TensorRT 10.1 or newer and a CUDA GPU")
 def test_fp16_engine_matches_torch(built: dict, shape: tuple[int, ...]) -> None:
     info = built["info"]
     assert info["gpu_arch"].startswith("sm_") and info["refittable"] is True
@@ -530,7 +563,7 @@ def test_fp16_engine_matches_torch(built: dict, shape: tuple[int, ...]) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not HAVE_TRT_GPU, reason="needs TensorRT 10/11 and a CUDA GPU")
+@pytest.mark.skipif(not HAVE_TRT_GPU, reason="needs TensorRT 10.1 or newer and a CUDA GPU")
 def test_refit_to_alpha_equals_a_build_from_the_interpolated_weights(built: dict) -> None:
     alpha = 0.3
     backend = _backend(built["plan"], built["psnr"], weights_psnr=built["weights_psnr"],
@@ -550,7 +583,7 @@ def test_refit_to_alpha_equals_a_build_from_the_interpolated_weights(built: dict
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not HAVE_TRT_GPU, reason="needs TensorRT 10/11 and a CUDA GPU")
+@pytest.mark.skipif(not HAVE_TRT_GPU, reason="needs TensorRT 10.1 or newer and a CUDA GPU")
 def test_cuda_graph_after_refit_gives_the_new_output(built: dict) -> None:
     backend = _backend(built["plan"], built["psnr"], weights_psnr=built["weights_psnr"],
                        weights_gan=built["weights_gan"], cuda_graph=True)
@@ -571,7 +604,7 @@ def test_cuda_graph_after_refit_gives_the_new_output(built: dict) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not HAVE_TRT_GPU, reason="needs TensorRT 10/11 and a CUDA GPU")
+@pytest.mark.skipif(not HAVE_TRT_GPU, reason="needs TensorRT 10.1 or newer and a CUDA GPU")
 def test_parse_errors_name_the_onnx_file(tmp_path: Path) -> None:
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"\x08\x07garbage")
@@ -583,7 +616,7 @@ def test_parse_errors_name_the_onnx_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not HAVE_TRT_GPU, reason="needs TensorRT 10/11 and a CUDA GPU")
+@pytest.mark.skipif(not HAVE_TRT_GPU, reason="needs TensorRT 10.1 or newer and a CUDA GPU")
 def test_plan_without_refit_refuses_alpha(built: dict, tmp_path: Path) -> None:
     plan, _ = _build(tmp_path, built["psnr"], "frozen", refit=False)
     with pytest.raises(ValueError, match="built without REFIT"):

@@ -83,10 +83,9 @@ def _dims(dims: Any) -> tuple[int, ...]:
 
 
 def _device_memory_size(engine: trt.ICudaEngine) -> int:
-    """Scratch bytes an execution context needs at any shape of the profile (TensorRT ≥ 10.1's v2 API, which
-    includes weight-streaming scratch; 10.0 has only the v1 property)."""
-    size = getattr(engine, "device_memory_size_v2", None)
-    return int(size if size is not None else engine.device_memory_size)
+    """Scratch bytes an execution context needs at any shape of the profile: the v2 size (TensorRT ≥ 10.1, which
+    `require_tensorrt` ensures), which includes weight-streaming scratch, as `set_device_memory` expects."""
+    return int(engine.device_memory_size_v2)
 
 
 def _cuda_device(device: str | torch.device) -> torch.device:
