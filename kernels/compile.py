@@ -1,11 +1,16 @@
-"""Compile every kernel variant the engine launches for Hopper (sm_90) without a GPU, and report its resources.
+"""Compile, for a GPU architecture and without a GPU, exactly the kernel variants the fused programs launch, and report
+what each became.
 
-    python -m kernels.compile            # a table: kernel, variant, registers, spill bytes, shared memory
-    python -m kernels.compile --json
+    python -m kernels.compile                      # fp16, the programs' launches at a 960×540 input: a table
+    python -m kernels.compile --dtype bf16 --size 1920x1080 --json
 
-`triton.compile(..., target=GPUTarget("cuda", 90, 32))` runs the whole pipeline (TTIR → TTGIR → LLVM → PTX →
-cubin) on a machine without a GPU; registers, stack (spills) and shared memory are read from the cubin with the
-`cuobjdump` that Triton ships. Run it without TRITON_INTERPRET (interpreted kernels cannot be compiled).
+What runs is what the programs launch (`kernels.launch.record` of a real forward: rrdbnet ×4 and ×2, srvgg,
+srresnet, and the INT8 rrdbnet), specialized as Triton's JIT specializes it (`specialize`: every pointer that is
+16-byte aligned and every integer that is a multiple of 16 is compiled as such, which lets Triton emit 16-byte
+`cp.async` copies and fewer address registers). Native plans compile with the same function (`kernels.plan`). Each
+distinct variant is compiled with `triton.compile(..., target=GPUTarget("cuda", arch, 32))`, and the report gives
+per variant: registers, spill (stack) bytes, shared memory, the number of `cp.async` and `wgmma` instructions in its
+PTX, and the layers that launch it. Run it without TRITON_INTERPRET (interpreted kernels cannot be compiled).
 """
 
 from __future__ import annotations
@@ -17,37 +22,55 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
-SCALARS_FP32 = {"slope", "r1_scale", "r2_scale", "bn_eps", "r1_dq", "r2_dq", "out_inv", "alpha"}
+import torch
+
+from .launch import Launch
+
+TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int8: "i8",
+                torch.uint8: "u8", torch.int32: "i32"}
 
 
-def _signature(kernel: Any, dtype: str, constexprs: dict[str, Any], pointers: dict[str, str]) -> dict[str, str]:
-    sig = {}
-    for name in kernel.arg_names:
-        if name in constexprs:
-            sig[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            sig[name] = f"*{pointers.get(name, dtype)}"
-        elif name in SCALARS_FP32:
-            sig[name] = "fp32"
-        else:
-            sig[name] = "i32"
-    return sig
+def specialize(value: Any) -> tuple[str, bool]:
+    """(Triton type, divisible by 16) of one non-constexpr kernel argument, as Triton's JIT specializes it: a tensor
+    is `*<dtype>`, divisible when its data pointer is 16-byte aligned; an int is i32 (i64 from 2³¹ on), divisible
+    when a multiple of 16; a float is fp32. (The JIT also turns an int equal to 1 into a constant; the programs
+    pass none, which the tests check.)"""
+    if isinstance(value, torch.Tensor):
+        if value.dtype not in TRITON_TYPES:
+            raise TypeError(f"no Triton pointer type for {value.dtype}")
+        return "*" + TRITON_TYPES[value.dtype], value.data_ptr() % 16 == 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"kernel argument {value!r} is not a tensor, int or float")
+    if isinstance(value, int):
+        return ("i32" if -2**31 <= value < 2**31 else "i64"), value % 16 == 0
+    return "fp32", False
 
 
-def sm90_usage(kernel: Any, constexprs: dict[str, Any], *, dtype: str = "fp16", num_warps: int = 4,
-               num_stages: int = 2, pointers: dict[str, str] | None = None) -> dict[str, int]:
-    """Compile `kernel` for sm_90 and return registers, spill (stack) bytes, local bytes and shared bytes.
-    Pointer arguments point to `dtype` unless `pointers` names another element type for them."""
+def compile_variant(fn: Any, signature: dict[str, str], constexprs: dict[str, Any], divisible: Sequence[str], *,
+                    num_warps: int, num_stages: int, arch: int = 90) -> Any:
+    """`triton.compile` of `fn` for sm_<arch> (no GPU needed): `signature` gives each non-constexpr argument's type,
+    `divisible` the arguments compiled as multiples of 16 (pointers: 16-byte aligned)."""
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    from triton.compiler import ASTSource, make_backend
 
-    source = ASTSource(fn=kernel, signature=_signature(kernel, dtype, constexprs, pointers or {}),
-                       constexprs=constexprs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": num_warps, "num_stages": num_stages})
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    full = {name: signature.get(name, "constexpr") for name in fn.arg_names}
+    attrs = {(fn.arg_names.index(name),): backend.parse_attr("D") for name in divisible}
+    return triton.compile(ASTSource(fn=fn, signature=full, constexprs=constexprs, attrs=attrs), target=target,
+                          options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def resources(compiled: Any) -> dict[str, int]:
+    """What a compiled kernel uses: registers, spill (stack) and local bytes from its cubin (`cuobjdump`, shipped
+    with Triton), shared bytes, and its PTX's count of `cp.async` copies and `wgmma` instructions."""
+    import triton
+
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "kernel.cubin")
@@ -58,91 +81,156 @@ def sm90_usage(kernel: Any, constexprs: dict[str, Any], *, dtype: str = "fp16", 
     if found is None:
         raise RuntimeError(f"no resource usage in cuobjdump's report: {report}")
     regs, stack, _static_shared, local = (int(v) for v in found.groups())
+    ptx = compiled.asm["ptx"]
     return {"registers": regs, "spill_bytes": stack, "local_bytes": local,
-            "shared_bytes": int(compiled.metadata.shared), "wgmma": int("wgmma" in compiled.asm["ptx"])}
+            "shared_bytes": int(compiled.metadata.shared), "cp_async": len(re.findall(r"\bcp\.async\.c[ag]\.", ptx)),
+            "wgmma": len(re.findall(r"\bwgmma\.mma_async\.", ptx))}
 
 
-def variants(dtype: str = "fp16") -> list[tuple[str, Any, dict[str, Any], dict[str, Any]]]:
-    """(name, kernel, constexprs, options) for every variant the engine launches with operands of `dtype`."""
-    import torch
+# ---------------------------------------------------------------------------------------------------------
+# what the programs launch
 
-    from .conv import blocks_for, conv_kernel
-    from .packing import IO_BLOCK, lerp_kernel, nchw_to_nhwc_kernel, nhwc_to_nchw_kernel
 
-    blocks = blocks_for({"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype])
-    tiles = {"BLOCK_M": blocks["block_m"], "BLOCK_N": blocks["block_n"], "BLOCK_K": blocks["block_k"]}
-    options = {"num_warps": blocks["num_warps"], "num_stages": blocks["num_stages"]}
-    # fp32 operands are multiplied exactly (as conv3x3 launches them), not in TF32
-    base = dict(ACT=0, HAS_R1=False, R1_LOWRES=False, HAS_R2=False, HAS_BN=False, SHUFFLE=1, UPSAMPLE=False,
-                KSIZE=3, TAPS=9, EVEN_K=True, IEEE=dtype == "fp32", X_INT8=False, OUT_INT8=False, **tiles)
-    conv = {
-        "rdb conv1-4 (lrelu)": dict(base, ACT=1),
-        "rdb conv5 (x + 0.2·y)": dict(base, HAS_R1=True),
-        "rrdb last conv5 (two residuals)": dict(base, HAS_R1=True, HAS_R2=True),
-        "conv_first (cin 3)": dict(base, EVEN_K=False),
-        "upconv ×2 (4 phases, lrelu)": dict(base, ACT=1, UPSAMPLE=True, TAPS=4),
-        "conv + pixel shuffle ×2 (prelu)": dict(base, ACT=3, SHUFFLE=2),
-        "conv (relu)": dict(base, ACT=2),
-        "srgan block conv1 (batch norm, prelu)": dict(base, HAS_BN=True, ACT=3),
-        "srgan block conv2 (batch norm, + x)": dict(base, HAS_BN=True, HAS_R1=True),
-        "srgan conv_first 9×9 (cin 3, prelu)": dict(base, KSIZE=9, TAPS=81, EVEN_K=False, ACT=3),
-        "srvgg last conv (pixel shuffle ×4, + nearest ×4 input)": dict(base, SHUFFLE=4, HAS_R1=True, R1_LOWRES=True),
-    }
-    out: list[tuple[str, Any, dict[str, Any], dict[str, Any]]] = [
-        (f"conv_kernel: {name}", conv_kernel, c, options) for name, c in conv.items()]
-    if dtype != "fp32":  # the INT8 trunk (kernels/rrdbnet_int8.py): int8 activations and weights, fp32 scales
-        i8 = {n: "i8" for n in ("x_ptr", "w_ptr", "y_ptr", "r1_ptr", "r2_ptr")} | {"q_ptr": "fp32"}
-        int8 = dict(base, IEEE=False, X_INT8=True, OUT_INT8=True, EVEN_K=True)
-        out += [
-            ("conv_kernel: int8 rdb conv1-4 (lrelu, requantize)", conv_kernel, dict(int8, ACT=1),
-             {**options, "pointers": i8}),
-            ("conv_kernel: int8 rrdb last conv5 (two int8 residuals)", conv_kernel,
-             dict(int8, HAS_R1=True, HAS_R2=True), {**options, "pointers": i8}),
-            ("conv_kernel: int8 conv_body (fp16 out)", conv_kernel, dict(int8, HAS_R1=True, OUT_INT8=False),
-             {**options, "pointers": {**i8, "y_ptr": dtype}}),
-        ]
-    io = {"num_warps": 4, "num_stages": 1}
-    out += [  # the layout conversions around every forward (FusedPlan.forward): float32 NCHW in and out
-        ("nchw_to_nhwc_kernel (input, unshuffle ×2)", nchw_to_nhwc_kernel, {"R": 2, "BLOCK": IO_BLOCK},
-         {**io, "pointers": {"x_ptr": "fp32"}}),
-        ("nhwc_to_nchw_kernel (output)", nhwc_to_nchw_kernel, {"BLOCK": IO_BLOCK},
-         {**io, "pointers": {"y_ptr": "fp32"}}),
-    ]
-    out.append(("lerp_kernel (set_alpha)", lerp_kernel, {"QUANTIZE": False, "BLOCK": 1024},
-                {"num_warps": 4, "num_stages": 1}))
-    if dtype != "fp32":
-        from .rrdbnet_int8 import lerp_pair_kernel
+def _networks(dtype: torch.dtype) -> list[tuple[str, Any]]:
+    """(label, fused program with GAN weights) for every program, random weights (variants depend on shapes only)."""
+    from engine.models import rrdbnet, srresnet, srvgg
 
-        pointers = {"aq_ptr": "fp32", "bq_ptr": "fp32", "q_ptr": "i8"}
-        out.append(("lerp_pair_kernel (set_alpha, int8 plan)", lerp_pair_kernel, {"BLOCK": 1024},
-                    {"num_warps": 4, "num_stages": 1, "pointers": pointers}))
+    from .rrdbnet import FusedRRDBNet
+    from .srresnet import FusedSRResNet
+    from .srvgg import FusedSRVGG
+
+    torch.manual_seed(0)
+    x4 = rrdbnet.RRDBNet(num_block=1, scale=4).eval()
+    x2 = rrdbnet.RRDBNet(num_block=1, scale=2).eval()
+    vgg = srvgg.SRVGGNetCompact(num_conv=2, scale=4, act_type="prelu").eval()
+    srgan = srresnet.SRResNet(num_block=1, scale=4).eval()
+    out = [("rrdbnet ×4", FusedRRDBNet(x4, dtype=dtype, device="cpu", gan_net=x4)),
+           ("rrdbnet ×2", FusedRRDBNet(x2, dtype=dtype, device="cpu", gan_net=x2)),
+           ("srvgg ×4", FusedSRVGG(vgg, dtype=dtype, device="cpu", gan_net=vgg)),
+           ("srresnet ×4", FusedSRResNet(srgan, dtype=dtype, device="cpu", gan_net=srgan))]
+    if dtype == torch.float16:
+        from .rrdbnet_int8 import FusedRRDBNetInt8, range_keys
+
+        out.append(("rrdbnet ×4 int8", FusedRRDBNetInt8(x4, {k: 4.0 for k in range_keys(1)}, gan_net=x4,
+                                                         device="cpu")))
     return out
 
 
-def report(dtype: str = "fp16") -> list[dict[str, Any]]:
-    rows = []
-    for name, kernel, constexprs, options in variants(dtype):
-        shown = {k: v for k, v in options.items() if k != "pointers"}
-        rows.append({"kernel": name, "dtype": dtype, **shown, **sm90_usage(kernel, constexprs, dtype=dtype,
-                                                                           **options)})
-    return rows
+def program_launches(dtype: str, n: int, h: int, w: int) -> list[tuple[str, Launch]]:
+    """(program, launch) for every launch of every program's forward on an (n, 3, h, w) input (h and w rounded down
+    to the program's input multiple) and of its set_alpha; nothing runs (the buffers stay untouched)."""
+    from .launch import record
+
+    launches: list[tuple[str, Launch]] = []
+    for label, plan in _networks({"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]):
+        hh, ww = h - h % plan.multiple, w - w % plan.multiple
+        with record() as got:
+            plan.forward(n, hh, ww)
+            plan.set_alpha(0.5)
+        launches += [(label, launch) for launch in got]
+    return launches
+
+
+def describe(launch: Launch) -> str:
+    """A conv launch in the field's words ("conv3x3 192→64 +x +rrdb"); other kernels by name."""
+    c = launch.constexprs
+    if launch.kernel.__name__ != "conv_kernel":
+        return launch.kernel.__name__
+    args = dict(zip(launch.arg_names(), launch.args, strict=True))
+    op = "upconv2x" if c["UPSAMPLE"] else f"conv{c['KSIZE']}x{c['KSIZE']}"
+    parts = [f"{op} {args['CIN']}→{args['COUT']}"]
+    parts += [name for name, on in (("int8", c["X_INT8"]), ("bn", c["HAS_BN"])) if on]
+    act = {1: "lrelu", 2: "relu", 3: "prelu"}.get(c["ACT"])
+    parts += [act] if act else []
+    parts += [f"shuffle×{c['SHUFFLE']}"] if c["SHUFFLE"] > 1 else []
+    parts += ["+res1 (low-res)" if c["R1_LOWRES"] else "+res1"] if c["HAS_R1"] else []
+    parts += ["+res2"] if c["HAS_R2"] else []
+    parts += ["→int8"] if c["OUT_INT8"] else []
+    parts += ["off64"] if c["OFF64"] else []
+    return " ".join(parts)
+
+
+def blocks_label(launch: Launch) -> str:
+    c = launch.constexprs
+    if "BLOCK_M" not in c:
+        return f"{launch.num_warps} warps, {launch.num_stages} stages"
+    reuse = f", tap reuse {c['BLOCK_M'] // c['BLOCK_W']}×{c['BLOCK_W']}" if c.get("TAP_REUSE") else ""
+    return f"{c['BLOCK_M']}×{c['BLOCK_N']}×{c['BLOCK_K']}, {launch.num_warps} warps, {launch.num_stages} stages{reuse}"
+
+
+def variant_key(launch: Launch) -> tuple[Any, ...]:
+    """What makes two launches one compiled kernel: function, constexprs, argument types and divisibility,
+    warps and stages."""
+    spec = tuple(specialize(v) for v in launch.args)
+    return (launch.kernel.__name__, tuple(sorted(launch.constexprs.items())), spec, launch.num_warps,
+            launch.num_stages)
+
+
+def tap_reuse_alternative(launch: Launch, block_w: int = 16) -> Launch | None:
+    """The same conv launch with the tap-reuse K loop (`kernels.blocks`), or None for other kernels."""
+    c = launch.constexprs
+    if launch.kernel.__name__ != "conv_kernel" or c["TAP_REUSE"] or c["BLOCK_M"] % block_w:
+        return None
+    return replace(launch, constexprs=dict(c, TAP_REUSE=True, BLOCK_W=block_w))
+
+
+def report(dtype: str = "fp16", *, n: int = 1, h: int = 540, w: int = 960, arch: int = 90,
+           alternatives: bool = True) -> list[dict[str, Any]]:
+    """One row per distinct compiled variant of the programs' launches at input (n, 3, h, w) ("launched": True),
+    and with `alternatives`, one per tap-reuse alternative of each conv variant ("launched": False)."""
+    seen: dict[tuple[Any, ...], dict[str, Any]] = {}
+    todo = [(program, launch, True) for program, launch in program_launches(dtype, n, h, w)]
+    if alternatives:
+        todo += [(program, alt, False) for program, launch, _ in list(todo)
+                 if (alt := tap_reuse_alternative(launch)) is not None]
+    for program, launch, launched in todo:
+        key = variant_key(launch)
+        what = f"{program}: {describe(launch)}"
+        if key in seen:
+            if what not in seen[key]["layers"]:
+                seen[key]["layers"].append(what)
+            seen[key]["launches"] += launched
+            continue
+        names = launch.arg_names()
+        spec = [specialize(v) for v in launch.args]
+        compiled = compile_variant(launch.kernel, {nm: t for nm, (t, _) in zip(names, spec, strict=True)},
+                                   launch.constexprs, [nm for nm, (_, d) in zip(names, spec, strict=True) if d],
+                                   num_warps=launch.num_warps, num_stages=launch.num_stages, arch=arch)
+        seen[key] = {"kernel": launch.kernel.__name__, "dtype": dtype, "blocks": blocks_label(launch),
+                     "launched": launched, "layers": [what], "launches": int(launched), **resources(compiled)}
+    return list(seen.values())
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m kernels.compile", description=__doc__.split("\n\n")[0])
     p.add_argument("--json", action="store_true", help="print JSON rows (default: a table)")
-    p.add_argument("--dtype", default="fp16", help="fp16, bf16 or fp32 (default: fp16)")
+    p.add_argument("--dtype", default="fp16", choices=("fp16", "bf16", "fp32"),
+                   help="the programs' dtype (default: fp16; fp16 includes the INT8 program)")
+    p.add_argument("--size", default="960x540", help="input WIDTHxHEIGHT whose launches are compiled (default: "
+                   "960x540)")
+    p.add_argument("--batch", type=int, default=1, help="input batch (default: 1)")
+    p.add_argument("--arch", type=int, default=90, help="SM architecture (default: 90)")
+    p.add_argument("--launched-only", action="store_true",
+                   help="skip the tap-reuse alternatives of each conv (default: compile them too)")
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("error: unset TRITON_INTERPRET: interpreted kernels cannot be compiled", file=sys.stderr)
         return 2
-    rows = report(args.dtype)
+    size = re.fullmatch(r"(\d+)x(\d+)", args.size)
+    if size is None or args.batch < 1:
+        print(f"error: --size must be WIDTHxHEIGHT and --batch ≥ 1, got {args.size!r}, {args.batch}", file=sys.stderr)
+        return 2
+    rows = report(args.dtype, n=args.batch, h=int(size.group(2)), w=int(size.group(1)), arch=args.arch,
+                  alternatives=not args.launched_only)
     if args.json:
         print(json.dumps(rows))
         return 0
-    print("| kernel | registers | spill bytes | shared bytes | wgmma |\n|---|---|---|---|---|")
+    print("| kernel | blocks | registers | spill bytes | shared bytes | cp.async | wgmma | layers |\n"
+          "|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['kernel']} | {r['registers']} | {r['spill_bytes']} | {r['shared_bytes']} | {r['wgmma']} |")
+        layers = "; ".join(r["layers"]) + ("" if r["launched"] else " (alternative, not launched)")
+        print(f"| {r['kernel']} | {r['blocks']} | {r['registers']} | {r['spill_bytes']} | {r['shared_bytes']} | "
+              f"{r['cp_async']} | {r['wgmma']} | {layers} |")
     return 0
 
 

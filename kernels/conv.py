@@ -46,15 +46,16 @@ import torch
 import triton
 import triton.language as tl
 
+from .blocks import blocks_for
 from .launch import launch
 
 ACTS = {"none": 0, "lrelu": 1, "relu": 2, "prelu": 3}
 
 
 @triton.jit
-def _epilogue(acc, offs_m, offs_n, mask_m, mask_n, img, oh, ow,
+def _epilogue(acc, offs_n, mask_m, mask_n, img, oh, ow,
               b_ptr, s_ptr, bn_ptr, q_ptr, y_ptr, r1_ptr, r2_ptr,
-              H, W, COUT,
+              COUT,
               stride_yn, stride_yh, stride_yw, stride_r1n, stride_r1h, stride_r1w, stride_r2n, stride_r2h, stride_r2w,
               slope, r1_scale, r2_scale, bn_eps, r1_dq, r2_dq, out_inv,
               ACT: tl.constexpr, HAS_R1: tl.constexpr, R1_LOWRES: tl.constexpr, HAS_R2: tl.constexpr,
@@ -134,29 +135,62 @@ def conv_kernel(
     ACT: tl.constexpr, HAS_R1: tl.constexpr, R1_LOWRES: tl.constexpr, HAS_R2: tl.constexpr, HAS_BN: tl.constexpr,
     SHUFFLE: tl.constexpr, UPSAMPLE: tl.constexpr, KSIZE: tl.constexpr, TAPS: tl.constexpr, EVEN_K: tl.constexpr,
     IEEE: tl.constexpr,
-    X_INT8: tl.constexpr, OUT_INT8: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    X_INT8: tl.constexpr, OUT_INT8: tl.constexpr, OFF64: tl.constexpr, TAP_REUSE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    phase = tl.program_id(2)  # UPSAMPLE: output phase py·2 + px; else 0
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # pixels of the input grid, flattened over (n, h, w)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # output channels (before the shuffle)
-    offs_k = tl.arange(0, BLOCK_K)
-    mask_m = offs_m < M
-    mask_n = offs_n < COUT
-    img = offs_m // (H * W)
-    rem = offs_m % (H * W)
-    oh = rem // W
-    ow = rem % W
+    # Program order: the N blocks (and upconv phases) of one pixel block are consecutive programs, so they run at
+    # the same time and the block's input comes from DRAM once, then from L2.
+    pid = tl.program_id(0)
+    n_blocks = tl.cdiv(COUT, BLOCK_N)
+    pid_n = pid % n_blocks
+    pid_mp = pid // n_blocks
+    if UPSAMPLE:  # output phase py·2 + px
+        phase = pid_mp % 4
+        pid_m = pid_mp // 4
+    else:
+        phase = 0
+        pid_m = pid_mp
     phase_y = phase // 2
     phase_x = phase % 2
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # output channels (before the shuffle)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_n = offs_n < COUT
+    if TAP_REUSE:  # a (BLOCK_M / BLOCK_W) × BLOCK_W pixel tile of one image
+        tiles_w = tl.cdiv(W, BLOCK_W)
+        tiles = tl.cdiv(H, BLOCK_M // BLOCK_W) * tiles_w
+        i = tl.arange(0, BLOCK_M)
+        t = pid_m % tiles
+        oh = (t // tiles_w) * (BLOCK_M // BLOCK_W) + i // BLOCK_W
+        ow = (t % tiles_w) * BLOCK_W + i % BLOCK_W
+        img = i * 0 + pid_m // tiles
+        mask_m = (oh < H) & (ow < W)
+    else:  # BLOCK_M consecutive pixels of the flattened (n, h, w) grid
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < M
+        img = offs_m // (H * W)
+        rem = offs_m % (H * W)
+        oh = rem // W
+        ow = rem % W
+    if OFF64:  # a buffer spans 2³¹ elements or more: element offsets in 64 bits
+        img = img.to(tl.int64)
+        oh = oh.to(tl.int64)
+        ow = ow.to(tl.int64)
+    x_img = img * stride_xn
 
     if X_INT8:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for tap in range(TAPS):
+    # One flat loop over (tap, channel block) steps, so the software pipeline keeps loads in flight across taps.
+    # TAP_REUSE runs the taps innermost: the 9 shifted loads of one channel block follow each other (L1 hits).
+    k_blocks = tl.cdiv(CIN, BLOCK_K)
+    for step in range(0, TAPS * k_blocks):
+        if TAP_REUSE:
+            tap = step % TAPS
+            k0 = (step // TAPS) * BLOCK_K
+        else:
+            tap = step // k_blocks
+            k0 = (step % k_blocks) * BLOCK_K
         if UPSAMPLE:  # phase py reads low-resolution rows h + py - 1 and h + py (likewise columns)
             ih = oh + (tap // 2 + phase_y - 1)
             iw = ow + (tap % 2 + phase_x - 1)
@@ -166,29 +200,31 @@ def conv_kernel(
             iw = ow + (tap % KSIZE - KSIZE // 2)
             w_row0 = tap * CIN
         inside = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        x_off = img * stride_xn + ih * stride_xh + iw * stride_xw  # int32 offsets: fewer registers than pointers
+        x_off = x_img + ih * stride_xh + iw * stride_xw
         if EVEN_K:  # channel strides are multiples of 8: 16-byte vector loads along the channels
             x_off = tl.multiple_of(x_off, 8)
-        for k0 in range(0, CIN, BLOCK_K):
-            ks = k0 + offs_k
-            if EVEN_K:  # CIN is a multiple of BLOCK_K: no channel mask
-                a = tl.load(x_ptr + (x_off[:, None] + ks[None, :]), mask=inside[:, None], other=0.0)
-                b = tl.load(w_ptr + ((w_row0 + ks)[:, None] * COUT + offs_n[None, :]), mask=mask_n[None, :],
-                            other=0.0)
-            else:
-                a = tl.load(x_ptr + (x_off[:, None] + ks[None, :]), mask=inside[:, None] & (ks[None, :] < CIN),
-                            other=0.0)
-                b = tl.load(w_ptr + ((w_row0 + ks)[:, None] * COUT + offs_n[None, :]),
-                            mask=(ks[:, None] < CIN) & mask_n[None, :], other=0.0)
-            if X_INT8:  # int8 × int8 → int32 (out_dtype spelled out: older Triton needs it, docs/kernels.md)
-                acc = tl.dot(a, b, acc, out_dtype=tl.int32)
-            elif IEEE:  # fp32 operands: exact products, not TF32
-                acc = tl.dot(a, b, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(a, b, acc)
+        ks = k0 + offs_k
+        if EVEN_K:  # CIN is a multiple of BLOCK_K: no channel mask
+            a_mask = inside[:, None]
+            b_mask = mask_n[None, :]
+        else:
+            a_mask = inside[:, None] & (ks[None, :] < CIN)
+            b_mask = (ks[:, None] < CIN) & mask_n[None, :]
+        a_ptrs = x_ptr + (x_off[:, None] + ks[None, :])
+        if TAP_REUSE:
+            a = tl.load(a_ptrs, mask=a_mask, other=0.0, cache_modifier=".ca")
+        else:
+            a = tl.load(a_ptrs, mask=a_mask, other=0.0)
+        b = tl.load(w_ptr + ((w_row0 + ks)[:, None] * COUT + offs_n[None, :]), mask=b_mask, other=0.0)
+        if X_INT8:  # int8 × int8 → int32 (out_dtype spelled out: older Triton needs it, docs/kernels.md)
+            acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+        elif IEEE:  # fp32 operands: exact products, not TF32
+            acc = tl.dot(a, b, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, b, acc)
 
-    _epilogue(acc, offs_m, offs_n, mask_m, mask_n, img, oh, ow, b_ptr, s_ptr, bn_ptr, q_ptr, y_ptr, r1_ptr, r2_ptr,
-              H, W, COUT, stride_yn, stride_yh, stride_yw, stride_r1n, stride_r1h, stride_r1w, stride_r2n,
+    _epilogue(acc, offs_n, mask_m, mask_n, img, oh, ow, b_ptr, s_ptr, bn_ptr, q_ptr, y_ptr, r1_ptr, r2_ptr,
+              COUT, stride_yn, stride_yh, stride_yw, stride_r1n, stride_r1h, stride_r1w, stride_r2n,
               stride_r2h, stride_r2w, slope, r1_scale, r2_scale, bn_eps, r1_dq, r2_dq, out_inv, ACT, HAS_R1,
               R1_LOWRES, HAS_R2, HAS_BN, SHUFFLE, phase_y, phase_x, UPSAMPLE, X_INT8, OUT_INT8)
 
@@ -259,8 +295,8 @@ def _check_nhwc(name: str, t: torch.Tensor, batch: int, h: int, w: int, channels
 def _launch(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torch.Tensor, *, cin: int, cout: int,
             y_channel: int, act: str, slope: float | torch.Tensor, res1: torch.Tensor | None, res1_scale: float,
             res1_lowres: bool, res2: torch.Tensor | None, res2_scale: float, bn: torch.Tensor | None, bn_eps: float,
-            ksize: int, shuffle: int, upsample: bool, block_m: int, block_n: int, block_k: int, num_warps: int,
-            num_stages: int, wscale: torch.Tensor | None = None, res1_dq: float = 1.0, res2_dq: float = 1.0,
+            ksize: int, shuffle: int, upsample: bool, res: int, blocks: dict[str, Any],
+            wscale: torch.Tensor | None = None, res1_dq: float = 1.0, res2_dq: float = 1.0,
             out_scale: float | None = None) -> torch.Tensor:
     n, h, w = x.shape[:3]
     up = shuffle if shuffle > 1 else (2 if upsample else 1)
@@ -305,9 +341,17 @@ def _launch(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torc
     r1 = res1 if res1 is not None else out
     r2 = res2 if res2 is not None else out
     m = n * h * w
-    even_k = cin % block_k == 0 and all(s % 8 == 0 for s in x.stride()[:3])
-    # launch
-    grid = (triton.cdiv(m, block_m), triton.cdiv(cout, block_n), 4 if upsample else 1)
+    if m >= 2**31:
+        raise ValueError(f"x has {m} pixels (N·H·W); a launch takes fewer than 2³¹: split the batch or the tile")
+    op = "upconv2x" if upsample else f"conv{ksize}x{ksize}"
+    b = blocks_for(DTYPE_NAMES[x.dtype], op, cin=cin, cout=cout, res=res, **blocks)
+    even_k = cin % b.block_k == 0 and all(s % 8 == 0 for s in x.stride()[:3])
+    # launch: one program per (pixel block, upconv phase, N block), N fastest (see conv_kernel)
+    if b.tap_reuse:
+        m_blocks = n * triton.cdiv(h, b.block_m // b.block_w) * triton.cdiv(w, b.block_w)
+    else:
+        m_blocks = triton.cdiv(m, b.block_m)
+    grid = (m_blocks * (4 if upsample else 1) * triton.cdiv(cout, b.block_n),)
     args = [
         x, w_packed, bias, slopes, bn if bn is not None else bias, wscale if wscale is not None else bias, out, r1, r2,
         h, w, m, cin, cout,
@@ -321,11 +365,11 @@ def _launch(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torc
     constexprs = dict(
         ACT=ACTS[act], HAS_R1=res1 is not None, R1_LOWRES=res1_lowres, HAS_R2=res2 is not None,
         HAS_BN=bn is not None, SHUFFLE=shuffle, UPSAMPLE=upsample, KSIZE=ksize, TAPS=4 if upsample else taps,
-        EVEN_K=even_k,
-        IEEE=x.dtype == torch.float32, X_INT8=x_int8, OUT_INT8=out_int8,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        EVEN_K=even_k, IEEE=x.dtype == torch.float32, X_INT8=x_int8, OUT_INT8=out_int8,
+        OFF64=max(element_extent(t) for t in (x, out, r1, r2)) >= 2**31, TAP_REUSE=b.tap_reuse,
+        BLOCK_M=b.block_m, BLOCK_N=b.block_n, BLOCK_K=b.block_k, BLOCK_W=b.block_w if b.tap_reuse else 1,
     )
-    launch(conv_kernel, grid, args, constexprs, num_warps=num_warps, num_stages=num_stages)
+    launch(conv_kernel, grid, args, constexprs, num_warps=b.num_warps, num_stages=b.num_stages)
     if _RECORDERS:
         e, stored = x.element_size(), m * up * up * cout_stored
         r1_read = 0 if res1 is None else (m * cout_stored if res1_lowres else stored)
@@ -338,16 +382,15 @@ def _launch(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torc
     return y
 
 
-# The largest blocks that compile for sm_90 without spills, every epilogue on (`python -m kernels.compile`, checked
-# by tests; registers per variant: docs/kernels.md). fp32 multiplies exactly (no TF32), so it takes a smaller K
-# block. Speed tuning waits for a GPU.
-DEFAULT_BLOCKS = dict(block_m=64, block_n=32, block_k=32, num_warps=4, num_stages=2)
-FP32_BLOCKS = dict(DEFAULT_BLOCKS, block_k=16)
+DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int8: "int8"}
 
 
-def blocks_for(dtype: torch.dtype) -> dict[str, int]:
-    """The tile sizes and launch options for operands of `dtype`."""
-    return FP32_BLOCKS if dtype == torch.float32 else DEFAULT_BLOCKS
+def element_extent(t: torch.Tensor) -> int:
+    """One past the largest element offset the kernels address from `t`'s first element: 1 + Σ (size − 1)·stride.
+    At 2³¹ or more, 32-bit offsets wrap."""
+    if t.numel() == 0:
+        return 0
+    return 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
 
 
 def conv2d(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torch.Tensor, *, cin: int, cout: int,
@@ -355,7 +398,7 @@ def conv2d(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torch
            res1: torch.Tensor | None = None, res1_scale: float = 1.0, res1_lowres: bool = False,
            res2: torch.Tensor | None = None, res2_scale: float = 1.0, bn: torch.Tensor | None = None,
            bn_eps: float = 1e-5, shuffle: int = 1, wscale: torch.Tensor | None = None, res1_dq: float = 1.0,
-           res2_dq: float = 1.0, out_scale: float | None = None, **blocks: int) -> torch.Tensor:
+           res2_dq: float = 1.0, out_scale: float | None = None, res: int = 1, **blocks: Any) -> torch.Tensor:
     """y[..., y_channel:y_channel + cout/shuffle²] = epilogue(conv_k×k(x[..., :cin], w) + bias), "same" zero
     padding, stride 1; returns `y`.
 
@@ -367,6 +410,10 @@ def conv2d(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torch
     act="prelu", one slope per stored channel. `bn`: (4, cout) gamma, beta, running mean,
     running var of an inference batch norm applied before the activation.
 
+    Blocks: `res` (the resolution of x's grid relative to the network's input: 1 on the trunk, 2 and 4 after
+    the upsamplers) with the dtype, kernel size, cin and cout selects the tile sizes from `kernels.blocks`;
+    `blocks` keywords (block_m, block_n, block_k, num_warps, num_stages, tap_reuse, block_w) override them.
+
     INT8: with int8 `x` and `w_packed`, the int32 sums are scaled by `wscale` (float32, one per output channel);
     int8 residuals are dequantized by `res1_dq`/`res2_dq`; an int8 `y` stores round(out / out_scale) clamped to ±127.
     """
@@ -375,7 +422,7 @@ def conv2d(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torch
     return _launch(x, w_packed, bias, y, cin=cin, cout=cout, y_channel=y_channel, act=act, slope=slope, res1=res1,
                    res1_scale=res1_scale, res1_lowres=res1_lowres, res2=res2, res2_scale=res2_scale, bn=bn,
                    bn_eps=bn_eps, ksize=ksize, shuffle=shuffle, upsample=False, wscale=wscale, res1_dq=res1_dq,
-                   res2_dq=res2_dq, out_scale=out_scale, **{**blocks_for(x.dtype), **blocks})
+                   res2_dq=res2_dq, out_scale=out_scale, res=res, blocks=blocks)
 
 
 def conv3x3(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torch.Tensor, **kwargs: Any
@@ -385,9 +432,10 @@ def conv3x3(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torc
 
 
 def upconv2x(x: torch.Tensor, w_phases: torch.Tensor, bias: torch.Tensor, y: torch.Tensor, *, cin: int, cout: int,
-             y_channel: int = 0, act: str = "none", slope: float | torch.Tensor = 0.2, **blocks: int) -> torch.Tensor:
+             y_channel: int = 0, act: str = "none", slope: float | torch.Tensor = 0.2, res: int = 1, **blocks: Any
+             ) -> torch.Tensor:
     """y (N, 2H, 2W, ≥y_channel + cout) = epilogue(conv3x3(nearest×2(x[..., :cin]))) without the ×2 tensor;
     `w_phases` from `fold_upconv_weight`."""
     return _launch(x, w_phases, bias, y, cin=cin, cout=cout, y_channel=y_channel, act=act, slope=slope, res1=None,
                    res1_scale=1.0, res1_lowres=False, res2=None, res2_scale=1.0, bn=None, bn_eps=0.0, ksize=3,
-                   shuffle=1, upsample=True, wscale=None, **{**blocks_for(x.dtype), **blocks})
+                   shuffle=1, upsample=True, res=res, blocks=blocks, wscale=None)

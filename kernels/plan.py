@@ -85,6 +85,8 @@ import torch
 from engine._ext import load_C
 from engine.atomic import atomic_write
 
+from .compile import TRITON_TYPES, compile_variant, specialize
+
 PLAN_VERSION = 1
 MAGIC = b"ESRGPLAN"
 HEADER_BYTES = 64
@@ -93,9 +95,7 @@ ARG_ARENA, ARG_WEIGHTS, ARG_NULL, ARG_I32, ARG_F32, ARG_ALPHA = 1, 2, 3, 4, 5, 6
 
 PLAN_FILE = "model.plan"
 DEFAULT_ARCH = 90
-_TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int8: "i8",
-                 torch.uint8: "u8", torch.int32: "i32"}
-TORCH_TYPES = {v: k for k, v in _TRITON_TYPES.items()}
+TORCH_TYPES = {v: k for k, v in TRITON_TYPES.items()}
 _SECTIONS = ("META", "STRS", "CUBN", "KERN", "PARM", "SHAP", "LNCH", "ALPH", "ARGS", "WGHT")
 
 
@@ -175,10 +175,13 @@ class _Recorder:
         records: list[tuple[int, Any]] = []
         divisible: list[int] = []
         for index, (name, value) in enumerate(zip(names, launch.args, strict=True)):
+            try:
+                kind_name, aligned = specialize(value)  # as Triton's JIT specializes it
+            except TypeError:
+                raise PlanBuildError(f"{launch.kernel.__name__}: argument {name} = {value!r} is not a tensor of a "
+                                     "supported dtype, an int or a float") from None
+            signature[name] = kind_name
             if isinstance(value, torch.Tensor):
-                if value.dtype not in _TRITON_TYPES:
-                    raise PlanBuildError(f"{launch.kernel.__name__}: argument {name} has dtype {value.dtype}")
-                signature[name] = "*" + _TRITON_TYPES[value.dtype]
                 storage = value.untyped_storage().data_ptr()
                 if arena is not None and storage == arena.untyped_storage().data_ptr():
                     kind, offset = ARG_ARENA, value.data_ptr() - arena.data_ptr()
@@ -187,22 +190,16 @@ class _Recorder:
                 else:
                     kind, offset = ARG_WEIGHTS, self.weights_offset(value)
                 records.append((kind, offset))
-                if offset % 16 == 0:
-                    divisible.append(index)
-            elif isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise PlanBuildError(f"{launch.kernel.__name__}: argument {name} = {value!r} is not a tensor, int "
-                                     "or float")
+                aligned = offset % 16 == 0  # the device buffers are 256-byte aligned: the offset decides
             elif isinstance(value, int):
-                if not -2**31 <= value < 2**31:
+                if kind_name != "i32":
                     raise PlanBuildError(f"{launch.kernel.__name__}: argument {name} = {value} does not fit int32: "
                                          "build the plan for a smaller tile or batch")
-                signature[name] = "i32"
                 records.append((ARG_I32, value))
-                if value % 16 == 0 and value != 0:
-                    divisible.append(index)
             else:
-                signature[name] = "fp32"
                 records.append((ARG_ALPHA, 0.0) if alpha_program and name == "alpha" else (ARG_F32, float(value)))
+            if aligned:
+                divisible.append(index)
         fn = launch.kernel
         if kernel_table().get(kernel_name(fn)) is not fn:
             raise PlanBuildError(f"{kernel_name(fn)} is not in kernels.plan.kernel_table(): add it there, or the "
@@ -228,16 +225,9 @@ class _Recorder:
         if not self.compile:  # for tests of the format only: parameters as the Python arguments plus two scratch
             params = [8 if signature[n].startswith("*") else 4 for n in signature] + [8, 8]
             return {"name": fn.__name__, "cubin": b"", "num_warps": num_warps, "shared_bytes": 0, "params": params}
-        import triton
-        from triton.backends.compiler import GPUTarget
-        from triton.compiler import ASTSource, make_backend
-
-        target = GPUTarget("cuda", self.arch, 32)
-        backend = make_backend(target)
-        full = {name: signature.get(name, "constexpr") for name in fn.arg_names}
-        attrs = {(fn.arg_names.index(list(signature)[i]),): backend.parse_attr("D") for i in divisible}
-        compiled = triton.compile(ASTSource(fn=fn, signature=full, constexprs=constexprs, attrs=attrs), target=target,
-                                  options={"num_warps": num_warps, "num_stages": num_stages})
+        names = list(signature)
+        compiled = compile_variant(fn, signature, constexprs, [names[i] for i in divisible], num_warps=num_warps,
+                                   num_stages=num_stages, arch=self.arch)
         md = compiled.metadata
         for what in ("global_scratch_size", "profile_scratch_size"):
             if getattr(md, what, 0):
