@@ -207,3 +207,23 @@ def test_specialization_is_the_jits() -> None:
             assert (ours[0], "D" if ours[1] else "") == (jit[0], jit[1] or ""), (value, ours, jit)
             checked += 1
     assert checked > 500
+
+
+def test_a_plan_for_a_big_tile_batch_compiles_64_bit_offsets_where_a_buffer_needs_them() -> None:
+    """A plan for 2 tiles of 2048² (×4: two 8192² × 16-channel buffers of 2³¹ elements) records the 64-bit variant
+    for the convs that touch a ×4 buffer and keeps 32-bit offsets elsewhere. Nothing runs: the arena is lazily committed memory."""
+    from engine import models
+    from kernels.plan import build_plan
+    from kernels.rrdbnet import FusedRRDBNet
+
+    net = models.create("rrdb6", num_block=1, num_feat=16, num_grow_ch=8).eval()
+    plan = build_plan(FusedRRDBNet(net, dtype=torch.float16, device="cpu"), [(2, 3, 2048, 2048)], compile=False)
+    off64 = {}
+    for launch in plan.launches:
+        spec = plan.meta["kernels"][launch["kernel"]]
+        if spec["function"].endswith("conv_kernel"):
+            args = dict(zip([name for name, _ in spec["signature"]], launch["args"], strict=False))
+            off64.setdefault(spec["constexprs"]["OFF64"], set()).add(args["H"][1])
+    # by the H of the conv's input grid: the trunk and upconv1 (2048), upconv2 (4096, writing a ×4 buffer), conv_hr
+    # and conv_last (8192)
+    assert off64 == {False: {2048}, True: {4096, 8192}}
