@@ -7,8 +7,12 @@
     upconv2x(x, w_phases, bias, y, cin=nf, cout=nf, act="lrelu")                             # nearest ×2 + conv
 
 The GEMM: M = N·H·W output pixels, N = output channels, K = taps × input channels. A program computes a
-BLOCK_M × BLOCK_N tile: for each tap it loads BLOCK_M shifted input pixels (masked to zero outside the image: the
-zero padding) times BLOCK_K channels, and accumulates `tl.dot` with the packed weights in fp32 (int32 for int8).
+BLOCK_M × BLOCK_N tile in one flat loop over (tap, channel block) steps: each loads BLOCK_M shifted input pixels
+(masked to zero outside the image: the zero padding) times BLOCK_K channels and accumulates `tl.dot` with the packed
+weights in fp32 (int32 for int8). The N blocks and upconv phases of one pixel block are consecutive programs, so
+they share its input through L2. Offsets are 64-bit when a buffer spans 2³¹ elements (`element_extent`), else
+32-bit. Tile sizes come from `kernels.blocks` per layer; its `tap_reuse` alternative makes the pixel block a 2-D
+tile and runs the taps innermost with L1-cached loads.
 
 Concat-free RDBs: `x` may be wider than the conv reads (it reads the channel prefix `[0, cin)` through explicit
 strides) and `y` wider than it writes (it writes the channel slice `[y_channel, y_channel + cout)`). Each RDB keeps
