@@ -84,7 +84,7 @@ class FusedRRDBNet(FusedPlan):
         self.layers = {name[: -len(".weight")]: _Layer(views[name], views[name[: -len(".weight")] + ".bias"])
                        for name in views if name.endswith(".weight")}
         self.alpha: float | None = 0.0 if gan_net is not None else None
-        self._arenas = {}
+        super().__init__()
 
     def _specs(self, n: int, h: int, w: int) -> dict[str, list[tuple[tuple[int, ...], torch.dtype]]]:
         return rrdb_specs(n, h, w, nf=self.nf, gc=self.gc, num_upsample=self.num_upsample,

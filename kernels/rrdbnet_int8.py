@@ -30,7 +30,7 @@ from engine.models.rrdbnet import RRDBNet
 
 from .conv import conv3x3, pack_conv_weight, upconv2x
 from .launch import launch
-from .packing import Endpoints, FusedPlan, check_alpha, flat_views
+from .packing import Endpoints, FusedPlan, check_alpha, flat_views, flatten
 from .rrdbnet import pack_rrdbnet, rrdb_specs
 
 QMAX = 127
@@ -98,7 +98,7 @@ class FusedRRDBNetInt8(FusedPlan):
         self.params = Endpoints(floats[0], floats[1] if gan_net is not None else None, self.device, "RRDBNet")
         self.f = self.params.views
         self.alpha: float | None = 0.0 if gan_net is not None else None
-        self._arenas = {}
+        super().__init__()
 
     # ------------------------------------------------------------------------------------------------- packing
 
@@ -135,7 +135,7 @@ class FusedRRDBNetInt8(FusedPlan):
             for e, t in enumerate(packed):
                 ends_q[e].append(t.reshape(-1))
             shapes_q.append((f"{c}.weight", tuple(packed[0].shape)))
-        self._ends_q = [torch.cat(p).float().to(self.device) for p in ends_q]
+        self._ends_q = [flatten(p).float().to(self.device) for p in ends_q]
         # alpha 0: the PSNR endpoint rounded as lerp_pair_kernel rounds (half away from zero, clamped); on the host,
         # so that a plan can be made (and recorded, `kernels.plan`) without running a kernel
         a = self._ends_q[0]

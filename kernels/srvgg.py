@@ -54,7 +54,7 @@ class FusedSRVGG(FusedPlan):
                                 self.device, "SRVGGNetCompact")
         self.p = self.params.views
         self.alpha: float | None = 0.0 if gan_net is not None else None
-        self._arenas = {}
+        super().__init__()
 
     def _specs(self, n: int, h: int, w: int) -> dict[str, list[tuple[tuple[int, ...], torch.dtype]]]:
         s = self.scale

@@ -4,7 +4,9 @@
     out = engine.infer(backend, image, alpha=0.8)                # set_alpha: one lerp kernel, in place
 
 On a GPU the forward of each tile shape is captured in a CUDA graph after one warm-up run and replayed; `set_alpha`
-rewrites the packed weights at their addresses, so the captured graphs stay valid and are not captured again. On a
+rewrites the packed weights at their addresses, so the captured graphs stay valid and are not captured again. Each
+graph is kept with the arena whose addresses it baked in (`kernels.packing.ShapeState`): the plan keeps at most
+`max_shapes` tile shapes (8 by default), and dropping the least recently used shape drops its graph with it. On a
 machine without a GPU the kernels run only under the Triton interpreter (TRITON_INTERPRET=1, for tests: slow).
 """
 
@@ -27,11 +29,16 @@ def _interpreting() -> bool:
 
 class TritonBackend:
     """A `Backend` over the fused program of `net`'s architecture (`kernels.fused`): fp16, bf16, fp32, or an INT8
-    trunk with calibrated `int8_ranges` (`export.quantize.rdb_slice_ranges`)."""
+    trunk with calibrated `int8_ranges` (`export.quantize.rdb_slice_ranges`).
+
+    Args:
+        max_shapes: tile shapes (N, h, w) that keep their arena and CUDA graph (default 8); the least recently used
+            one is dropped first (`plan.max_shapes`, which can be changed later).
+    """
 
     def __init__(self, net: models.SRNet, *, device: str | torch.device | None = None, dtype: str = "fp16",
                  gan_net: models.SRNet | None = None, cuda_graph: bool = True,
-                 int8_ranges: Mapping[str, float] | None = None) -> None:
+                 int8_ranges: Mapping[str, float] | None = None, max_shapes: int = 8) -> None:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -44,10 +51,10 @@ class TritonBackend:
 
         self.dtype = dtype
         self.plan: Any = fused_network(net, dtype, gan_net=gan_net, int8_ranges=int8_ranges, device=self.device)
+        self.plan.max_shapes = max_shapes
         self.scale, self.in_channels, self.out_channels = net.scale, net.in_channels, net.out_channels
         self.multiple = self.plan.multiple
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
-        self._graphs: dict[tuple[int, int, int], torch.cuda.CUDAGraph] = {}
         self.last_refit_seconds: float | None = None
 
     @property
@@ -69,25 +76,25 @@ class TritonBackend:
         if batch.ndim != 4 or batch.shape[1] != self.in_channels:
             raise ValueError(f"batch must have shape (N, {self.in_channels}, h, w), got {tuple(batch.shape)}")
         n, _, h, w = batch.shape
-        buf = self.plan.buffers(n, h, w)  # the plan's static input and output for this shape
+        state = self.plan.state(n, h, w)  # the plan's static buffers for this shape, and its graph once captured
+        buf = state.buffers
         buf["input"][0].copy_(batch)
         if not self.cuda_graph:
             self.plan.forward(n, h, w)
             return buf["output"][0].clone()
-        graph = self._graphs.get((n, h, w))
-        if graph is None:
+        if state.graph is None:
             self.plan.forward(n, h, w)  # warm-up: compiles the kernels
             torch.cuda.synchronize(self.device)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 self.plan.forward(n, h, w)
-            self._graphs[n, h, w] = graph
-        graph.replay()
+            state.graph = graph  # dropped with the arena it reads and writes
+        state.graph.replay()
         return buf["output"][0].clone()
 
     def bytes_per_pixel(self) -> float:
-        """Device bytes per input pixel: the plan's arena (NHWC buffers, float32 input and output) for a probe shape,
-        plus the returned float32 copy of the output."""
+        """Device bytes per input pixel: the plan's arena (NHWC buffers, float32 input and output) for a probe shape
+        (computed, not allocated), plus the returned float32 copy of the output."""
         side = 8 * self.multiple
         arena = self.plan.arena_bytes(1, side, side)
         return arena / side**2 + 4 * self.out_channels * self.scale**2
