@@ -22,23 +22,14 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .conv import element_extent
 from .launch import launch
-
-INT32_OFFSETS = 2**31  # a buffer spanning this many elements or more needs 64-bit element offsets
-
-
-def extent(t: torch.Tensor) -> int:
-    """Elements from `t`'s first element to its last, both included, strides counted (0 when empty): the largest
-    element offset a kernel adds to t's data pointer, plus one."""
-    if t.numel() == 0:
-        return 0
-    return 1 + sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride(), strict=True))
 
 
 def needs_int64(*tensors: torch.Tensor) -> bool:
     """Whether a kernel indexing any of `tensors` must compute element offsets in int64 (the `OFF64` constexpr of
-    this module's kernels): some tensor spans 2³¹ elements or more."""
-    return any(extent(t) >= INT32_OFFSETS for t in tensors)
+    this module's kernels): some tensor spans 2³¹ elements or more, strides counted (`conv.element_extent`)."""
+    return any(element_extent(t) >= 2**31 for t in tensors)
 
 
 @triton.jit

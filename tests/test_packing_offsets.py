@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 
 import engine.models as M
+from kernels.conv import element_extent as extent
 from kernels.launch import launch, record
 from kernels.packing import (
     FLAT_ALIGN,
     IO_BLOCK,
     Endpoints,
-    extent,
     lerp_,
     lerp_kernel,
     nchw_to_nhwc_kernel,
