@@ -127,11 +127,12 @@ class FusedRRDBNet(FusedPlan):
         for k in range(self.num_upsample):
             layer = L[f"conv_up{k + 1}"]
             up = buf["up"][k]
-            upconv2x(feat, layer.weight, layer.bias, up, cin=nf, cout=nf, act="lrelu", slope=0.2)
+            upconv2x(feat, layer.weight, layer.bias, up, cin=nf, cout=nf, act="lrelu", slope=0.2, res=2**k)
             feat = up
         hr, out = buf["hr"][0], buf["out"][0]
-        conv3x3(feat, L["conv_hr"].weight, L["conv_hr"].bias, hr, cin=nf, cout=nf, act="lrelu", slope=0.2)
-        conv3x3(hr, L["conv_last"].weight, L["conv_last"].bias, out, cin=nf, cout=self.out_channels)
+        top = 2**self.num_upsample
+        conv3x3(feat, L["conv_hr"].weight, L["conv_hr"].bias, hr, cin=nf, cout=nf, act="lrelu", slope=0.2, res=top)
+        conv3x3(hr, L["conv_last"].weight, L["conv_last"].bias, out, cin=nf, cout=self.out_channels, res=top)
 
     def rdb_traffic(self, n: int, h: int, w: int, *, rrdb_last: bool = False) -> dict[str, int]:
         """Predicted for one RDB: launches and compulsory bytes (each input channel read once per pixel, each

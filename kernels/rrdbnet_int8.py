@@ -193,8 +193,9 @@ class FusedRRDBNetInt8(FusedPlan):
         feat = trunk
         for k in range(self.num_upsample):
             up = buf["up"][k]
-            upconv2x(feat, f[f"conv_up{k + 1}.weight"], f[f"conv_up{k + 1}.bias"], up, cin=nf, cout=nf, act="lrelu")
+            upconv2x(feat, f[f"conv_up{k + 1}.weight"], f[f"conv_up{k + 1}.bias"], up, cin=nf, cout=nf, act="lrelu",
+                     res=2**k)
             feat = up
-        hr, out = buf["hr"][0], buf["out"][0]
-        conv3x3(feat, f["conv_hr.weight"], f["conv_hr.bias"], hr, cin=nf, cout=nf, act="lrelu", slope=0.2)
-        conv3x3(hr, f["conv_last.weight"], f["conv_last.bias"], out, cin=nf, cout=self.out_channels)
+        hr, out, top = buf["hr"][0], buf["out"][0], 2**self.num_upsample
+        conv3x3(feat, f["conv_hr.weight"], f["conv_hr.bias"], hr, cin=nf, cout=nf, act="lrelu", slope=0.2, res=top)
+        conv3x3(hr, f["conv_last.weight"], f["conv_last.bias"], out, cin=nf, cout=self.out_channels, res=top)

@@ -90,11 +90,12 @@ class FusedSRResNet(FusedPlan):
             src = body
         conv2d(src, p["conv_body.weight"], p["conv_body.bias"], tmp, cin=nf, cout=nf, bn=p["bn_body"],
                bn_eps=self.eps["bn_body"], res1=feat)
-        cur = tmp
+        cur, res = tmp, 1
         for k, f in enumerate(self.factors):
             q = f"upsample.{k}"
             conv2d(cur, p[f"{q}.conv.weight"], p[f"{q}.conv.bias"], buf["up"][k], cin=nf, cout=nf * f * f,
-                   shuffle=f, act="prelu", slope=p[f"{q}.prelu"])
-            cur = buf["up"][k]
+                   shuffle=f, act="prelu", slope=p[f"{q}.prelu"], res=res)
+            cur, res = buf["up"][k], res * f
         out = buf["out"][0]
-        conv2d(cur, p["conv_last.weight"], p["conv_last.bias"], out, cin=nf, cout=self.out_channels, ksize=9)
+        conv2d(cur, p["conv_last.weight"], p["conv_last.bias"], out, cin=nf, cout=self.out_channels, ksize=9,
+               res=res)
