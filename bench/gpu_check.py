@@ -197,8 +197,8 @@ class Check:
         """Our conv with blocks `b`: correctness (`Case.check`), then ms and TFLOP/s (in smoke mode the one checked
         call's interpreter wall clock)."""
         r = case.check(b)
-        r["ms"] = round(r["compile_s"] * 1e3 if self.smoke else self.kernel_ms(lambda: case.ours(b)), 4)
-        r["tflops"] = round(case.flops / r["ms"] / 1e9, 1)
+        ms = r["compile_s"] * 1e3 if self.smoke else self.kernel_ms(lambda: case.ours(b))
+        r["ms"], r["tflops"] = round(ms, 4), round(case.flops / max(ms, 1e-6) / 1e9, 1)
         return r
 
     def case(self, layer: Layer) -> Case:
