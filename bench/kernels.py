@@ -35,7 +35,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.measure import sync  # noqa: E402
+from bench.measure import datasheet, sync  # noqa: E402
 from engine import models  # noqa: E402
 from engine.atomic import atomic_write  # noqa: E402
 from kernels.blocks import Blocks  # noqa: E402
@@ -43,9 +43,7 @@ from kernels.conv import DTYPE_NAMES, conv3x3, fold_upconv_weight, pack_conv_wei
 
 
 def peak_tflops(name: str, dtype: str) -> float | None:
-    """Dense tensor-core peak of this GPU for `dtype` from NVIDIA's datasheets (bench/run.py's table), TFLOP/s."""
-    from run import datasheet  # bench/run.py: this script's folder is on sys.path
-
+    """Dense tensor-core peak of this GPU for `dtype` from NVIDIA's datasheets (bench/measure.py's table), TFLOP/s."""
     return (datasheet(name) or {}).get(dtype)
 
 
