@@ -22,7 +22,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -201,6 +201,62 @@ def report(dtype: str = "fp16", *, n: int = 1, h: int = 540, w: int = 960, arch:
     return list(seen.values())
 
 
+SHARED_LIMIT = 227 * 1024  # bytes of shared memory a block may use on sm_90 (H100, H200)
+
+
+def sweep_candidates(cout: int) -> list[dict[str, Any]]:
+    """The block choices a sweep tries for a conv with `cout` output channels: every combination of BLOCK_M 64, 128,
+    256; BLOCK_N from 16 up to Cout (at most 64); BLOCK_K 32, 64; 4 or 8 warps; 2–4 stages; the flat loop or tap
+    reuse (16 pixels wide)."""
+    widest = min(64, max(16, 1 << max(0, (cout - 1).bit_length())))
+    block_ns = [b for b in (16, 32, 64) if b <= widest]
+    return [dict(block_m=bm, block_n=bn, block_k=bk, num_warps=nw, num_stages=ns, tap_reuse=tr, block_w=16)
+            for bm in (64, 128, 256) for bn in block_ns for bk in (32, 64) for nw in (4, 8) for ns in (2, 3, 4)
+            for tr in (False, True)]
+
+
+def sweep(dtype: str = "fp16", *, arch: int = 90, layers: Sequence[str] | None = None,
+          candidates: Callable[[int], list[dict[str, Any]]] = sweep_candidates) -> list[dict[str, Any]]:
+    """Compile every `sweep_candidates` block choice of each distinct conv layer of rrdbnet ×4 (at 960×540) and
+    report what it becomes: the compile-side half of filling `kernels.blocks.BLOCK_TABLE` (a choice that spills or
+    needs more than `SHARED_LIMIT` shared bytes is not worth a GPU's time). `layers` keeps only the layers so
+    described (`describe`, e.g. "conv3x3 64→32 lrelu"); `candidates(cout)` lists the block choices to try."""
+    import time
+
+    from .blocks import Blocks
+
+    chosen: dict[str, Launch] = {}
+    for program, launch in program_launches(dtype, 1, 540, 960):
+        what = describe(launch)
+        if program == "rrdbnet ×4" and launch.kernel.__name__ == "conv_kernel" and what not in chosen:
+            if layers is None or what in layers:
+                chosen[what] = launch
+    rows = []
+    for what, launch in chosen.items():
+        args = dict(zip(launch.arg_names(), launch.args, strict=True))
+        aligned = launch.constexprs["EVEN_K"] or args["CIN"] % launch.constexprs["BLOCK_K"] == 0
+        for cand in candidates(args["COUT"]):
+            b = Blocks(**cand)
+            c = dict(launch.constexprs, BLOCK_M=b.block_m, BLOCK_N=b.block_n, BLOCK_K=b.block_k, TAP_REUSE=b.tap_reuse,
+                     BLOCK_W=b.block_w if b.tap_reuse else 1,
+                     EVEN_K=launch.constexprs["EVEN_K"] and aligned and args["CIN"] % b.block_k == 0)
+            trial = replace(launch, constexprs=c, num_warps=b.num_warps, num_stages=b.num_stages)
+            names = trial.arg_names()
+            spec = [specialize(v) for v in trial.args]
+            start = time.perf_counter()
+            try:
+                compiled = compile_variant(trial.kernel, {nm: t for nm, (t, _) in zip(names, spec, strict=True)}, c,
+                                           [nm for nm, (_, d) in zip(names, spec, strict=True) if d],
+                                           num_warps=b.num_warps, num_stages=b.num_stages, arch=arch)
+                used: dict[str, Any] = resources(compiled)
+            except Exception as e:  # e.g. out of shared memory or registers at compile time
+                used = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+            seconds = round(time.perf_counter() - start, 2)
+            fits = "error" not in used and not used["spill_bytes"] and used["shared_bytes"] <= SHARED_LIMIT
+            rows.append({"layer": what, "dtype": dtype, "blocks": cand, "fits": fits, "compile_s": seconds, **used})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m kernels.compile", description=__doc__.split("\n\n")[0])
     p.add_argument("--json", action="store_true", help="print JSON rows (default: a table)")
@@ -210,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
                    "960x540)")
     p.add_argument("--batch", type=int, default=1, help="input batch (default: 1)")
     p.add_argument("--arch", type=int, default=90, help="SM architecture (default: 90)")
+    p.add_argument("--sweep", action="store_true",
+                   help="instead: compile every candidate block choice of each rrdbnet ×4 conv (minutes; JSON rows)")
+    p.add_argument("--layer", action="append", help="with --sweep: only this layer, as the report describes it "
+                   "(e.g. 'conv3x3 64→32 lrelu'; repeatable; default: every conv)")
     p.add_argument("--launched-only", action="store_true",
                    help="skip the tap-reuse alternatives of each conv (default: compile them too)")
     args = p.parse_args(argv)
@@ -220,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     if size is None or args.batch < 1:
         print(f"error: --size must be WIDTHxHEIGHT and --batch ≥ 1, got {args.size!r}, {args.batch}", file=sys.stderr)
         return 2
+    if args.sweep:
+        print(json.dumps(sweep(args.dtype, arch=args.arch, layers=args.layer)))
+        return 0
     rows = report(args.dtype, n=args.batch, h=int(size.group(2)), w=int(size.group(1)), arch=args.arch,
                   alternatives=not args.launched_only)
     if args.json:

@@ -211,7 +211,8 @@ def test_specialization_is_the_jits() -> None:
 
 def test_a_plan_for_a_big_tile_batch_compiles_64_bit_offsets_where_a_buffer_needs_them() -> None:
     """A plan for 2 tiles of 2048² (×4: two 8192² × 16-channel buffers of 2³¹ elements) records the 64-bit variant
-    for the convs that touch a ×4 buffer and keeps 32-bit offsets elsewhere. Nothing runs: the arena is lazily committed memory."""
+    for the convs that touch a ×4 buffer and keeps 32-bit offsets elsewhere. Nothing runs: the arena is lazily
+    committed memory."""
     from engine import models
     from kernels.plan import build_plan
     from kernels.rrdbnet import FusedRRDBNet
@@ -227,3 +228,29 @@ def test_a_plan_for_a_big_tile_batch_compiles_64_bit_offsets_where_a_buffer_need
     # by the H of the conv's input grid: the trunk and upconv1 (2048), upconv2 (4096, writing a ×4 buffer), conv_hr
     # and conv_last (8192)
     assert off64 == {False: {2048}, True: {4096, 8192}}
+
+
+@pytest.mark.slow
+def test_the_compile_sweep_reports_what_each_block_choice_becomes() -> None:
+    """`kernels.compile.sweep` compiles block choices of a layer for sm_90 (no GPU) and says which fit: here the
+    table's choice for the RDB convs, which fits, and the same with an absurd K block whose operands need more
+    shared memory than a Hopper SM has."""
+    code = textwrap.dedent("""
+        import json, sys
+        sys.path.insert(0, {repo!r})
+        from kernels.compile import sweep
+        cands = [dict(block_m=128, block_n=32, block_k=32, num_warps=4, num_stages=4),
+                 dict(block_m=256, block_n=32, block_k=1024, num_warps=4, num_stages=4)]
+        print(json.dumps(sweep("fp16", layers=["conv3x3 64→32 lrelu"], candidates=lambda cout: cands)))
+    """).format(repo=str(REPO))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env={**env, "TRITON_DEFAULT_FP_FUSION": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [r["layer"] for r in rows] == ["conv3x3 64→32 lrelu"] * 2
+    fits, too_big = rows
+    assert fits["fits"] and fits["spill_bytes"] == 0 and fits["wgmma"] and fits["cp_async"]
+    assert not too_big["fits"] and ("error" in too_big or too_big["shared_bytes"] > 227 * 1024)
