@@ -331,8 +331,12 @@ class Check:
         rows: list[dict[str, Any]] = []
         suggested: dict[str, dict[str, Any]] = {}
         self.R["sweep"] = {"budget_s": round(budget), "rows": rows, "suggested_table": suggested}
-        measured = {r["layer"]: r["variants"]["table"]["ms"] for r in self.R.get("convs", []) if "variants" in r}
-        order = sorted(self.layers, key=lambda L: -(measured.get(L.name) or self.case(L).flops / 1e9) * L.count)
+        # a layer's share: its measured time on a GPU; its FLOPs under the interpreter, whose wall clock says nothing
+        measured = {} if self.smoke else {r["layer"]: r["variants"]["table"]["ms"] for r in self.R.get("convs", [])
+                                          if "variants" in r}
+        weight = {L.name: (measured.get(L.name) or self.case(L).flops / 1e9) * L.count for L in self.layers}
+        order = sorted(self.layers, key=lambda L: -weight[L.name])
+        self.R["sweep"]["order"] = [[L.name, weight[L.name]] for L in order]
         table = {L.name: blocks_for(dt, L.op, cin=L.cin, cout=L.cout, res=L.res) for L in order}
         best: dict[str, tuple[Blocks, float]] = {}
         tried: dict[str, set[Blocks]] = {L.name: set() for L in order}
