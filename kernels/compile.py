@@ -132,7 +132,7 @@ def program_launches(dtype: str, n: int, h: int, w: int) -> list[tuple[str, Laun
 
 
 def describe(launch: Launch) -> str:
-    """A conv launch in the field's words ("conv3x3 192→64 +x +rrdb"); other kernels by name."""
+    """A conv launch in a few words ("conv3x3 192→64 +res1 +res2": op, Cin→Cout, epilogue); other kernels by name."""
     c = launch.constexprs
     if launch.kernel.__name__ != "conv_kernel":
         return launch.kernel.__name__
@@ -151,6 +151,7 @@ def describe(launch: Launch) -> str:
 
 
 def blocks_label(launch: Launch) -> str:
+    """A launch's tile sizes and options ("128×64×64, 8 warps, 3 stages")."""
     c = launch.constexprs
     if "BLOCK_M" not in c:
         return f"{launch.num_warps} warps, {launch.num_stages} stages"
