@@ -27,6 +27,8 @@ __all__ = [
 ]
 
 SUPPORTED_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+# video files (engine.video) by suffix, with the FFmpeg container format each is written in
+VIDEO_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mkv": "matroska", ".mov": "mov", ".webm": "webm", ".avi": "avi"}
 DEFAULT_MAX_PIXELS = 16384 * 16384 // 2  # ~134 MP; bigger images are refused (decompression bombs)
 
 _OUTPUT_CHOICES = {"png": ".png", "jpg": ".jpg", "jpeg": ".jpg", "webp": ".webp", "tif": ".tif", "tiff": ".tif"}
@@ -360,13 +362,15 @@ def write_image(path: StrPath, image: np.ndarray, *, quality: int = 95, overwrit
 
 
 def output_extension(input_path: StrPath, requested: str) -> str:
-    """The output file extension (with dot, lower case) for `input_path`.
+    """The output file extension (with dot, lower case) for `input_path`; a video keeps its own.
 
     `requested` "auto": the input's extension, normalized (".jpeg" → ".jpg", ".tiff" → ".tif"; ".png" when the
     input's extension is not a supported one). Otherwise "png", "jpg", "webp" or "tif", with or without a dot
     ("jpeg" and "tiff" are accepted too). Anything else raises ValueError listing the choices.
     """
     choice = requested.strip().lower().lstrip(".")
+    if is_video(input_path):  # a video keeps its container
+        return Path(input_path).suffix.lower()
     if choice == "auto":
         ext = Path(input_path).suffix.lower()
         if ext not in SUPPORTED_EXTENSIONS:
@@ -377,9 +381,15 @@ def output_extension(input_path: StrPath, requested: str) -> str:
     raise ValueError(f"unknown output extension {requested!r}; choose auto, png, jpg, webp or tif")
 
 
+def is_video(path: StrPath) -> bool:
+    """Whether `path` names a video file (by its suffix: `VIDEO_FORMATS`)."""
+    return Path(path).suffix.lower() in VIDEO_FORMATS
+
+
 def list_inputs(path: StrPath) -> list[Path]:
-    """The images to process: a file → [file] (whatever its extension; read_image reports unsupported ones);
-    a folder → its entries with a supported image extension (not recursive; hidden names and folders skipped),
+    """The images and videos to process: a file → [file] (whatever its extension; read_image reports unsupported
+    ones); a folder → its entries with a supported image or video extension (not recursive; hidden names and
+    folders skipped),
     sorted by name. Entries that are not regular files (a FIFO, a device, a dangling link) are listed too, so that
     reading them reports them by name rather than leaving them out silently.
 
@@ -398,9 +408,11 @@ def list_inputs(path: StrPath) -> list[Path]:
         raise ImageError(f"{path}: cannot be listed ({e.strerror or e})") from None
     files = sorted(
         (f for f in entries
-         if f.suffix.lower() in SUPPORTED_EXTENSIONS and not f.name.startswith(".") and not f.is_dir()),
+         if (f.suffix.lower() in SUPPORTED_EXTENSIONS or is_video(f)) and not f.name.startswith(".")
+         and not f.is_dir()),
         key=lambda f: f.name,
     )
     if not files:
-        raise ImageError(f"{path}: no images in this folder (looked for {', '.join(SUPPORTED_EXTENSIONS)})")
+        raise ImageError(f"{path}: no images or videos in this folder (looked for "
+                         f"{', '.join((*SUPPORTED_EXTENSIONS, *VIDEO_FORMATS))})")
     return files

@@ -1,6 +1,7 @@
 """`python -m engine.upscale -i FILE_OR_DIR -o OUT_DIR [-n MODEL_OR_CHECKPOINT] [-s 4] [-t 0] ...`
 
-Upscales images with seam-free blended tiles. With no -n it uses the shipped default model (weights/). Every output
+Upscales images and videos (.mp4, .mkv, .mov, .webm, .avi: every frame, with timestamps, audio and subtitles kept;
+needs PyAV) with seam-free blended tiles. With no -n it uses the shipped default model (weights/). Every output
 is written to a temporary file and renamed; existing outputs are kept unless --overwrite, and --skip-existing
 resumes an interrupted folder run. An input is never written over. A file that fails is reported by name with the
 reason and the others are still written. Real-ESRGAN's spellings --model_path and --tile_pad are accepted.
@@ -36,6 +37,7 @@ from .imageio import (
     DEFAULT_MAX_PIXELS,
     ImageError,
     image_size,
+    is_video,
     list_inputs,
     output_extension,
     read_image,
@@ -95,7 +97,7 @@ def resolve_model(name_or_path: str | None) -> Path:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m engine.upscale", description=__doc__.split("\n\n")[1],
                                 epilog=__doc__.split("\n\n")[2], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-i", "--input", required=True, help="an image file or a folder of images")
+    p.add_argument("-i", "--input", required=True, help="an image or video file, or a folder of them")
     p.add_argument("-o", "--output", default="results", help="output folder (default: results)")
     p.add_argument("-n", "--model", "--model_path", "--model-path", dest="model",
                    help=f"checkpoint file (any supported format, ncnn .param too), engine directory (python -m "
@@ -137,6 +139,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse larger input images, from their header (decompression bombs) (default: "
                    f"{DEFAULT_MAX_PIXELS})")
+    p.add_argument("--codec", help="video encoder: libx264, libx265, ffv1 (lossless), libvpx-vp9, … (default: "
+                   "libx264; libvpx-vp9 for .webm)")
+    p.add_argument("--crf", type=int, help="video quality, the encoder's constant rate factor (lower is better; "
+                   "default: the encoder's own)")
+    p.add_argument("--pix-fmt", help="video pixel format, e.g. yuv420p, yuv420p10le (default: per encoder, 10-bit "
+                   "for 10-bit sources)")
     p.add_argument("--threads", type=int, default=0, help="host threads for conversion and blending, and ONNX "
                    "Runtime's intra-op threads, at most the CPU count (default: 0 = all cores)")
     return p
@@ -151,6 +159,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.overwrite and args.skip_existing:
         raise UsageError("--overwrite and --skip-existing exclude each other")
     cpus = usable_cpus()
+    if args.crf is not None and not 0 <= args.crf <= 63:
+        raise UsageError(f"--crf {args.crf}: give the encoder's quality in 0..63 (lower is better; x264's default 23)")
     if not 0 <= args.threads <= cpus:
         raise UsageError(f"--threads {args.threads}: this machine has {cpus} CPU(s); give 0 (all of them) or 1..{cpus}")
     if args.max_pixels < 1:
@@ -363,7 +373,16 @@ def check_memory(backend: Backend, image: np.ndarray, out_h: int, out_w: int, ti
 
 def _complete(target: Path, source: Path, scale: int, outscale: float | None) -> bool:
     """Whether `target` is a whole output of `source`: its header gives the expected size (transposed too, for
-    EXIF-rotated JPEGs). A 0-byte or damaged file is not."""
+    EXIF-rotated JPEGs). A 0-byte or damaged file is not. A video output is whole once it exists and has a video
+    stream (it is written to a temporary file and renamed when complete)."""
+    if is_video(source):
+        from .video import VideoError, probe
+
+        try:
+            probe(target)
+        except VideoError:
+            return False
+        return True
     got, size = image_size(target), image_size(source)
     if got is None or size is None:
         return False
@@ -388,7 +407,16 @@ def _reason(path: Path, e: BaseException) -> str:
 
 
 def upscale_file(backend: Backend, src: Path, dst: Path, args: argparse.Namespace, batch: int, replace: bool) -> None:
-    """Upscale one file into `dst` (atomically; exclusively unless `replace`)."""
+    """Upscale one file into `dst` (atomically; exclusively unless `replace`; a video is always written whole or
+    not at all, and the caller has checked that `dst` may be replaced)."""
+    if is_video(src):
+        from .video import upscale_video
+
+        with tqdm(unit="frame", leave=False, dynamic_ncols=True, desc=src.name, disable=None) as bar:
+            upscale_video(backend, src, dst, codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt,
+                          outscale=args.outscale, tile=args.tile, tile_overlap=args.tile_overlap, batch=args.batch,
+                          progress=lambda done: bar.update(done - bar.n))
+        return
     image = read_image(src, max_pixels=args.max_pixels)
     out_h, out_w = output_size(image.shape[0], image.shape[1], backend.scale, args.outscale)
     check_memory(backend, image, out_h, out_w, args.tile, batch)

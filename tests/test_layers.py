@@ -7,7 +7,8 @@ layer or a lower one, and no modules import each other in a cycle.
     3 backends     engine.backends.*
     4 engines      engine.manifest, engine.engines
     5 inference    engine.inference
-    6 tools        engine.build, engine.upscale, engine.interp; train/ and bench/ beside them, imported by nothing
+    6 tools        engine.build, engine.upscale, engine.interp, engine.video; train/ and bench/ beside them, imported
+                   by nothing
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [  # a module's layer: the longest p
     (3, ("engine.backends",)),
     (4, ("engine.manifest", "engine.engines")),
     (5, ("engine.inference",)),
-    (6, ("engine.build", "engine.upscale", "engine.interp", "train", "bench")),
+    (6, ("engine.build", "engine.upscale", "engine.interp", "engine.video", "train", "bench")),
 ]
 SIBLINGS = {("export", "kernels"), ("kernels", "export")}  # same layer, but neither may import the other
 LAZY_NAMES = ("infer", "load", "Engine", "Backend", "TorchBackend", "OrtBackend")  # engine/__init__'s lazy map
