@@ -413,9 +413,12 @@ def upscale_file(backend: Backend, src: Path, dst: Path, args: argparse.Namespac
         from .video import upscale_video
 
         with tqdm(unit="frame", leave=False, dynamic_ncols=True, desc=src.name, disable=None) as bar:
-            upscale_video(backend, src, dst, codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt,
-                          outscale=args.outscale, tile=args.tile, tile_overlap=args.tile_overlap, batch=args.batch,
-                          progress=lambda done: bar.update(done - bar.n))
+            stats = upscale_video(backend, src, dst, codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt,
+                                  outscale=args.outscale, tile=args.tile, tile_overlap=args.tile_overlap,
+                                  batch=args.batch, progress=lambda done: bar.update(done - bar.n))
+        busy = ", ".join(f"{stage} {share:.0%}" for stage, share in stats["busy"].items())
+        print(f"{src.name}: {stats['frames']} frames in {stats['seconds']:.1f} s, {stats['fps']:.2f} frames/s; "
+              f"busy: {busy}")
         return
     image = read_image(src, max_pixels=args.max_pixels)
     out_h, out_w = output_size(image.shape[0], image.shape[1], backend.scale, args.outscale)

@@ -12,9 +12,11 @@ output is written to a temporary file beside `dst` and renamed into place when c
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,114 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
         raise VideoError(f"{path}: cannot be read as a video ({e})") from e
 
 
+Item = tuple[str, Any]  # ("frame", (pts, time_base, array)) or ("packet", a copied stream's packet)
+QUEUE = 4  # items between two stages: at most 2·QUEUE + 3 frames are decoded and not yet encoded
+_END = ("end", None)
+
+
+@dataclass
+class Stats:
+    """What a run did: frames encoded, wall time, and each stage's busy seconds."""
+
+    frames: int = 0
+    start: float = field(default_factory=time.perf_counter)
+    busy: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "engine": 0.0, "encode": 0.0})
+    in_flight: int = 0  # frames decoded and not yet encoded
+    max_in_flight: int = 0
+
+    def report(self) -> dict[str, Any]:
+        wall = time.perf_counter() - self.start
+        return {"frames": self.frames, "seconds": round(wall, 3), "fps": round(self.frames / wall, 3) if wall else None,
+                "busy": {k: round(v / wall, 3) if wall else None for k, v in self.busy.items()},
+                "max_frames_in_flight": self.max_in_flight}
+
+
+def run_pipeline(source: Iterator[Item], middle: Callable[[Item], Item], sink: Callable[[Item], None],
+                 stats: Stats) -> None:
+    """source (a decoder thread) → middle (this thread) → sink (an encoder thread), in order, through bounded
+    queues; each stage's busy time is added to `stats`. An error in any stage stops the others and is raised here."""
+    lock = threading.Lock()
+    stop = threading.Event()
+    decoded: queue.Queue[Item] = queue.Queue(QUEUE)
+    upscaled: queue.Queue[Item] = queue.Queue(QUEUE)
+    errors: list[BaseException] = []
+
+    def put(q: queue.Queue[Item], item: Item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(q: queue.Queue[Item]) -> Item | None:
+        while not stop.is_set():
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return None
+
+    def count(delta: int) -> None:
+        with lock:
+            stats.in_flight += delta
+            stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+
+    def decoder() -> None:
+        try:
+            while True:
+                t = time.perf_counter()
+                item = next(source, _END)
+                stats.busy["decode"] += time.perf_counter() - t
+                if item[0] == "frame":
+                    count(1)
+                if not put(decoded, item) or item is _END:
+                    return
+        except BaseException as e:  # handed to the caller
+            errors.append(e)
+            stop.set()
+
+    def encoder() -> None:
+        try:
+            while (item := get(upscaled)) is not None and item is not _END:
+                t = time.perf_counter()
+                sink(item)
+                stats.busy["encode"] += time.perf_counter() - t
+                if item[0] == "frame":
+                    count(-1)
+        except BaseException as e:
+            errors.append(e)
+            stop.set()
+
+    threads = [threading.Thread(target=decoder, name="video-decode", daemon=True),
+               threading.Thread(target=encoder, name="video-encode", daemon=True)]
+    for th in threads:
+        th.start()
+    try:
+        while (item := get(decoded)) is not None:
+            if item is _END:
+                put(upscaled, item)
+                break
+            t = time.perf_counter()
+            out = middle(item)
+            stats.busy["engine"] += time.perf_counter() - t
+            if not put(upscaled, out):
+                break
+        for th in threads:
+            while th.is_alive() and not stop.is_set():
+                th.join(timeout=0.1)
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        stop.set()
+        for th in threads:
+            th.join()
+    if errors:
+        raise errors[0]
+
+
 def upscale_video(net: Any, src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: str | None = None,
                   crf: int | None = None, pix_fmt: str | None = None, outscale: float | None = None,
                   alpha: float | None = None, tile: int | None = None, tile_overlap: int | None = None,
@@ -98,11 +208,15 @@ def upscale_video(net: Any, src: str | os.PathLike[str], dst: str | os.PathLike[
         outscale, alpha, tile, tile_overlap, batch: as `engine.infer`.
         progress: called with the number of frames done after each frame.
 
-    Returns: {"frames", "seconds", "fps"} of the run. Raises VideoError naming the file for a file without video,
+    Decoding, the engine and encoding overlap: a decoder thread and an encoder thread around the engine in this
+    thread, joined by queues of `QUEUE` items, so memory stays bounded whatever the video's length (`run_pipeline`).
+
+    Returns: `Stats.report()`: frames, seconds, frames/s, and the share of the wall time each stage was busy.
+    Raises VideoError naming the file for a file without video,
     an unreadable or corrupt file, or a file with no frame; the output is then left as it was.
     """
     av = _require_av()
-    from .inference import DEFAULT_TILE_OVERLAP, as_backend, infer
+    from .inference import DEFAULT_TILE_OVERLAP, as_backend, infer, output_size
 
     src, dst = Path(src), Path(dst)
     fmt = FORMATS.get(dst.suffix.lower())
@@ -111,54 +225,64 @@ def upscale_video(net: Any, src: str | os.PathLike[str], dst: str | os.PathLike[
     info = probe(src)
     codec = codec or DEFAULT_CODEC.get(fmt, "libx264")
     backend = as_backend(net)
+    out_h, out_w = output_size(info.height, info.width, backend.scale, outscale)
     high = info.bits > 8
     frame_format = "rgb48le" if high else "rgb24"
-    start, done = time.perf_counter(), 0
-
-    def upscale(frame: Any) -> np.ndarray:
-        image = frame.to_ndarray(format=frame_format)
-        return np.ascontiguousarray(infer(backend, image, tile=tile, batch=batch, outscale=outscale, alpha=alpha,
-                                          tile_overlap=DEFAULT_TILE_OVERLAP if tile_overlap is None else tile_overlap))
+    overlap = DEFAULT_TILE_OVERLAP if tile_overlap is None else tile_overlap
+    stats = Stats()
 
     def write(tmp: str) -> None:
-        nonlocal done
         with av.open(str(src)) as inp, av.open(tmp, mode="w", format=fmt) as out:
             out.metadata.update(inp.metadata)
             vin = next(s for s in inp.streams if s.type == "video")
             copies = {s.index: out.add_stream_from_template(s) for s in inp.streams
                       if s.type in ("audio", "subtitle")}
-            vout = None
-            for packet in inp.demux(vin, *[s for s in inp.streams if s.index in copies]):
-                if packet.stream.index in copies:
-                    if packet.dts is not None:  # not the demuxer's end-of-stream marker
-                        packet.stream = copies[packet.stream.index]
-                        out.mux(packet)
-                    continue
-                for frame in packet.decode():
-                    up = upscale(frame)
-                    if vout is None:  # the first frame decides the output size
-                        vout = out.add_stream(codec, rate=info.rate or Fraction(25))
-                        vout.width, vout.height = up.shape[1], up.shape[0]
-                        vout.pix_fmt = pix_fmt or DEFAULT_PIX_FMT.get(codec, ("yuv420p", "yuv420p10le"))[high]
-                        vout.time_base = info.time_base
-                        vout.codec_context.time_base = info.time_base
-                        if crf is not None:
-                            vout.options = {"crf": str(crf)}
-                    out_frame = av.VideoFrame.from_ndarray(up, format=frame_format)
-                    out_frame.pts, out_frame.time_base = frame.pts, frame.time_base
-                    for p in vout.encode(out_frame):
-                        out.mux(p)
-                    done += 1
-                    if progress is not None:
-                        progress(done)
-            if vout is None:
+            vout = out.add_stream(codec, rate=info.rate or Fraction(25))  # before the first mux writes the header
+            vout.width, vout.height = out_w, out_h
+            vout.pix_fmt = pix_fmt or DEFAULT_PIX_FMT.get(codec, ("yuv420p", "yuv420p10le"))[high]
+            vout.time_base = vout.codec_context.time_base = info.time_base
+            if crf is not None:
+                vout.options = {"crf": str(crf)}
+
+            def decode() -> Iterator[Item]:  # the decoder thread: frames as arrays, copied streams' packets
+                for packet in inp.demux(vin, *[s for s in inp.streams if s.index in copies]):
+                    if packet.stream.index in copies:
+                        if packet.dts is not None:  # not the demuxer's end-of-stream marker
+                            yield "packet", packet
+                        continue
+                    for frame in packet.decode():
+                        yield "frame", (frame.pts, frame.time_base, frame.to_ndarray(format=frame_format))
+
+            def upscale(item: Item) -> Item:  # this thread: the engine
+                kind, payload = item
+                if kind != "frame":
+                    return item
+                pts, time_base, image = payload
+                up = infer(backend, image, tile=tile, batch=batch, outscale=outscale, alpha=alpha,
+                           tile_overlap=overlap)
+                return kind, (pts, time_base, np.ascontiguousarray(up))
+
+            def encode(item: Item) -> None:  # the encoder thread: encodes frames and muxes everything in order
+                kind, payload = item
+                if kind == "packet":
+                    payload.stream = copies[payload.stream.index]
+                    out.mux(payload)
+                    return
+                pts, time_base, up = payload
+                frame = av.VideoFrame.from_ndarray(up, format=frame_format)
+                frame.pts, frame.time_base = pts, time_base
+                out.mux(vout.encode(frame))
+                stats.frames += 1
+                if progress is not None:
+                    progress(stats.frames)
+
+            run_pipeline(decode(), upscale, encode, stats)
+            if stats.frames == 0:
                 raise VideoError(f"{src}: the video stream has no frame")
-            for p in vout.encode():
-                out.mux(p)
+            out.mux(vout.encode())
 
     try:
         atomic_write(dst, write)
     except av.error.FFmpegError as e:
         raise VideoError(f"{src} → {dst}: {e}") from e
-    seconds = time.perf_counter() - start
-    return {"frames": done, "seconds": round(seconds, 3), "fps": round(done / seconds, 3) if seconds else None}
+    return stats.report()

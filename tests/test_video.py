@@ -13,8 +13,9 @@ import pytest
 av = pytest.importorskip("av")
 
 import engine  # noqa: E402
+import engine.video as video  # noqa: E402
 from engine.inference import as_backend  # noqa: E402
-from engine.video import VideoError, probe, upscale_video  # noqa: E402
+from engine.video import VideoError, probe, run_pipeline, upscale_video  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "weights" / "tiny_x4.safetensors"
@@ -22,12 +23,14 @@ TB = Fraction(1, 1000)
 
 
 def make_clip(path: Path, *, frames: int = 12, size: tuple[int, int] = (24, 16), gaps: list[int] | None = None,
-              codec: str = "ffv1", pix_fmt: str = "yuv420p", audio: bool = True, video: bool = True) -> list[int]:
-    """Write a clip (frame i at pts Σ gaps[:i] ms) with a mono PCM track; returns the frames' pts."""
+              codec: str = "ffv1", pix_fmt: str = "yuv420p", audio: bool = True, video: bool = True,
+              video_start: int = 0) -> list[int]:
+    """Write a clip (frame i at pts video_start + Σ gaps[:i] ms) with a mono PCM track from 0 ms (a reader meets
+    an audio packet first when the video starts later); returns the frames' pts."""
     rng = np.random.default_rng(0)
     w, h = size
     gaps = gaps or [41] * frames
-    pts = [int(sum(gaps[:i])) for i in range(frames)]
+    pts = [video_start + int(sum(gaps[:i])) for i in range(frames)]
     with av.open(str(path), "w") as c:
         c.metadata["title"] = "test clip"
         v = None
@@ -38,6 +41,14 @@ def make_clip(path: Path, *, frames: int = 12, size: tuple[int, int] = (24, 16),
         a = c.add_stream("pcm_s16le", rate=8000) if audio else None
         if a is not None:
             a.layout = "mono"
+
+        def write_audio() -> None:
+            samples = (np.sin(np.arange(4000) / 5) * 10000).astype(np.int16)[None, :]
+            af = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+            af.sample_rate, af.pts = 8000, 0
+            for p in [*a.encode(af), *a.encode()]:
+                c.mux(p)
+
         for t in pts if v is not None else []:
             img = np.clip(np.linspace(0, 255, w)[None, :, None] + rng.integers(0, 60, (h, w, 3)), 0, 255)
             high = "10" in pix_fmt
@@ -50,11 +61,7 @@ def make_clip(path: Path, *, frames: int = 12, size: tuple[int, int] = (24, 16),
             for p in v.encode():
                 c.mux(p)
         if a is not None:
-            samples = (np.sin(np.arange(4000) / 5) * 10000).astype(np.int16)[None, :]
-            af = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
-            af.sample_rate, af.pts = 8000, 0
-            for p in [*a.encode(af), *a.encode()]:
-                c.mux(p)
+            write_audio()
     return pts
 
 
@@ -153,3 +160,50 @@ def test_the_upscale_command_takes_videos_beside_images_and_names_a_bad_one(tmp_
     (src / "broken.mp4").unlink()
     assert main(["-i", str(src), "-o", str(out), "-n", str(MODEL), "--skip-existing"]) == EXIT_OK
     assert (out / "clip_out.mkv").stat().st_mtime_ns == before
+
+
+def test_audio_before_the_first_frame_and_a_bounded_overlapped_pipeline(tmp_path: Path) -> None:
+    """A clip whose audio comes first in the file (the output's video stream must exist before anything is muxed),
+    40 frames: every frame arrives, the report gives frames/s and each stage's busy share, and the decoder never
+    runs more than the queues allow ahead of the encoder."""
+    src, dst = tmp_path / "clip.mkv", tmp_path / "clip_out.mkv"
+    pts = make_clip(src, frames=40, video_start=200)
+    with av.open(str(src)) as c:
+        first = next(p for p in c.demux() if p.dts is not None)
+        assert first.stream.type == "audio"
+    stats = upscale_video(MODEL, src, dst, codec="ffv1")
+    assert stats["frames"] == 40 and [t for t, _ in decoded(dst)] == pts
+    assert audio_packets(dst) == audio_packets(src)
+    assert stats["fps"] > 0 and set(stats["busy"]) == {"decode", "engine", "encode"}
+    assert all(0 <= share <= 1 for share in stats["busy"].values())
+    assert 1 <= stats["max_frames_in_flight"] <= 2 * video.QUEUE + 3
+
+
+def test_the_pipeline_keeps_order_and_stops_on_any_stage_s_error() -> None:
+    import threading
+
+    items = [("packet" if i % 3 == 0 else "frame", i) for i in range(60)]
+    got: list[tuple[str, int]] = []
+    run_pipeline(iter(items), lambda it: (it[0], it[1] * 10) if it[0] == "frame" else it, got.append,
+                 video.Stats())
+    assert got == [(k, v * 10 if k == "frame" else v) for k, v in items]
+
+    def boom_at(n: int):
+        def f(item):
+            if item[1] == n:
+                raise RuntimeError(f"stage failed at {n}")
+            return item
+        return f
+
+    before = threading.active_count()
+    for stage in ("source", "middle", "sink"):
+        def source(stage: str = stage):
+            for it in items:
+                if stage == "source" and it[1] == 7:
+                    raise RuntimeError("stage failed at 7")
+                yield it
+        middle = boom_at(7) if stage == "middle" else (lambda it: it)
+        sink = boom_at(7) if stage == "sink" else (lambda it: None)
+        with pytest.raises(RuntimeError, match="stage failed at 7"):
+            run_pipeline(source(), middle, sink, video.Stats())
+        assert threading.active_count() == before  # the other stages stopped
