@@ -26,8 +26,6 @@ import numpy as np
 from .atomic import atomic_write
 from .imageio import VIDEO_FORMATS
 
-# container format by output suffix (the temporary file's own suffix cannot tell FFmpeg)
-FORMATS = VIDEO_FORMATS
 # the encoder a container gets unless one is named, and the pixel format an encoder gets unless one is named:
 # (8-bit source, deeper source)
 DEFAULT_CODEC = {"webm": "libvpx-vp9", "avi": "mpeg4"}
@@ -179,13 +177,10 @@ def run_pipeline(source: Iterator[Item], middle: Callable[[Item], Item], sink: C
             stats.busy["engine"] += time.perf_counter() - t
             if not put(upscaled, out):
                 break
-        for th in threads:
+        for th in threads:  # the encoder drains the queue; an error in either stage sets `stop`
             while th.is_alive() and not stop.is_set():
                 th.join(timeout=0.1)
-    except BaseException:
-        stop.set()
-        raise
-    finally:
+    finally:  # also on an error or Ctrl-C here: the other stages stop
         stop.set()
         for th in threads:
             th.join()
@@ -219,9 +214,9 @@ def upscale_video(net: Any, src: str | os.PathLike[str], dst: str | os.PathLike[
     from .inference import DEFAULT_TILE_OVERLAP, as_backend, infer, output_size
 
     src, dst = Path(src), Path(dst)
-    fmt = FORMATS.get(dst.suffix.lower())
+    fmt = VIDEO_FORMATS.get(dst.suffix.lower())  # the temporary file's own suffix cannot tell FFmpeg
     if fmt is None:
-        raise VideoError(f"{dst}: the output's suffix must be one of {', '.join(FORMATS)}")
+        raise VideoError(f"{dst}: the output's suffix must be one of {', '.join(VIDEO_FORMATS)}")
     info = probe(src)
     codec = codec or DEFAULT_CODEC.get(fmt, "libx264")
     backend = as_backend(net)

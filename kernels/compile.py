@@ -66,6 +66,14 @@ def compile_variant(fn: Any, signature: dict[str, str], constexprs: dict[str, An
                           options={"num_warps": num_warps, "num_stages": num_stages})
 
 
+def compile_launch(launch: Launch, *, arch: int = 90) -> Any:
+    """`compile_variant` of a recorded launch, its arguments specialized as the JIT specializes them."""
+    names, spec = launch.arg_names(), [specialize(v) for v in launch.args]
+    return compile_variant(launch.kernel, {nm: t for nm, (t, _) in zip(names, spec, strict=True)}, launch.constexprs,
+                           [nm for nm, (_, d) in zip(names, spec, strict=True) if d], num_warps=launch.num_warps,
+                           num_stages=launch.num_stages, arch=arch)
+
+
 def resources(compiled: Any) -> dict[str, int]:
     """What a compiled kernel uses: registers, spill (stack) and local bytes from its cubin (`cuobjdump`, shipped
     with Triton), shared bytes, and its PTX's count of `cp.async` copies and `wgmma` instructions."""
@@ -192,11 +200,7 @@ def report(dtype: str = "fp16", *, n: int = 1, h: int = 540, w: int = 960, arch:
                 seen[key]["layers"].append(what)
             seen[key]["launches"] += launched
             continue
-        names = launch.arg_names()
-        spec = [specialize(v) for v in launch.args]
-        compiled = compile_variant(launch.kernel, {nm: t for nm, (t, _) in zip(names, spec, strict=True)},
-                                   launch.constexprs, [nm for nm, (_, d) in zip(names, spec, strict=True) if d],
-                                   num_warps=launch.num_warps, num_stages=launch.num_stages, arch=arch)
+        compiled = compile_launch(launch, arch=arch)
         seen[key] = {"kernel": launch.kernel.__name__, "dtype": dtype, "blocks": blocks_label(launch),
                      "launched": launched, "layers": [what], "launches": int(launched), **resources(compiled)}
     return list(seen.values())
@@ -225,6 +229,7 @@ def sweep(dtype: str = "fp16", *, arch: int = 90, layers: Sequence[str] | None =
     import time
 
     from .blocks import Blocks
+    from .conv import even_k
 
     chosen: dict[str, Launch] = {}
     for program, launch in program_launches(dtype, 1, 540, 960):
@@ -235,21 +240,15 @@ def sweep(dtype: str = "fp16", *, arch: int = 90, layers: Sequence[str] | None =
     rows = []
     for what, launch in chosen.items():
         args = dict(zip(launch.arg_names(), launch.args, strict=True))
-        aligned = launch.constexprs["EVEN_K"] or args["CIN"] % launch.constexprs["BLOCK_K"] == 0
+        strides = (args["stride_xn"], args["stride_xh"], args["stride_xw"])
         for cand in candidates(args["COUT"]):
             b = Blocks(**cand)
             c = dict(launch.constexprs, BLOCK_M=b.block_m, BLOCK_N=b.block_n, BLOCK_K=b.block_k, TAP_REUSE=b.tap_reuse,
-                     BLOCK_W=b.block_w if b.tap_reuse else 1,
-                     EVEN_K=launch.constexprs["EVEN_K"] and aligned and args["CIN"] % b.block_k == 0)
+                     BLOCK_W=b.block_w if b.tap_reuse else 1, EVEN_K=even_k(args["CIN"], b.block_k, strides))
             trial = replace(launch, constexprs=c, num_warps=b.num_warps, num_stages=b.num_stages)
-            names = trial.arg_names()
-            spec = [specialize(v) for v in trial.args]
             start = time.perf_counter()
             try:
-                compiled = compile_variant(trial.kernel, {nm: t for nm, (t, _) in zip(names, spec, strict=True)}, c,
-                                           [nm for nm, (_, d) in zip(names, spec, strict=True) if d],
-                                           num_warps=b.num_warps, num_stages=b.num_stages, arch=arch)
-                used: dict[str, Any] = resources(compiled)
+                used: dict[str, Any] = resources(compile_launch(trial, arch=arch))
             except Exception as e:  # e.g. out of shared memory or registers at compile time
                 used = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
             seconds = round(time.perf_counter() - start, 2)

@@ -349,7 +349,6 @@ def _launch(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torc
         raise ValueError(f"x has {m} pixels (N·H·W); a launch takes fewer than 2³¹: split the batch or the tile")
     op = "upconv2x" if upsample else f"conv{ksize}x{ksize}"
     b = blocks_for(DTYPE_NAMES[x.dtype], op, cin=cin, cout=cout, res=res, **blocks)
-    even_k = cin % b.block_k == 0 and all(s % 8 == 0 for s in x.stride()[:3])
     # launch: one program per (pixel block, upconv phase, N block), N fastest (see conv_kernel)
     if b.tap_reuse:
         m_blocks = n * triton.cdiv(h, b.block_m // b.block_w) * triton.cdiv(w, b.block_w)
@@ -369,8 +368,8 @@ def _launch(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torc
     constexprs = dict(
         ACT=ACTS[act], HAS_R1=res1 is not None, R1_LOWRES=res1_lowres, HAS_R2=res2 is not None,
         HAS_BN=bn is not None, SHUFFLE=shuffle, UPSAMPLE=upsample, KSIZE=ksize, TAPS=4 if upsample else taps,
-        EVEN_K=even_k, IEEE=x.dtype == torch.float32, X_INT8=x_int8, OUT_INT8=out_int8,
-        OFF64=max(element_extent(t) for t in (x, out, r1, r2)) >= 2**31, TAP_REUSE=b.tap_reuse,
+        EVEN_K=even_k(cin, b.block_k, x.stride()[:3]), IEEE=x.dtype == torch.float32, X_INT8=x_int8, OUT_INT8=out_int8,
+        OFF64=needs_int64(x, out, r1, r2), TAP_REUSE=b.tap_reuse,
         BLOCK_M=b.block_m, BLOCK_N=b.block_n, BLOCK_K=b.block_k, BLOCK_W=b.block_w if b.tap_reuse else 1,
     )
     launch(conv_kernel, grid, args, constexprs, num_warps=b.num_warps, num_stages=b.num_stages)
@@ -395,6 +394,18 @@ def element_extent(t: torch.Tensor) -> int:
     if t.numel() == 0:
         return 0
     return 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
+
+
+def needs_int64(*tensors: torch.Tensor) -> bool:
+    """Whether a kernel indexing any of `tensors` must compute element offsets in int64 (the kernels' `OFF64`):
+    some tensor spans 2³¹ elements or more, strides counted (`element_extent`)."""
+    return any(element_extent(t) >= 2**31 for t in tensors)
+
+
+def even_k(cin: int, block_k: int, x_strides: tuple[int, ...] | list[int]) -> bool:
+    """The conv kernel's EVEN_K: channel blocks need no mask (`block_k` divides `cin`) and the input's pixel
+    strides are multiples of 8 elements (16-byte vector loads)."""
+    return cin % block_k == 0 and all(s % 8 == 0 for s in x_strides)
 
 
 def conv2d(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor, y: torch.Tensor, *, cin: int, cout: int,

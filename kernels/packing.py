@@ -22,14 +22,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .conv import element_extent
+from .conv import needs_int64
 from .launch import launch
-
-
-def needs_int64(*tensors: torch.Tensor) -> bool:
-    """Whether a kernel indexing any of `tensors` must compute element offsets in int64 (the `OFF64` constexpr of
-    this module's kernels): some tensor spans 2³¹ elements or more, strides counted (`conv.element_extent`)."""
-    return any(element_extent(t) >= 2**31 for t in tensors)
 
 
 @triton.jit

@@ -272,7 +272,6 @@ def cpu_defaults(net: SRNet, precision: str = "fp32") -> list[BackendInfo]:
             and b.unavailable() is None and b.network(net, precision) is None]
 
 
-
 def get(name: str) -> BackendInfo:
     """The backend registered as `name`; ValueError listing the registered ones."""
     _load_builtin()
