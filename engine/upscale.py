@@ -415,7 +415,8 @@ def upscale_file(backend: Backend, src: Path, dst: Path, args: argparse.Namespac
         with tqdm(unit="frame", leave=False, dynamic_ncols=True, desc=src.name, disable=None) as bar:
             stats = upscale_video(backend, src, dst, codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt,
                                   outscale=args.outscale, tile=args.tile, tile_overlap=args.tile_overlap,
-                                  batch=args.batch, progress=lambda done: bar.update(done - bar.n))
+                                  batch=args.batch, threads=args.threads,
+                                  progress=lambda done: bar.update(done - bar.n))
         busy = ", ".join(f"{stage} {share:.0%}" for stage, share in stats["busy"].items())
         print(f"{src.name}: {stats['frames']} frames in {stats['seconds']:.1f} s, {stats['fps']:.2f} frames/s; "
               f"busy: {busy}")
@@ -441,6 +442,10 @@ def run(args: argparse.Namespace) -> int:
         if not pairs:
             raise UsageError(f"-i {args.input}: every image there is an output of this tool ({len(ours)} named "
                              f"*_{args.suffix}.*); nothing to upscale")
+        if args.codec is not None and any(is_video(src) for src, _ in pairs):
+            from .video import check_encoder
+
+            check_encoder(args.codec, args.pix_fmt)  # a bad --codec or --pix-fmt stops the run before any work
         check_output_folder(out_dir)
         for folder in {dst.parent for _, dst in pairs}:
             remove_stale_temps(folder, {dst.name for _, dst in pairs})

@@ -83,6 +83,21 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
         raise VideoError(f"{path}: cannot be read as a video ({e})") from e
 
 
+def check_encoder(codec: str, pix_fmt: str | None = None) -> None:
+    """VideoError naming the option unless PyAV's FFmpeg has a video encoder `codec` that takes `pix_fmt`."""
+    av = _require_av()
+    try:
+        encoder = av.codec.Codec(codec, "w")
+    except av.codec.codec.UnknownCodecError:
+        raise VideoError(f"--codec {codec}: no such encoder in PyAV's FFmpeg; use e.g. libx264, libx265, ffv1 or "
+                         "libvpx-vp9") from None
+    if encoder.type != "video":
+        raise VideoError(f"--codec {codec}: an {encoder.type} encoder; give a video encoder (e.g. libx264)")
+    formats = [f.name for f in encoder.video_formats or ()]
+    if pix_fmt is not None and formats and pix_fmt not in formats:
+        raise VideoError(f"--pix-fmt {pix_fmt}: {codec} does not encode it; it takes {', '.join(formats)}")
+
+
 Item = tuple[str, Any]  # ("frame", (pts, time_base, array)) or ("packet", a copied stream's packet)
 QUEUE = 4  # items between two stages: at most 2·QUEUE + 3 frames are decoded and not yet encoded
 _END = ("end", None)
@@ -191,7 +206,8 @@ def run_pipeline(source: Iterator[Item], middle: Callable[[Item], Item], sink: C
 def upscale_video(net: Any, src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: str | None = None,
                   crf: int | None = None, pix_fmt: str | None = None, outscale: float | None = None,
                   alpha: float | None = None, tile: int | None = None, tile_overlap: int | None = None,
-                  batch: int | None = None, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+                  batch: int | None = None, threads: int = 0, progress: Callable[[int], None] | None = None
+                  ) -> dict[str, Any]:
     """Upscale every frame of `src`'s first video stream into `dst` (format from its suffix: .mp4, .mkv, .mov,
     .webm, .avi), copying the audio and subtitle streams and the metadata.
 
@@ -200,7 +216,7 @@ def upscale_video(net: Any, src: str | os.PathLike[str], dst: str | os.PathLike[
         codec: the video encoder (libx264, libx265, ffv1, libvpx-vp9, …; default: libx264, libvpx-vp9 for .webm);
             `crf` its quality setting when given.
         pix_fmt: the encoded pixel format (default per codec and source depth: `DEFAULT_PIX_FMT`).
-        outscale, alpha, tile, tile_overlap, batch: as `engine.infer`.
+        outscale, alpha, tile, tile_overlap, batch, threads: as `engine.infer`.
         progress: called with the number of frames done after each frame.
 
     Decoding, the engine and encoding overlap: a decoder thread and an encoder thread around the engine in this
@@ -219,6 +235,7 @@ def upscale_video(net: Any, src: str | os.PathLike[str], dst: str | os.PathLike[
         raise VideoError(f"{dst}: the output's suffix must be one of {', '.join(VIDEO_FORMATS)}")
     info = probe(src)
     codec = codec or DEFAULT_CODEC.get(fmt, "libx264")
+    check_encoder(codec, pix_fmt)
     backend = as_backend(net)
     out_h, out_w = output_size(info.height, info.width, backend.scale, outscale)
     high = info.bits > 8
@@ -254,7 +271,7 @@ def upscale_video(net: Any, src: str | os.PathLike[str], dst: str | os.PathLike[
                     return item
                 pts, time_base, image = payload
                 up = infer(backend, image, tile=tile, batch=batch, outscale=outscale, alpha=alpha,
-                           tile_overlap=overlap)
+                           tile_overlap=overlap, threads=threads)
                 return kind, (pts, time_base, np.ascontiguousarray(up))
 
             def encode(item: Item) -> None:  # the encoder thread: encodes frames and muxes everything in order

@@ -134,6 +134,12 @@ def test_bad_input_names_the_file_and_leaves_no_output(tmp_path: Path) -> None:
         upscale_video(MODEL, truncated, tmp_path / "c.mkv")
     with pytest.raises(VideoError, match="suffix must be one of"):
         upscale_video(MODEL, clip, tmp_path / "d.gif")
+    with pytest.raises(VideoError, match="--codec nonsense: no such encoder"):
+        upscale_video(MODEL, clip, tmp_path / "e.mkv", codec="nonsense")
+    with pytest.raises(VideoError, match="--codec aac: an audio encoder"):
+        upscale_video(MODEL, clip, tmp_path / "f.mkv", codec="aac")
+    with pytest.raises(VideoError, match="--pix-fmt rgb24: libx264 does not encode it; it takes yuv420p"):
+        upscale_video(MODEL, clip, tmp_path / "g.mkv", codec="libx264", pix_fmt="rgb24")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mkv", "notes.mp4", "sound.mkv", "truncated.mkv"]
 
 
@@ -156,6 +162,9 @@ def test_the_upscale_command_takes_videos_beside_images_and_names_a_bad_one(tmp_
     assert sorted(p.name for p in out.iterdir()) == ["clip_out.mkv", "photo_out.png"]
     assert [t for t, _ in decoded(out / "clip_out.mkv")] == pts
     assert audio_packets(out / "clip_out.mkv") == audio_packets(src / "clip.mkv")
+    # a bad --codec stops the run before any work (exit 2), naming the option
+    assert main(["-i", str(src), "-o", str(tmp_path / "none"), "-n", str(MODEL), "--codec", "nonsense"]) == 2
+    assert not (tmp_path / "none").exists()
     before = (out / "clip_out.mkv").stat().st_mtime_ns
     (src / "broken.mp4").unlink()
     assert main(["-i", str(src), "-o", str(out), "-n", str(MODEL), "--skip-existing"]) == EXIT_OK
