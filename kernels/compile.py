@@ -225,18 +225,21 @@ def sweep(dtype: str = "fp16", *, arch: int = 90, layers: Sequence[str] | None =
     """Compile every `sweep_candidates` block choice of each distinct conv layer of rrdbnet ×4 (at 960×540) and
     report what it becomes: the compile-side half of filling `kernels.blocks.BLOCK_TABLE` (a choice that spills or
     needs more than `SHARED_LIMIT` shared bytes is not worth a GPU's time). `layers` keeps only the layers so
-    described (`describe`, e.g. "conv3x3 64→32 lrelu"); `candidates(cout)` lists the block choices to try."""
+    described (`describe`, e.g. "conv3x3 64→32 lrelu"; ValueError listing them for another); `candidates(cout)`
+    lists the block choices to try."""
     import time
 
     from .blocks import Blocks
     from .conv import even_k
 
-    chosen: dict[str, Launch] = {}
+    convs: dict[str, Launch] = {}
     for program, launch in program_launches(dtype, 1, 540, 960):
-        what = describe(launch)
-        if program == "rrdbnet ×4" and launch.kernel.__name__ == "conv_kernel" and what not in chosen:
-            if layers is None or what in layers:
-                chosen[what] = launch
+        if program == "rrdbnet ×4" and launch.kernel.__name__ == "conv_kernel":
+            convs.setdefault(describe(launch), launch)
+    unknown = [what for what in layers or () if what not in convs]
+    if unknown:
+        raise ValueError(f"--layer {unknown[0]!r} is not a conv of rrdbnet ×4; its convs are: {'; '.join(convs)}")
+    chosen = {what: launch for what, launch in convs.items() if layers is None or what in layers}
     rows = []
     for what, launch in chosen.items():
         args = dict(zip(launch.arg_names(), launch.args, strict=True))
@@ -281,7 +284,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --size must be WIDTHxHEIGHT and --batch ≥ 1, got {args.size!r}, {args.batch}", file=sys.stderr)
         return 2
     if args.sweep:
-        print(json.dumps(sweep(args.dtype, arch=args.arch, layers=args.layer)))
+        try:
+            rows = sweep(args.dtype, arch=args.arch, layers=args.layer)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(json.dumps(rows))
         return 0
     rows = report(args.dtype, n=args.batch, h=int(size.group(2)), w=int(size.group(1)), arch=args.arch,
                   alternatives=not args.launched_only)

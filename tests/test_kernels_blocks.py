@@ -254,3 +254,7 @@ def test_the_compile_sweep_reports_what_each_block_choice_becomes() -> None:
     fits, too_big = rows
     assert fits["fits"] and fits["spill_bytes"] == 0 and fits["wgmma"] and fits["cp_async"]
     assert not too_big["fits"] and ("error" in too_big or too_big["shared_bytes"] > 227 * 1024)
+    proc = subprocess.run([sys.executable, "-m", "kernels.compile", "--sweep", "--layer", "conv3x3 7→7"], cwd=REPO,
+                          capture_output=True, text=True, timeout=600, env={**env, "TRITON_DEFAULT_FP_FUSION": "1"})
+    assert proc.returncode == 2 and "--layer 'conv3x3 7→7' is not a conv of rrdbnet ×4" in proc.stderr
+    assert "conv3x3 64→32 lrelu" in proc.stderr and "Traceback" not in proc.stderr
