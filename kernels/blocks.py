@@ -57,13 +57,34 @@ class Blocks:
 
 Key = tuple[str, str, int, int, int]  # dtype, op, cin, cout, res
 
-# Measured rows (docs/kernels.md, "Block table"): the RDB convs of an RRDBNet with nf 64 and gc 32 at 960×540 fp16.
-_RDB_K = Blocks(block_m=128, block_n=32, block_k=32, num_warps=4, num_stages=4)
-_RDB_CONV5 = Blocks(block_m=128, block_n=64, block_k=64, num_warps=8, num_stages=3)
-BLOCK_TABLE: dict[Key, Blocks] = {
-    **{(dt, "conv3x3", 64 + 32 * j, 32, 1): _RDB_K for dt in ("fp16", "bf16") for j in range(4)},
-    **{(dt, "conv3x3", 192, 64, 1): _RDB_CONV5 for dt in ("fp16", "bf16")},
+# Measured rows (docs/kernels.md, "Block table"): the fastest correct blocks of the H200 sweep of 2026-11-30 (commit
+# d9b159c, `bench/gpu_check.py`), per conv of an RRDBNet ×4 with nf 64 and gc 32 at 960×540 fp16. bf16 shares fp16's
+# rows (the same tensor-core tiles on 2-byte operands; not swept apart).
+_MEASURED: dict[tuple[str, int, int, int], Blocks] = {
+    ("conv3x3", 3, 64, 1): Blocks(block_m=128, block_n=64, block_k=16, num_warps=4, num_stages=2, tap_reuse=True,
+                                  block_w=16),
+    ("conv3x3", 64, 32, 1): Blocks(block_m=128, block_n=32, block_k=32, num_warps=4, num_stages=4, tap_reuse=True,
+                                   block_w=8),
+    ("conv3x3", 96, 32, 1): Blocks(block_m=256, block_n=32, block_k=32, num_warps=4, num_stages=4, tap_reuse=True,
+                                   block_w=8),
+    ("conv3x3", 128, 32, 1): Blocks(block_m=256, block_n=32, block_k=32, num_warps=4, num_stages=4, tap_reuse=True,
+                                    block_w=8),
+    ("conv3x3", 160, 32, 1): Blocks(block_m=256, block_n=32, block_k=32, num_warps=4, num_stages=3, tap_reuse=True,
+                                    block_w=8),
+    ("conv3x3", 192, 64, 1): Blocks(block_m=128, block_n=64, block_k=64, num_warps=8, num_stages=3, tap_reuse=True,
+                                    block_w=8),
+    ("conv3x3", 64, 64, 1): Blocks(block_m=128, block_n=64, block_k=64, num_warps=4, num_stages=3, tap_reuse=True,
+                                   block_w=16),
+    ("upconv2x", 64, 64, 1): Blocks(block_m=128, block_n=64, block_k=32, num_warps=4, num_stages=3, tap_reuse=True,
+                                    block_w=8),
+    ("upconv2x", 64, 64, 2): Blocks(block_m=128, block_n=64, block_k=32, num_warps=4, num_stages=3, tap_reuse=True,
+                                    block_w=8),
+    ("conv3x3", 64, 64, 4): Blocks(block_m=128, block_n=64, block_k=64, num_warps=4, num_stages=2, tap_reuse=True,
+                                   block_w=8),
+    ("conv3x3", 64, 3, 4): Blocks(block_m=256, block_n=16, block_k=32, num_warps=4, num_stages=2, tap_reuse=True,
+                                  block_w=16),
 }
+BLOCK_TABLE: dict[Key, Blocks] = {(dt, *key): blocks for dt in ("fp16", "bf16") for key, blocks in _MEASURED.items()}
 
 
 def _pow2_at_least(v: int) -> int:
