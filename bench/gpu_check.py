@@ -26,14 +26,19 @@ failure is recorded with its traceback while the next phase runs:
               with the suggested table (BLOCK_TABLE patched for the run)
   5 tests     once the build is done: pytest -v of tests/test_kernels.py and tests/test_kernels_blocks.py (not slow,
               8 workers) and tests/test_plan.py -m gpu
-  6 infer     engine.infer(TritonBackend fp16, a 960×540 uint8 frame): the user's path, median ms, PSNR in 8 bits
+  6 infer     engine.infer(TritonBackend fp16, a 960×540 uint8 frame): the user's path, median ms, PSNR in 8 bits;
+              its output (converted to uint8 on the device) against the float output converted on the host
   7 bench     bench/run.py --workloads 4k with torch-fp16, torch-channels-last, triton-fp16 and native-fp16
-  8 overflow  convs whose buffers span more than 2³¹ elements, in a subprocess (a fault may poison the CUDA
+  8 video     bench/run.py --workloads video-1080p (a generated H.264 clip end to end beside the engine alone, with
+              each stage's busy share) with torch-fp16, triton-fp16 and native-fp16; then, with --clip FILE,
+              `python -m engine.upscale -i FILE` (-n --clip-model) as a user runs it. Needs PyAV: carry its wheel
+              (the device has none; docs/kernels.md)
+  9 overflow  convs whose buffers span more than 2³¹ elements, in a subprocess (a fault may poison the CUDA
               context, so it runs last), against PyTorch
 
 Files in --out (the device returns at most 8): gpu_check.json (every result, rewritten as soon as one exists, so a
-timeout still leaves data), build.log, pytest.txt, bench_4k.json (bench/run.py's own JSON), bench_4k.txt,
-overflow.txt, and log.txt from tee.
+timeout still leaves data), build.log, pytest.txt, bench_4k.json and bench_video.json (bench/run.py's own JSON),
+bench.txt (the bench and video logs), overflow.txt, and log.txt from tee.
 
 Reading gpu_check.json: `phases` says per phase "ok", "failed" (with `error` and `trace`) or "skipped" (with
 `reason`). `convs[i].variants` has our kernel per variant (its `blocks`, `ms`, `tflops`, `max_diff`, `ok`),
@@ -41,8 +46,8 @@ Reading gpu_check.json: `phases` says per phase "ok", "failed" (with `error` and
 block choice tried; `sweep.suggested_table` maps each layer key `(dtype, op, cin, cout, res)` to its fastest correct
 blocks, with `row`, a line to paste into kernels/blocks.py's BLOCK_TABLE, and the table's own ms beside. `forward`
 rows: median ms, TFLOP/s of the FLOPs our kernels compute, PSNR (dB, None when identical) against fp32, peak
-memory; the "suggested blocks" row lists the table keys the forward looked up. `tests`, `infer`, `bench` and
-`overflow` summarize their logs.
+memory; the "suggested blocks" row lists the table keys the forward looked up. `tests`, `infer`, `bench`, `video`
+and `overflow` summarize their logs.
 
 `--smoke` (CI, no GPU): sets TRITON_INTERPRET=1 before triton is imported and runs on tiny shapes (a 4×6 input grid,
 rrdb23 cut to one RRDB): each conv variant and every sweep candidate against a float64 reference, the forward's and
@@ -92,13 +97,15 @@ from kernels import blocks as kblocks  # noqa: E402
 from kernels.blocks import Blocks, blocks_for  # noqa: E402
 from kernels.conv import DTYPE_NAMES, conv3x3, pack_conv_weight  # noqa: E402
 
-PHASES = ("env", "ceilings", "convs", "sweep", "forward", "tests", "infer", "bench", "overflow")
+PHASES = ("env", "ceilings", "convs", "sweep", "forward", "tests", "infer", "bench", "video", "overflow")
 NEED = {"env": 0, "ceilings": 10, "convs": 30, "sweep": 20, "forward": 30, "tests": 30, "infer": 10, "bench": 30,
-        "overflow": 10}  # seconds of the budget a phase needs left to start
-KEEP = {"forward": 40, "tests": 90, "infer": 10, "bench": 50, "overflow": 15}  # kept back for it by the phases before
+        "video": 40, "overflow": 10}  # seconds of the budget a phase needs left to start
+KEEP = {"forward": 40, "tests": 90, "infer": 10, "bench": 50, "video": 60,
+        "overflow": 15}  # kept back for it by the phases before
 GPU_ONLY = {"ceilings": "GPU only: bandwidths and GEMM rates",
             "tests": "GPU only: CI runs these tests on the CPU itself",
             "bench": "GPU only: bench/run.py's 4k workload needs CUDA",
+            "video": "GPU only: the CPU's video pipeline is tested by tests/test_video.py and bench/run.py --quick",
             "overflow": "GPU only: tests/test_kernels_blocks.py checks the interpreter past 2^31 elements"}
 BUILD_CMD = [sys.executable, "-m", "pip", "install", "-e", ".", "--no-deps", "--no-build-isolation"]
 BENCH_BACKENDS = ("torch-fp16", "torch-channels-last", "triton-fp16", "native-fp16")
@@ -142,7 +149,7 @@ class Check:
         self.selected = [PHASES[int(p)] if p.strip().isdigit() else p.strip() for p in args.phases.split(",")
                          if p.strip()]
         if bad := [p for p in self.selected if p not in PHASES]:
-            raise SystemExit(f"--phases: unknown {', '.join(bad)} (known: {', '.join(PHASES)}, or 0–8)")
+            raise SystemExit(f"--phases: unknown {', '.join(bad)} (known: {', '.join(PHASES)}, or 0–9)")
 
     # bookkeeping ---------------------------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -513,6 +520,8 @@ class Check:
         import engine
         from engine.backends.fused import TritonBackend
 
+        if not self.smoke:  # engine._C with its CUDA pixel kernels
+            self.wait_build(min(150.0, self.share("infer")))
         frame = self.input_frame()
         backend = TritonBackend(self.network(), device=self.device, dtype="fp16")
         start = time.perf_counter()
@@ -530,6 +539,15 @@ class Check:
             ref8 = (self.ref32[0].clamp(0, 1) * 255).round().permute(1, 2, 0).cpu().numpy()
             db, largest = psnr(out.astype(np.float64), ref8, 255.0)
             r.update(psnr_8bit_db=None if db is None else round(db, 2), max_abs_diff_levels=largest)
+        if not self.smoke:  # the output converted to uint8 on the device, as the host would convert the floats
+            from engine._ext import load_C
+            from engine.inference import upscale_planes
+
+            C = load_C()
+            up = upscale_planes(backend, C.to_planar(np.ascontiguousarray(frame)))
+            host8 = C.from_planar(np.ascontiguousarray(up.float().cpu().numpy()), "uint8")
+            r["device_uint8_equals_host"] = bool(np.array_equal(host8, out))
+            r["device_vs_host_max_levels"] = int(np.abs(host8.astype(np.int16) - out.astype(np.int16)).max())
         if self.smoke:
             r["timing"] = "interpreter wall clock"
         self.R["infer"] = r
@@ -542,7 +560,7 @@ class Check:
         backends = [b for b in BENCH_BACKENDS if b in known]
         with tempfile.TemporaryDirectory(prefix="gpu-check-bench-") as tmp:
             r = self.call([sys.executable, "bench/run.py", "--workloads", "4k", "--backends", ",".join(backends),
-                           "--repeat", "5", "--warmup", "2", "--out", tmp, "--no-chart"], self.out / "bench_4k.txt",
+                           "--repeat", "5", "--warmup", "2", "--out", tmp, "--no-chart"], self.out / "bench.txt",
                           timeout=self.share("bench"))
             r.pop("output")
             found = sorted(Path(tmp).glob("*/*.json"))
@@ -555,6 +573,45 @@ class Check:
                 r["unavailable"] = [w.get("unavailable") for w in doc["workloads"]]
         self.R["bench"] = r
         self.log(json.dumps(r)[:800])
+
+    def p_video(self) -> None:
+        """bench/run.py's video-1080p workload (a generated clip end to end beside the engine alone), then
+        `python -m engine.upscale` on the clip given by --clip (with --clip-model) as a user runs it."""
+        from bench.run import backend_specs
+
+        try:
+            import av  # noqa: F401
+        except ImportError:
+            raise RuntimeError("PyAV is missing on this machine: carry its wheel (docs/kernels.md)") from None
+        known = {s.key for s in backend_specs()}
+        backends = [b for b in ("torch-fp16", "triton-fp16", "native-fp16") if b in known]
+        log = self.out / "bench.txt"
+        r: dict[str, Any] = {"backends": backends}
+        with tempfile.TemporaryDirectory(prefix="gpu-check-video-") as tmp:
+            b = self.call([sys.executable, "bench/run.py", "--workloads", "video-1080p", "--backends",
+                           ",".join(backends), "--repeat", "3", "--warmup", "1", "--out", tmp, "--no-chart"], log,
+                          timeout=self.share("video") - (45 if self.args.clip else 0))
+            b.pop("output")
+            found = sorted(Path(tmp).glob("*/*.json"))
+            if found:
+                (self.out / "bench_video.json").write_text(found[-1].read_text())
+                doc = json.loads(found[-1].read_text())
+                b["rows"] = [{"backend": row["backend"], **row.get("video", {}), "psnr_db": row.get("psnr_db")}
+                             for w in doc["workloads"] for row in w["rows"]]
+                b["unavailable"] = [w.get("unavailable") for w in doc["workloads"]]
+            r["bench"] = b
+            self.log(f"video bench: {json.dumps(b)[:800]}")
+            self.save()
+            if self.args.clip:
+                cmd = [sys.executable, "-m", "engine.upscale", "-i", self.args.clip, "-o", tmp]
+                if self.args.clip_model:
+                    cmd += ["-n", self.args.clip_model]
+                c = self.call(cmd, log, timeout=max(NEED["video"], self.share("video")))
+                out = c.pop("output")
+                c["report"] = [ln for ln in out.splitlines() if "frames/s" in ln]
+                r["clip"] = {"path": self.args.clip, "model": self.args.clip_model, **c}
+                self.log(f"video clip: {json.dumps(r['clip'])[:800]}")
+        self.R["video"] = r
 
     def p_overflow(self) -> None:
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -579,7 +636,7 @@ class Check:
             lines.append(f"suggested {v['row']}  # {v['ms']} ms, table {v['table_ms']} ms")
         for r in self.R.get("forward", []):
             lines.append(f"forward {r['label']}: {r.get('ms')} ms, PSNR {r.get('psnr_db')} dB")
-        for k in ("tests", "infer", "bench", "overflow"):
+        for k in ("tests", "infer", "bench", "video", "overflow"):
             if k in self.R:
                 lines.append(f"{k}: {json.dumps(self.R[k])[:500]}")
         lines.append(f"elapsed {self.elapsed():.0f} s")
@@ -642,11 +699,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=440.0,
                    help="seconds for all phases; a phase starts only with enough left (default: 440, for 8 minutes)")
     p.add_argument("--phases", default=",".join(PHASES),
-                   help=f"comma-separated names or numbers 0–8 (default: all: {','.join(PHASES)})")
+                   help=f"comma-separated names or numbers 0–9 (default: all: {','.join(PHASES)})")
     p.add_argument("--sweep-seconds", type=float, default=None,
                    help="the sweep's budget (default: what the later phases leave; 10 with --smoke)")
     p.add_argument("--smoke", action="store_true",
                    help="no GPU: TRITON_INTERPRET=1, tiny shapes, the GPU-only parts skipped (default: off)")
+    p.add_argument("--clip", help="a video file for the video phase to upscale with python -m engine.upscale "
+                   "(default: none, only bench/run.py's generated clip)")
+    p.add_argument("--clip-model", help="the -n of that run: a checkpoint file (default: the shipped model)")
     p.add_argument("--overflow-probe", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.smoke and args.sweep_seconds is None:

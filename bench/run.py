@@ -100,10 +100,11 @@ class Workload:
     tile: int = 0
     tile_batch: int = 4
     fallback: str = "rrdb23"  # the variant a published model's workload runs with random weights when it is absent
+    video: int = 0  # > 0: a generated clip of this many frames, end to end through engine.video (H.264 in and out)
 
     @property
     def frames(self) -> int:
-        return self.batch
+        return self.video or self.batch
 
 
 X4PLUS = "RealESRGAN_x4plus"  # the ESRGAN network of Real-ESRGAN (rrdb23's shape): the GPU workloads' weights
@@ -118,11 +119,17 @@ WORKLOADS = [
              device="cpu"),
     Workload("animevideov3-cpu", "the example photo at 640×427 → 2560×1708, realesr-animevideov3",
              "realesr-animevideov3", 640, 427, device="cpu", fallback="realesr-animevideov3"),
+    Workload("video-1080p", "a 48-frame 480×270 H.264 clip → 1920×1080 H.264: decode, engine, encode", X4PLUS, 480,
+             270, video=48),
+    Workload("video-cpu", "a 24-frame 320×180 H.264 clip → 1280×720 H.264 with the shipped default model: decode, "
+             "engine, encode", "default", 320, 180, device="cpu", video=24),
 ]
 QUICK = [
     Workload("quick-frame", "160×120 → 640×480 frame, shipped default model", "default", 160, 120, device="cpu"),
     Workload("quick-batch4", "4 tiles of 64×64 → 256×256 per call, shipped default model", "default", 64, 64,
              device="cpu", batch=4),
+    Workload("quick-video", "an 8-frame 96×64 H.264 clip → 384×256 H.264, shipped default model: decode, engine, "
+             "encode", "default", 96, 64, device="cpu", video=8),
 ]
 
 
@@ -306,6 +313,38 @@ def inputs(w: Workload) -> tuple[list[np.ndarray], np.ndarray | None, torch.Tens
     return [photo], None, batch
 
 
+def make_clip(w: Workload, photo: np.ndarray, path: Path) -> list[np.ndarray]:
+    """A clip of `w.video` frames panning across the example photo (scaled to 1.5× the frame's size), H.264 (crf 18)
+    with an AAC tone, as a user's source would be; returns its frames as decoded (RGB uint8)."""
+    import av
+
+    big = cv2.resize(photo, (w.width * 3 // 2, w.height * 3 // 2), interpolation=cv2.INTER_AREA)
+    span_y, span_x = big.shape[0] - w.height, big.shape[1] - w.width
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=24)
+        v.width, v.height, v.pix_fmt, v.options = w.width, w.height, "yuv420p", {"crf": "18"}
+        a = c.add_stream("aac", rate=48000)
+        a.layout = "stereo"
+        for i in range(w.video):
+            t = i / max(1, w.video - 1)
+            y, x = round(t * span_y), round(t * span_x)
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(big[y:y + w.height, x:x + w.width]),
+                                               format="rgb24")
+            frame.pts = i
+            c.mux(v.encode(frame))
+        c.mux(v.encode())
+        seconds = w.video / 24
+        tone = (0.1 * np.sin(2 * np.pi * 440 * np.arange(int(48000 * seconds)) / 48000)).astype(np.float32)
+        for start in range(0, tone.size, 1024):
+            chunk = np.repeat(tone[None, start:start + 1024], 2, axis=0)
+            af = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="stereo")
+            af.sample_rate, af.pts = 48000, start
+            c.mux(a.encode(af))
+        c.mux(a.encode())
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
+
+
 def make_call(w: Workload, spec: BackendSpec | None, backend: Any, frame: np.ndarray | None,
               batch: torch.Tensor | None) -> Callable[[], Any]:
     """One timed unit of the workload, returning its output: a uint8 frame (numpy), or a batch where the backend
@@ -317,6 +356,28 @@ def make_call(w: Workload, spec: BackendSpec | None, backend: Any, frame: np.nda
     tile = None if fixed else w.tile  # a fixed-shape engine runs the tile it was built for
     tile_batch = None if fixed else w.tile_batch
     return lambda: engine.infer(backend, frame, tile=tile, batch=tile_batch)
+
+
+class video_calls:  # noqa: N801 - used as a call, like make_call's lambdas
+    """A video workload's timed unit: `engine.video.upscale_video` of the whole clip into an H.264 file (returns its
+    stats); `engine_only()` runs `engine.infer_frames` on the clip's decoded frames, the same frames through the same
+    backend without decoding or encoding."""
+
+    def __init__(self, w: Workload, spec: BackendSpec, backend: Any, clip: Path, frames: list[np.ndarray],
+                 tmp: Path) -> None:
+        self.backend, self.clip, self.frames = backend, clip, frames
+        self.out = tmp / f"{spec.key}.mp4"
+        fixed = spec.tile is not None
+        self.tile = None if fixed else (w.tile or None)
+
+    def __call__(self) -> dict[str, Any]:
+        from engine.video import upscale_video
+
+        self.out.unlink(missing_ok=True)
+        return upscale_video(self.backend, self.clip, self.out, codec="libx264", tile=self.tile)
+
+    def engine_only(self) -> list[np.ndarray]:
+        return engine.infer_frames(self.backend, self.frames, tile=self.tile)
 
 
 @contextlib.contextmanager
@@ -340,20 +401,31 @@ def run_workload(w: Workload, specs: list[BackendSpec], args: argparse.Namespace
     ctx = Context(w, device, net, gan, tmp, images)
     scale = net.scale
     macs = macs_per_pixel(net)
+    clip, clip_frames = None, None
+    if w.video:  # the reference and PSNR use the clip's first decoded frame
+        clip = tmp / "clip.mp4"
+        clip_frames = make_clip(w, images[0], clip)
+        frame = clip_frames[0]
+    mode = "engine.infer on a uint8 frame" if batch is None else "backend.run on a batch on the device"
+    if w.video:
+        mode = ("engine.video.upscale_video of the whole clip (H.264 in, H.264 out; a call is the clip), beside "
+                "engine.infer_frames on its decoded frames (engine only)")
     result: dict[str, Any] = {
         "name": w.name, "what": w.what, "model": w.model if w.model != "default" else "default (tiny_x4)",
         "arch": net.arch, "hparams": json.loads(json.dumps(net.hparams)), "weights": weights, "device": w.device,
-        "input": [w.batch, net.in_channels, w.height, w.width],
-        "output": [w.batch, net.out_channels, w.height * scale, w.width * scale],
+        "input": [w.frames, net.in_channels, w.height, w.width],
+        "output": [w.frames, net.out_channels, w.height * scale, w.width * scale],
         "tile": w.tile or None, "tile_batch": w.tile_batch if w.tile else None,
-        "mode": "engine.infer on a uint8 frame" if batch is None else "backend.run on a batch on the device",
-        "macs_per_pixel": macs, "flops_per_call": 2 * macs * w.width * w.height * w.batch,
+        "mode": mode, "macs_per_pixel": macs, "flops_per_call": 2 * macs * w.width * w.height * w.frames,
         "rows": [], "unavailable": [],
     }
     print(f"\n## {w.name}: {w.what}", file=sys.stderr)
     with _fp32_reference():
-        ref = host(make_call(w, None, engine.TorchBackend(copy.deepcopy(net), device=device, dtype="fp32"), frame,
-                             batch)())
+        reference = engine.TorchBackend(copy.deepcopy(net), device=device, dtype="fp32")
+        if clip_frames is not None:  # frames in batches, as the video rows run them
+            ref = engine.infer_frames(reference, clip_frames, tile=w.tile or None)[0]
+        else:
+            ref = host(make_call(w, None, reference, frame, batch)())
     peak_value = 255.0 if batch is None else 1.0
 
     live: list[tuple[BackendSpec, Any, Callable[[], np.ndarray], dict[str, Any]]] = []
@@ -369,6 +441,8 @@ def run_workload(w: Workload, specs: list[BackendSpec], args: argparse.Namespace
                     start = time.perf_counter()
                     backend = spec.build(ctx)
                     call = make_call(w, spec, backend, frame, batch)
+                    if clip is not None:
+                        call = video_calls(w, spec, backend, clip, clip_frames, tmp)
                     call()
                     sync(device)
                     build_s = time.perf_counter() - start
@@ -404,6 +478,12 @@ def run_workload(w: Workload, specs: list[BackendSpec], args: argparse.Namespace
                 live.remove(entry)
                 continue
             row["times"].append(seconds)
+            if clip is not None:  # the pipeline's stats, then the engine alone on the same frames
+                row.setdefault("busy", []).append(out["busy"])
+                with _fp32_reference() if row["dtype"] == "fp32" else contextlib.nullcontext():
+                    engine_s, frames_out = timed(call.engine_only, device)
+                row.setdefault("engine_times", []).append(engine_s)
+                out = frames_out[0]
             outputs[spec.key] = out
 
     base = next((percentiles(row["times"])["median"] for s, _, _, row in live if s.key == BASELINE), None)
@@ -421,6 +501,14 @@ def run_workload(w: Workload, specs: list[BackendSpec], args: argparse.Namespace
             vs_baseline=base / lat["median"] if base else None,
             psnr_db=p, max_abs_diff=largest)
         row["times_ms"] = [t * 1e3 for t in row.pop("times")]
+        if clip is not None:
+            engine_ms = percentiles(row.pop("engine_times"))["median"]
+            busy = row.pop("busy")
+            row["video"] = {
+                "frames": w.video, "codec": "libx264", "pipeline_fps": row["fps"],
+                "engine_fps": w.frames / (engine_ms / 1e3),
+                "pipeline_vs_engine": engine_ms / lat["median"],
+                "busy": {stage: float(np.median([b[stage] for b in busy])) for stage in busy[0]}}
         result["rows"].append(row)
     result["baseline"] = BASELINE if base is not None else None
     result["psnr_units"] = "8-bit output, peak 255" if batch is None else "float output in [0, 1], peak 1"
@@ -476,6 +564,17 @@ def markdown(doc: dict[str, Any], level: int = 1) -> str:
                          f"{_num(lat['p80'], 3)}) | {_num(r['fps'])} | {_num(r['output_mpix_s'])} | "
                          f"{_num(r['tflops'], 3)} | {_num(pct)} | {vs} | {_num(r['peak_memory_mib'], 3)} | "
                          f"{_num(r['build_s'])} | {_num(r['set_alpha_ms'])} | {p} |")
+        videos = [r for r in w["rows"] if r.get("video")]
+        if videos:
+            lines += ["", "The clip end to end against the engine alone on its decoded frames (engine.infer_frames), "
+                      "and the share of the clip's wall time each stage was busy:", "",
+                      "| backend | clip frames/s (decode + engine + encode) | engine-only frames/s | "
+                      "clip ÷ engine-only | busy: decode / engine / encode |", "|---|---|---|---|---|"]
+            for r in videos:
+                v, b = r["video"], r["video"]["busy"]
+                lines.append(f"| {r['label']} | {_num(v['pipeline_fps'], 3)} | {_num(v['engine_fps'], 3)} | "
+                             f"{v['pipeline_vs_engine']:.2f} | {b['decode']:.0%} / {b['engine']:.0%} / "
+                             f"{b['encode']:.0%} |")
         reasons: dict[str, list[str]] = {}
         for u in w["unavailable"]:
             reasons.setdefault(u["reason"], []).append(u["label"])

@@ -2,6 +2,7 @@
 
     import engine
     out = engine.infer(net_or_checkpoint, image)     # any size; tiled and blended
+    outs = engine.infer_frames(net, frames)          # video frames of one size, several per network call
     eng = engine.load("engines/rrdb23-fp16-tensorrt")  # an engine directory of python -m engine.build
     eng.set_alpha(0.8); out = engine.infer(eng, image)
 
@@ -13,8 +14,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_LAZY = {"infer": "inference", "load": "engines", "Engine": "engines", "Backend": "backends.registry",
-         "TorchBackend": "backends.torch_eager", "OrtBackend": "backends.ort"}
+_LAZY = {"infer": "inference", "infer_frames": "inference", "load": "engines", "Engine": "engines",
+         "Backend": "backends.registry", "TorchBackend": "backends.torch_eager", "OrtBackend": "backends.ort"}
 
 
 def __getattr__(name: str) -> Any:

@@ -320,16 +320,10 @@ def infer(net: Any, image: np.ndarray | torch.Tensor, *, tile: int | None = None
         tile = getattr(backend, "tile", None)
     if batch is None:
         batch = getattr(backend, "batch", None) or DEFAULT_BATCH
-    if alpha is not None:
-        set_alpha = getattr(backend, "set_alpha", None)
-        if set_alpha is None:
-            raise ValueError(f"alpha needs a backend with both endpoint weights; {type(backend).__name__} has none")
-        if getattr(backend, "alpha", None) != alpha:
-            set_alpha(alpha)
+    _set_alpha(backend, alpha)
     if alpha_upsampler not in ("model", "bicubic"):
         raise ValueError(f"alpha_upsampler must be model or bicubic, got {alpha_upsampler!r}")
-    if outscale is not None and not (math.isfinite(outscale) and outscale > 0):
-        raise ValueError(f"outscale must be positive and finite, got {outscale}")
+    _check_outscale(outscale)
     if isinstance(image, torch.Tensor):
         return _infer_tensor(backend, image, tile, tile_overlap, batch, outscale, threads, progress)
 
@@ -358,6 +352,19 @@ def infer(net: Any, image: np.ndarray | torch.Tensor, *, tile: int | None = None
 
     def run(p: np.ndarray, first: int) -> None:
         """Upscale planes p into the result's channels first, first + 1, …, row band by row band."""
+        if backend.device.type == "cuda" and out_dtype != np.float32 and p.shape[0] == backend.out_channels:
+            # the output stays on the device until it is uint8/uint16: a quarter (half) of float32's bytes cross
+            # to the host, and the device converts (engine._C's CUDA twin of from_planar, the same rounding)
+            planes = torch.from_numpy(np.ascontiguousarray(p)).to(backend.device)  # a native plan keeps it there too
+            up = upscale_planes(backend, planes, tile=tile, tile_overlap=tile_overlap, batch=batch, threads=threads,
+                                progress=progress)
+            assert up is not None  # no sink: the result is returned
+            if isinstance(up, torch.Tensor) and up.is_cuda:
+                result[..., first:first + up.shape[0]] = _quantize_on_device(up, out_dtype)
+                return
+            result[..., first:first + up.shape[0]] = _to_dtype(C, _host(up), out_dtype, threads)
+            return
+
         def sink(y0: int, rows: np.ndarray) -> None:
             if rows.shape[0] != p.shape[0]:  # gray through a colour network: its luma
                 rows = (_GRAY[:, None, None] * rows).sum(axis=0, keepdims=True, dtype=np.float32)
@@ -381,6 +388,21 @@ def infer(net: Any, image: np.ndarray | torch.Tensor, *, tile: int | None = None
     if gray and alpha_plane is None and not keep_axis:
         return result[..., 0]
     return result
+
+
+def _set_alpha(backend: Backend, alpha: float | None) -> None:
+    if alpha is None:
+        return
+    set_alpha = getattr(backend, "set_alpha", None)
+    if set_alpha is None:
+        raise ValueError(f"alpha needs a backend with both endpoint weights; {type(backend).__name__} has none")
+    if getattr(backend, "alpha", None) != alpha:
+        set_alpha(alpha)
+
+
+def _check_outscale(outscale: float | None) -> None:
+    if outscale is not None and not (math.isfinite(outscale) and outscale > 0):
+        raise ValueError(f"outscale must be positive and finite, got {outscale}")
 
 
 def output_size(height: int, width: int, scale: int, outscale: float | None) -> tuple[int, int]:
@@ -415,6 +437,71 @@ def _to_dtype(C: Any, planes: np.ndarray, dtype: np.dtype, threads: int) -> np.n
     if dtype == np.float32:
         return planes.transpose(1, 2, 0)
     return C.from_planar(np.ascontiguousarray(planes, dtype=np.float32), dtype.name, threads=threads)
+
+
+def _quantize_on_device(planes: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    """CUDA float32 planes (c, H, W) → host (H, W, c) of dtype (uint8/uint16), clamped and rounded on the device."""
+    from .pixels import from_planar
+
+    out = from_planar(planes.float().contiguous(), dtype.name)
+    assert isinstance(out, torch.Tensor)  # a tensor in, a tensor out
+    return out.cpu().numpy()
+
+
+def infer_frames(net: Any, frames: list[np.ndarray], *, tile: int | None = None,
+                 tile_overlap: int = DEFAULT_TILE_OVERLAP, batch: int | None = None, outscale: float | None = None,
+                 alpha: float | None = None, threads: int = 0) -> list[np.ndarray]:
+    """Upscale frames of one shape and dtype (a video's: RGB, uint8 or uint16) like `infer` on each, with several
+    frames per network call where a frame is one tile: `batch` frames (default: an engine's own batch, else 4), or
+    as many as the memory budget holds. A frame larger than its tile, a backend with its own tiling (a native plan)
+    or other images go through `infer` one by one. The pixels are `infer`'s wherever the backend's output does not
+    depend on the batch (ONNX Runtime and ncnn on the CPU, by test); PyTorch on the CPU may differ in the last bit
+    of a float, so rarely by one level."""
+    backend = as_backend(net)
+    if not frames:
+        return []
+    check_tiling(tile, tile_overlap, batch if batch is not None else DEFAULT_BATCH)
+    first = frames[0]
+    h, w = first.shape[:2]
+    simple = (first.ndim == 3 and first.shape[2] == 3 and first.dtype in (np.uint8, np.uint16)
+              and backend.in_channels == 3 and backend.out_channels == 3
+              and not callable(getattr(backend, "upscale_planes", None))
+              and all(f.shape == first.shape and f.dtype == first.dtype for f in frames))
+    if tile is None:
+        tile = getattr(backend, "tile", None)
+    if batch is None:
+        batch = getattr(backend, "batch", None) or DEFAULT_BATCH
+    m = backend.multiple
+    H, W = h + (-h) % m, w + (-w) % m
+    per_frame = H * W * backend.bytes_per_pixel()
+    if tile is None:  # as many frames as the memory budget holds, up to batch
+        per_call = min(batch, memory_budget(backend.device) // per_frame)
+    else:  # 0: no tiling; else whole frames only when one fits the tile
+        per_call = batch if tile == 0 or tile >= max(H, W) else 0
+    if not simple or per_call < 2:
+        return [np.asarray(infer(backend, f, tile=tile, tile_overlap=tile_overlap, batch=batch, outscale=outscale,
+                                 alpha=alpha, threads=threads)) for f in frames]
+    _set_alpha(backend, alpha)
+    _check_outscale(outscale)
+    C = load_C()
+    s = backend.scale
+    out_h, out_w = output_size(h, w, s, outscale)
+    results = []
+    for start in range(0, len(frames), per_call):
+        chunk = frames[start:start + per_call]
+        planes = torch.from_numpy(np.stack([C.to_planar(np.ascontiguousarray(f), threads=threads) for f in chunk]))
+        planes = planes.to(backend.device)
+        if (H, W) != (h, w):  # as upscale_planes pads
+            mode = "reflect" if min(h, w) > max(H - h, W - w) else "replicate"
+            planes = F.pad(planes, (0, W - w, 0, H - h), mode=mode)
+        up = backend.run(planes.contiguous())[:, :, : h * s, : w * s]
+        for y in up:
+            if y.is_cuda:
+                out = _quantize_on_device(y, first.dtype)
+            else:
+                out = _to_dtype(C, np.ascontiguousarray(y.float().numpy()), first.dtype, threads)
+            results.append(_resize_image(out, out_h, out_w) if (out_h, out_w) != (h * s, w * s) else out)
+    return results
 
 
 def _resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -14,6 +14,7 @@ current file is cleaned up, the summary printed).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -53,6 +54,7 @@ from .inference import (
     tiles_in_flight,
 )
 from .machine import available_memory, usable_cpus
+from .video import SEGMENT_FRAMES
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT_MODEL = "tiny_x4"
@@ -145,6 +147,9 @@ def parser() -> argparse.ArgumentParser:
                    "default: the encoder's own)")
     p.add_argument("--pix-fmt", help="video pixel format, e.g. yuv420p, yuv420p10le (default: per encoder, 10-bit "
                    "for 10-bit sources)")
+    p.add_argument("--segment-frames", type=int, default=SEGMENT_FRAMES,
+                   help="frames per resumable video segment: an interrupted video resumes after its last finished "
+                   f"segment (default: {SEGMENT_FRAMES})")
     p.add_argument("--threads", type=int, default=0, help="host threads for conversion and blending, and ONNX "
                    "Runtime's intra-op threads, at most the CPU count (default: 0 = all cores)")
     return p
@@ -163,6 +168,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"--crf {args.crf}: give the encoder's quality in 0..63 (lower is better; x264's default 23)")
     if not 0 <= args.threads <= cpus:
         raise UsageError(f"--threads {args.threads}: this machine has {cpus} CPU(s); give 0 (all of them) or 1..{cpus}")
+    if args.segment_frames < 1:
+        raise UsageError(f"--segment-frames {args.segment_frames}: give a number of frames, at least 1")
     if args.max_pixels < 1:
         raise UsageError(f"--max-pixels {args.max_pixels}: give the largest input image to accept, in pixels "
                          f"(default {DEFAULT_MAX_PIXELS}, about {DEFAULT_MAX_PIXELS / 1e6:.0f} MP)")
@@ -352,12 +359,14 @@ def _gib(n: float) -> str:
     return f"{n / 2**10:.1f} KiB"
 
 
-def check_memory(backend: Backend, image: np.ndarray, out_h: int, out_w: int, tile: int | None, batch: int) -> None:
-    """ImageError, with the numbers, for an image whose upscaling cannot fit in the memory left."""
+def check_memory(backend: Backend, image: np.ndarray, out_h: int, out_w: int, tile: int | None, batch: int,
+                 extra: dict[str, int] | None = None) -> None:
+    """ImageError, with the numbers, for an image whose upscaling cannot fit in the memory left (`extra`: more
+    allocations by what they are, e.g. a video's frames in flight)."""
     available = available_memory()
     if available is None or backend.device.type != "cpu":
         return
-    need = memory_needed(backend, image, out_h, out_w, tile, batch)
+    need = memory_needed(backend, image, out_h, out_w, tile, batch) | (extra or {})
     total = sum(need.values())
     if total > available:
         parts = ", ".join(f"{k} {_gib(v)}" for k, v in need.items())
@@ -369,6 +378,21 @@ def check_memory(backend: Backend, image: np.ndarray, out_h: int, out_w: int, ti
 
 # ---------------------------------------------------------------------------------------------------------
 # The run
+
+
+def resume_key(args: argparse.Namespace, backend: Backend) -> str:
+    """What decides a video's pixels besides its own settings: the model as named, the files behind it (size and
+    modification time), the backend and its precision. Segments of an earlier run are kept only for the same key."""
+    def file(name: str | None) -> list[Any] | None:
+        if not name or not os.path.exists(name):
+            return None
+        st = os.stat(name)
+        return [str(Path(name).resolve()), st.st_size, st.st_mtime_ns]
+
+    return json.dumps({"model": args.model, "model_file": file(args.model), "gan_weights": file(args.gan_weights),
+                       "alpha": args.alpha,
+                       "backend": type(backend).__name__, "requested": args.backend, "precision": args.precision,
+                       "device": str(backend.device), "channels_last": args.channels_last}, sort_keys=True)
 
 
 def _complete(target: Path, source: Path, scale: int, outscale: float | None) -> bool:
@@ -410,16 +434,26 @@ def upscale_file(backend: Backend, src: Path, dst: Path, args: argparse.Namespac
     """Upscale one file into `dst` (atomically; exclusively unless `replace`; a video is always written whole or
     not at all, and the caller has checked that `dst` may be replaced)."""
     if is_video(src):
-        from .video import upscale_video
+        from .video import QUEUE, probe, upscale_video
 
-        with tqdm(unit="frame", leave=False, dynamic_ncols=True, desc=src.name, disable=None) as bar:
+        info = probe(src)
+        if info.width * info.height <= args.max_pixels:  # else upscale_video names the limit
+            frame = np.empty((info.height, info.width, 3), np.uint16 if info.bits > 8 else np.uint8)  # not touched
+            out_h, out_w = output_size(info.height, info.width, backend.scale, args.outscale)
+            in_flight = (2 * QUEUE + batch + 2) * frame.nbytes * (1 + backend.scale ** 2)
+            check_memory(backend, frame, out_h, out_w, args.tile, batch, {"frames in flight": in_flight})
+        with tqdm(total=info.frames or None, unit="frame", leave=False, dynamic_ncols=True, desc=src.name,
+                  disable=None) as bar:
             stats = upscale_video(backend, src, dst, codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt,
-                                  outscale=args.outscale, tile=args.tile, tile_overlap=args.tile_overlap,
-                                  batch=args.batch, threads=args.threads,
-                                  progress=lambda done: bar.update(done - bar.n))
+                                  outscale=args.outscale, tile=args.tile,
+                                  tile_overlap=args.tile_overlap, batch=args.batch, threads=args.threads,
+                                  progress=lambda done: bar.update(done - bar.n),
+                                  segment_frames=args.segment_frames, max_pixels=args.max_pixels,
+                                  resume_key=None if args.overwrite else resume_key(args, backend))
         busy = ", ".join(f"{stage} {share:.0%}" for stage, share in stats["busy"].items())
-        print(f"{src.name}: {stats['frames']} frames in {stats['seconds']:.1f} s, {stats['fps']:.2f} frames/s; "
-              f"busy: {busy}")
+        kept = f" ({stats['resumed_frames']} kept from an earlier run)" if stats["resumed_frames"] else ""
+        print(f"{src.name}: {stats['frames']} frames{kept} in {stats['seconds']:.1f} s, {stats['fps']:.2f} "
+              f"frames/s; busy: {busy}")
         return
     image = read_image(src, max_pixels=args.max_pixels)
     out_h, out_w = output_size(image.shape[0], image.shape[1], backend.scale, args.outscale)

@@ -121,6 +121,22 @@ def test_quick_run_figures_follow_their_definitions(quick: dict[str, Any]) -> No
         assert base["psnr_db"] is None and base["max_abs_diff"] == 0  # the reference's own path
 
 
+def test_quick_run_times_a_clip_end_to_end_beside_the_engine_alone(quick: dict[str, Any]) -> None:
+    """The video workload: every row has the clip's frames/s (decode + engine + encode, the row's own fps), the engine
+    alone on the same frames, their ratio and each stage's busy share; the table shows them."""
+    w = next(w for w in quick["doc"]["workloads"] if w["name"] == "quick-video")
+    assert w["input"][0] == 8 and "upscale_video" in w["mode"]
+    assert w["rows"]
+    for r in w["rows"]:
+        v = r["video"]
+        assert v["frames"] == 8 and v["pipeline_fps"] == pytest.approx(r["fps"])
+        assert v["pipeline_vs_engine"] == pytest.approx(v["pipeline_fps"] / v["engine_fps"])
+        assert 0 < v["busy"]["engine"] <= 1 and 0 <= v["busy"]["decode"] <= 1 and 0 <= v["busy"]["encode"] <= 1
+    section = quick["stdout"].split("## quick-video:")[1].split("\n## ")[0]
+    assert "| backend | clip frames/s (decode + engine + encode) | engine-only frames/s |" in section
+    assert not any("video" in r for r in quick["doc"]["workloads"][0]["rows"])  # frame workloads have none
+
+
 def test_quick_run_lists_every_backend_that_did_not_run_with_its_reason(quick: dict[str, Any]) -> None:
     for w in quick["doc"]["workloads"]:
         ran = {r["backend"] for r in w["rows"]}

@@ -19,7 +19,7 @@ import pytest
 from kernels.blocks import Blocks, blocks_for
 
 REPO = Path(__file__).resolve().parents[1]
-PHASES = ["env", "ceilings", "convs", "sweep", "forward", "tests", "infer", "bench", "overflow"]
+PHASES = ["env", "ceilings", "convs", "sweep", "forward", "tests", "infer", "bench", "video", "overflow"]
 ON_THE_CPU = {"env", "convs", "sweep", "forward", "infer"}
 LAYERS = ["conv_first", "rdb.conv1", "rdb.conv2", "rdb.conv3", "rdb.conv4", "rdb.conv5", "conv_body", "conv_up1",
           "conv_up2", "conv_hr", "conv_last"]

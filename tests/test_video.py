@@ -70,6 +70,11 @@ def decoded(path: Path, fmt: str = "rgb24") -> list[tuple[int, np.ndarray]]:
         return [(f.pts, f.to_ndarray(format=fmt)) for f in c.decode(c.streams.video[0])]
 
 
+def audio_samples(path: Path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return np.concatenate([f.to_ndarray() for f in c.decode(c.streams.audio[0])], axis=1)
+
+
 def audio_packets(path: Path) -> list[bytes]:
     with av.open(str(path)) as c:
         return [bytes(p) for p in c.demux(c.streams.audio[0]) if p.dts is not None]
@@ -78,7 +83,7 @@ def audio_packets(path: Path) -> list[bytes]:
 def test_a_clip_keeps_its_frames_timestamps_audio_and_metadata_and_the_pixels_are_infer_s(tmp_path: Path) -> None:
     src, dst = tmp_path / "clip.mkv", tmp_path / "out" / "clip_out.mkv"
     pts = make_clip(src, gaps=[30, 50, 70] * 4)  # a variable frame rate
-    stats = upscale_video(MODEL, src, dst, codec="ffv1")
+    stats = upscale_video(MODEL, src, dst, codec="ffv1", batch=1)  # PyTorch on the CPU: batches may move a bit
     assert stats["frames"] == 12
     got, want = decoded(dst), decoded(src)
     assert [t for t, _ in got] == [t for t, _ in want] == pts
@@ -98,7 +103,7 @@ def test_ten_bit_sources_go_through_in_16_bits(tmp_path: Path) -> None:
     src, dst = tmp_path / "clip10.mkv", tmp_path / "clip10_out.mkv"
     make_clip(src, frames=3, pix_fmt="yuv444p10le", audio=False)
     assert probe(src).bits == 10
-    upscale_video(MODEL, src, dst, codec="ffv1")
+    upscale_video(MODEL, src, dst, codec="ffv1", batch=1)
     assert probe(dst).bits == 16
     backend = as_backend(MODEL)
     for (_, out), (_, frame) in zip(decoded(dst, "rgb48le"), decoded(src, "rgb48le"), strict=True):
@@ -115,6 +120,20 @@ def test_mp4_with_x264_keeps_the_count_and_timestamps(tmp_path: Path) -> None:
     with av.open(str(dst)) as c:
         tb = c.streams.video[0].time_base
     assert [Fraction(t) * tb for t, _ in got] == [Fraction(t) * TB for t, _ in want]
+
+
+def test_h264_frames_are_the_engine_s_up_to_4_2_0_colour(tmp_path: Path) -> None:
+    """yuv420p output (converted by OpenCV in the encoder thread): with x264 lossless (crf 0), the decoded frames are
+    engine.infer's output up to the 4:2:0 round trip, as close as FFmpeg's own conversion (swscale) gets."""
+    src, dst = tmp_path / "clip.mkv", tmp_path / "clip_out.mp4"
+    make_clip(src, frames=3, audio=False)
+    upscale_video(MODEL, src, dst, codec="libx264", crf=0, batch=1)
+    backend = as_backend(MODEL)
+    for (_, out), (_, frame) in zip(decoded(dst), decoded(src), strict=True):
+        want = engine.infer(backend, frame)
+        sws = av.VideoFrame.from_ndarray(want, format="rgb24").reformat(format="yuv420p").to_ndarray(format="rgb24")
+        ours, theirs = (np.abs(x.astype(int) - want.astype(int)).mean() for x in (out, sws))
+        assert ours <= theirs + 0.5, (ours, theirs)
 
 
 def test_bad_input_names_the_file_and_leaves_no_output(tmp_path: Path) -> None:
@@ -140,6 +159,10 @@ def test_bad_input_names_the_file_and_leaves_no_output(tmp_path: Path) -> None:
         upscale_video(MODEL, clip, tmp_path / "f.mkv", codec="aac")
     with pytest.raises(VideoError, match="--pix-fmt rgb24: libx264 does not encode it; it takes yuv420p"):
         upscale_video(MODEL, clip, tmp_path / "g.mkv", codec="libx264", pix_fmt="rgb24")
+    with pytest.raises(VideoError, match=r"sound.mkv: its audio stream \d \(pcm_s16le\) cannot be copied into a .webm "
+                                         r"file .*; write .mkv"):
+        make_clip(sound, audio=True)
+        upscale_video(MODEL, sound, tmp_path / "h.webm")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mkv", "notes.mp4", "sound.mkv", "truncated.mkv"]
 
 
@@ -185,17 +208,25 @@ def test_audio_before_the_first_frame_and_a_bounded_overlapped_pipeline(tmp_path
     assert audio_packets(dst) == audio_packets(src)
     assert stats["fps"] > 0 and set(stats["busy"]) == {"decode", "engine", "encode"}
     assert all(0 <= share <= 1 for share in stats["busy"].values())
-    assert 1 <= stats["max_frames_in_flight"] <= 2 * video.QUEUE + 3
+    assert 1 <= stats["max_frames_in_flight"] <= 2 * video.QUEUE + 4 + 2  # batch 4
 
 
-def test_the_pipeline_keeps_order_and_stops_on_any_stage_s_error() -> None:
+def test_the_pipeline_keeps_order_groups_frames_and_stops_on_any_stage_s_error() -> None:
     import threading
 
-    items = [("packet" if i % 3 == 0 else "frame", i) for i in range(60)]
+    items = [("packet" if i % 7 == 0 else "frame", i) for i in range(60)]
     got: list[tuple[str, int]] = []
-    run_pipeline(iter(items), lambda it: (it[0], it[1] * 10) if it[0] == "frame" else it, got.append,
-                 video.Stats())
+    groups: list[list[int]] = []
+
+    def times_ten(batch: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        groups.append([v for _, v in batch])
+        return [(k, v * 10 if k == "frame" else v) for k, v in batch]
+
+    run_pipeline(iter(items), times_ten, got.append, video.Stats(), group=3)
     assert got == [(k, v * 10 if k == "frame" else v) for k, v in items]
+    # up to 3 consecutive frames per call; a packet alone, and it closes the group before it
+    assert groups[:4] == [[0], [1, 2, 3], [4, 5, 6], [7]] and all(len(g) <= 3 for g in groups)
+    assert [v for g in groups for v in g] == list(range(60))
 
     def boom_at(n: int):
         def f(item):
@@ -211,8 +242,184 @@ def test_the_pipeline_keeps_order_and_stops_on_any_stage_s_error() -> None:
                 if stage == "source" and it[1] == 7:
                     raise RuntimeError("stage failed at 7")
                 yield it
-        middle = boom_at(7) if stage == "middle" else (lambda it: it)
+        middle = (lambda batch: [boom_at(7)(it) for it in batch]) if stage == "middle" else (lambda batch: batch)
         sink = boom_at(7) if stage == "sink" else (lambda it: None)
         with pytest.raises(RuntimeError, match="stage failed at 7"):
-            run_pipeline(source(), middle, sink, video.Stats())
+            run_pipeline(source(), middle, sink, video.Stats(), group=2)
         assert threading.active_count() == before  # the other stages stopped
+
+
+# ---------------------------------------------------------------------------------------------------------
+# frames in batches
+
+
+def test_frames_in_batches_are_infer_s_pixels() -> None:
+    """engine.infer_frames: several frames per network call on a backend whose output does not depend on the batch
+    (ONNX Runtime), the same pixels as engine.infer on each; a frame larger than its tile, other shapes and
+    outscale go through infer's own path, with the same result."""
+    from engine.backends.ort import from_network
+    from engine.inference import infer_frames
+
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 256, (18, 30, 3), dtype=np.uint8) for _ in range(5)]  # 18: padded to the multiple
+    backend = from_network(engine.models.load(MODEL)[0])
+    calls: list[int] = []
+    run = backend.run
+    backend.run = lambda x: (calls.append(x.shape[0]), run(x))[1]  # type: ignore[method-assign]
+    ups = infer_frames(backend, frames, batch=3)
+    assert calls == [3, 2]
+    for up, f in zip(ups, frames, strict=True):
+        assert up.shape == (72, 120, 3) and np.array_equal(up, engine.infer(backend, f))
+    for kwargs in ({"tile": 64, "tile_overlap": 8}, {"outscale": 2.5}):
+        ups = infer_frames(backend, frames[:2], batch=2, **kwargs)
+        assert all(np.array_equal(u, engine.infer(backend, f, **kwargs)) for u, f in zip(ups, frames, strict=False))
+    mixed = [frames[0], frames[1][:10]]
+    assert [u.shape for u in infer_frames(backend, mixed)] == [(72, 120, 3), (40, 120, 3)]
+    sixteen = [(f.astype(np.uint16) * 257) for f in frames[:2]]
+    for u, f in zip(infer_frames(backend, sixteen), sixteen, strict=True):
+        assert u.dtype == np.uint16 and np.array_equal(u, engine.infer(backend, f))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# segments, resume, joins
+
+
+def test_an_interrupted_run_resumes_after_its_finished_segments(tmp_path: Path) -> None:
+    """A run stopped after frame 9 of 14 (segments of 4) keeps segments 0 and 1 beside the output and nothing
+    under the output's name; the next run with the same key upscales only frames 8…13, and the joined file has every
+    frame once, at its timestamp, with the audio; a different key or setting starts over."""
+    src, dst = tmp_path / "clip.mkv", tmp_path / "clip_out.mkv"
+    pts = make_clip(src, frames=14, gaps=[30, 50] * 7)
+    parts = video.parts_folder(dst)
+
+    def stop_after(n: int):
+        def progress(done: int) -> None:
+            if done == n:
+                raise KeyboardInterrupt
+        return progress
+
+    with pytest.raises(KeyboardInterrupt):
+        upscale_video(MODEL, src, dst, codec="ffv1", segment_frames=4, resume_key="model A", batch=1,
+                      progress=stop_after(9))
+    assert not dst.exists()
+    assert sorted(p.name for p in parts.iterdir()) == ["manifest.json", "seg-000000.mkv", "seg-000001.mkv"]
+    stats = upscale_video(MODEL, src, dst, codec="ffv1", segment_frames=4, resume_key="model A", batch=1)
+    assert (stats["resumed_frames"], stats["frames"]) == (8, 6)
+    got, want = decoded(dst), decoded(src)
+    assert [t for t, _ in got] == pts
+    backend = as_backend(MODEL)
+    assert all(np.array_equal(o, engine.infer(backend, f)) for (_, o), (_, f) in zip(got, want, strict=True))
+    assert audio_packets(dst) == audio_packets(src)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mkv", "clip_out.mkv"]  # the parts are gone
+
+    # another key, or another setting, does not reuse segments
+    for key, crf in (("model B", None), ("model A", 3)):
+        dst.unlink()
+        with pytest.raises(KeyboardInterrupt):
+            upscale_video(MODEL, src, dst, codec="ffv1", segment_frames=4, resume_key="model A", batch=1,
+                          progress=stop_after(5))
+        stats = upscale_video(MODEL, src, dst, codec="ffv1", segment_frames=4, resume_key=key, batch=1, crf=crf)
+        assert (stats["resumed_frames"], stats["frames"]) == (0, 14)
+    # without a key nothing is kept, not even after a failure
+    dst.unlink()
+    with pytest.raises(KeyboardInterrupt):
+        upscale_video(MODEL, src, dst, codec="ffv1", segment_frames=4, progress=stop_after(5))
+    assert not parts.exists() and not dst.exists()
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_x264_segments_join_without_reencoding_at_the_source_s_instants(tmp_path: Path, suffix: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """x264 reorders frames (B-frames): each segment's decode times start before its first frame (and Matroska
+    keeps none). The joined file decodes to every frame at its instant (a variable frame rate), with the audio, and
+    its video packets are the segments' packets, byte for byte."""
+    src, dst = tmp_path / "clip.mkv", tmp_path / f"clip_out{suffix}"
+    make_clip(src, frames=17, gaps=[40, 40, 80] * 6, audio=True)
+    segment_packets: list[bytes] = []
+    join = video._join
+
+    def recording_join(av_, segments, *args):
+        assert len(segments) == 4  # 17 frames in segments of 5
+        for seg in segments:
+            with av.open(str(seg)) as c:
+                segment_packets.extend(bytes(p) for p in c.demux(c.streams.video[0]) if p.size)
+        return join(av_, segments, *args)
+
+    monkeypatch.setattr(video, "_join", recording_join)
+    upscale_video(MODEL, src, dst, codec="libx264", crf=20, segment_frames=5)
+    with av.open(str(dst)) as c:
+        tb = c.streams.video[0].time_base
+        assert c.streams.video[0].codec_context.has_b_frames
+        joined = [bytes(p) for p in c.demux(c.streams.video[0]) if p.size]
+    assert joined == segment_packets and len(joined) == 17
+    got, want = decoded(dst), decoded(src)
+    assert [Fraction(t) * tb for t, _ in got] == [Fraction(t) * TB for t, _ in want]
+    assert np.array_equal(audio_samples(dst), audio_samples(src))  # MP4 packs PCM in its own chunks
+
+
+def test_a_video_without_frames_or_too_large_is_refused_by_name(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.mkv"
+    make_clip(empty, frames=0, gaps=[], audio=True)
+    with pytest.raises(VideoError, match="empty.mkv: the video stream has no frame"):
+        upscale_video(MODEL, empty, tmp_path / "a.mkv")
+    clip = tmp_path / "clip.mkv"
+    make_clip(clip, frames=2, audio=False)
+    with pytest.raises(VideoError, match=r"clip.mkv: its 24×16 frames have more than --max-pixels 100 pixels"):
+        upscale_video(MODEL, clip, tmp_path / "b.mkv", max_pixels=100)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mkv", "empty.mkv"]
+
+
+def test_the_command_resumes_after_ctrl_c_and_after_sigkill(tmp_path: Path) -> None:
+    """`python -m engine.upscale` on a 60-frame clip in segments of 3: Ctrl-C (SIGINT) after two segments exits 130
+    with the finished segments kept and no temporary; a resumed run killed with SIGKILL later leaves more; the third
+    run (--skip-existing) upscales only the rest. The output has every frame once, at its timestamp, with the pixels
+    of engine.infer on the decoded frames, the same backend and one frame per call."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from engine.upscale import main, make_backend, parser
+
+    src, out = tmp_path / "clip.mkv", tmp_path / "out"
+    pts = make_clip(src, frames=60, size=(96, 64))
+    args = ["-i", str(src), "-o", str(out), "-n", str(MODEL), "--codec", "ffv1", "--segment-frames", "3",
+            "--batch", "1"]
+    parts = video.parts_folder(out / "clip_out.mkv")
+
+    def segments() -> list[str]:
+        return sorted(p.name for p in parts.glob("seg-*")) if parts.is_dir() else []
+
+    def run_until(n: int, sig: int) -> int:
+        """Start the command, send `sig` once `n` segments exist; its exit status."""
+        proc = subprocess.Popen([sys.executable, "-m", "engine.upscale", *args], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while len(segments()) < n and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.communicate()[0].decode()[-2000:]  # still running: interrupted mid-way
+        proc.send_signal(sig)
+        return proc.wait(timeout=60)
+
+    assert run_until(2, signal.SIGINT) == 130
+    first = segments()
+    assert len(first) >= 2 and not (out / "clip_out.mkv").exists()
+    assert [p.name for p in parts.iterdir() if p.name.endswith(".tmp")] == []  # the open segment was removed
+    assert run_until(len(first) + 2, signal.SIGKILL) == -signal.SIGKILL
+    second = segments()
+    assert second[:len(first)] == first and len(second) >= len(first) + 2 and not (out / "clip_out.mkv").exists()
+
+    import contextlib
+    import io
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        assert main([*args, "--skip-existing"]) == 0
+    kept = 3 * len(second)
+    assert f"clip.mkv: {60 - kept} frames ({kept} kept from an earlier run)" in log.getvalue()
+    assert sorted(p.name for p in out.iterdir()) == ["clip_out.mkv"]  # no parts, no temporaries
+    got, want = decoded(out / "clip_out.mkv"), decoded(src)
+    assert [t for t, _ in got] == pts
+    backend = make_backend(parser().parse_args(args))
+    for (_, o), (_, f) in zip(got, want, strict=True):
+        assert np.array_equal(o, engine.infer(backend, f, batch=1))
+    assert audio_packets(out / "clip_out.mkv") == audio_packets(src)
