@@ -440,7 +440,7 @@ def upscale_file(backend: Backend, src: Path, dst: Path, args: argparse.Namespac
         if info.width * info.height <= args.max_pixels:  # else upscale_video names the limit
             frame = np.empty((info.height, info.width, 3), np.uint16 if info.bits > 8 else np.uint8)  # not touched
             out_h, out_w = output_size(info.height, info.width, backend.scale, args.outscale)
-            in_flight = (2 * QUEUE + batch + 2) * frame.nbytes * (1 + backend.scale ** 2)
+            in_flight = (2 * (QUEUE + batch) + batch + 2) * frame.nbytes * (1 + backend.scale ** 2)
             check_memory(backend, frame, out_h, out_w, args.tile, batch, {"frames in flight": in_flight})
         with tqdm(total=info.frames or None, unit="frame", leave=False, dynamic_ncols=True, desc=src.name,
                   disable=None) as bar:
@@ -452,8 +452,10 @@ def upscale_file(backend: Backend, src: Path, dst: Path, args: argparse.Namespac
                                   resume_key=None if args.overwrite else resume_key(args, backend))
         busy = ", ".join(f"{stage} {share:.0%}" for stage, share in stats["busy"].items())
         kept = f" ({stats['resumed_frames']} kept from an earlier run)" if stats["resumed_frames"] else ""
+        waits = stats["engine_waits"]
         print(f"{src.name}: {stats['frames']} frames{kept} in {stats['seconds']:.1f} s, {stats['fps']:.2f} "
-              f"frames/s; busy: {busy}")
+              f"frames/s; busy: {busy}; the engine waited {waits['for_frames']:.0%} for frames, "
+              f"{waits['for_encoder']:.0%} for the encoder")
         return
     image = read_image(src, max_pixels=args.max_pixels)
     out_h, out_w = output_size(image.shape[0], image.shape[1], backend.scale, args.outscale)

@@ -23,6 +23,7 @@ import json
 import os
 import queue
 import re
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -110,7 +111,8 @@ def check_encoder(codec: str, pix_fmt: str | None = None) -> None:
 
 
 Item = tuple[str, Any]  # ("frame", (pts, time_base, array)) or ("packet", a copied stream's packet)
-QUEUE = 4  # items between two stages: at most 2·QUEUE + batch + 2 frames are decoded and not yet encoded
+QUEUE = 4  # items between two stages besides a group: at most 2·(QUEUE + group) + group + 2 frames are decoded
+#           and not yet encoded
 SEGMENT_FRAMES = 240  # frames per resumable segment: what an interrupted run can lose
 _END = ("end", None)
 
@@ -123,6 +125,9 @@ class Stats:
     resumed: int = 0  # frames of finished segments of an earlier run, not upscaled again
     start: float = field(default_factory=time.perf_counter)
     busy: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "engine": 0.0, "encode": 0.0})
+    # the engine's idle time: waiting for decoded frames (the decoder is slower) or for room in the encoder's queue
+    # (the encoder is slower)
+    engine_waits: dict[str, float] = field(default_factory=lambda: {"for_frames": 0.0, "for_encoder": 0.0})
     in_flight: int = 0  # frames decoded and not yet encoded
     max_in_flight: int = 0
 
@@ -131,6 +136,7 @@ class Stats:
         return {"frames": self.frames, "resumed_frames": self.resumed, "seconds": round(wall, 3),
                 "fps": round(self.frames / wall, 3) if wall else None,
                 "busy": {k: round(v / wall, 3) if wall else None for k, v in self.busy.items()},
+                "engine_waits": {k: round(v / wall, 3) if wall else None for k, v in self.engine_waits.items()},
                 "max_frames_in_flight": self.max_in_flight}
 
 
@@ -142,8 +148,8 @@ def run_pipeline(source: Iterator[Item], middle: Callable[[list[Item]], list[Ite
     stage stops the others and is raised here."""
     lock = threading.Lock()
     stop = threading.Event()
-    decoded: queue.Queue[Item] = queue.Queue(QUEUE)
-    upscaled: queue.Queue[Item] = queue.Queue(QUEUE)
+    decoded: queue.Queue[Item] = queue.Queue(QUEUE + group)  # a whole group ready while the engine runs one
+    upscaled: queue.Queue[Item] = queue.Queue(QUEUE + group)
     errors: list[BaseException] = []
 
     def put(q: queue.Queue[Item], item: Item) -> bool:
@@ -197,8 +203,11 @@ def run_pipeline(source: Iterator[Item], middle: Callable[[list[Item]], list[Ite
     def process(items: list[Item]) -> bool:
         t = time.perf_counter()
         outs = middle(items)
-        stats.busy["engine"] += time.perf_counter() - t
-        return all(put(upscaled, out) for out in outs)
+        t2 = time.perf_counter()
+        stats.busy["engine"] += t2 - t
+        ok = all(put(upscaled, out) for out in outs)
+        stats.engine_waits["for_encoder"] += time.perf_counter() - t2
+        return ok
 
     threads = [threading.Thread(target=decoder, name="video-decode", daemon=True),
                threading.Thread(target=encoder, name="video-encode", daemon=True)]
@@ -206,7 +215,12 @@ def run_pipeline(source: Iterator[Item], middle: Callable[[list[Item]], list[Ite
         th.start()
     try:
         frames: list[Item] = []
-        while (item := get(decoded)) is not None:
+        while True:
+            t = time.perf_counter()
+            item = get(decoded)
+            stats.engine_waits["for_frames"] += time.perf_counter() - t
+            if item is None:
+                break
             if item[0] == "frame":
                 frames.append(item)
                 if len(frames) < group:
@@ -409,6 +423,141 @@ def _join(av: Any, segments: list[Path], src: Path, tmp: str, fmt: str) -> None:
             out.mux(packet)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The encoder process
+
+# a frame on the encoder's stdin: this header (kind, pts, time base numerator and denominator), then the frame's bytes
+_HEADER = struct.Struct("<qqqq")
+_FRAME, _END_OF_FRAMES = 0, 1
+
+
+def _encoder_main() -> int:
+    """`python -m engine.video --encoder`, the encoder process: its settings as one JSON line on stdin, then frames
+    (`_HEADER` and the frame's bytes) until an end record, each encoded into segments (`_SegmentWriter`); then one
+    JSON line on stdout: {"done": segments written so far, "busy": seconds} or {"error": message}. End of input
+    before the end record (the parent stopped or was killed) abandons the open segment. Encoding runs here, apart
+    from the parent's Python threads: PyAV's encoder needs the GIL often, and a busy engine thread in the same
+    process halves libx264's frame rate (docs/upscaling.md)."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides: an end record, or end of input
+    av = _require_av()
+    inp, out = sys.stdin.buffer, sys.stdout
+    cfg = json.loads(inp.readline())
+    shape, dtype = tuple(cfg["shape"]), np.dtype(cfg["dtype"])
+    frame_format, pix_fmt, i420 = cfg["frame_format"], cfg["pix_fmt"], cfg["i420"]
+
+    def make_stream(container: Any) -> Any:
+        vout = container.add_stream(cfg["codec"], rate=Fraction(cfg["rate"]))
+        vout.width, vout.height, vout.pix_fmt = shape[1], shape[0], pix_fmt
+        vout.time_base = vout.codec_context.time_base = Fraction(*cfg["time_base"])
+        if cfg["crf"] is not None:
+            vout.options = {"crf": str(cfg["crf"])}
+        return vout
+
+    writer = _SegmentWriter(av, Path(cfg["parts"]), cfg["format"], cfg["suffix"], cfg["first"], cfg["per"],
+                            make_stream)
+    image = np.empty(shape, dtype)
+    buf = memoryview(image.data).cast("B")
+    busy = 0.0
+    try:
+        while True:
+            head = inp.read(_HEADER.size)
+            if len(head) < _HEADER.size:
+                writer.abandon()  # the parent is gone, or stopped the run
+                return 1
+            kind, pts, num, den = _HEADER.unpack(head)
+            if kind == _END_OF_FRAMES:
+                t = time.perf_counter()
+                writer.finish()
+                busy += time.perf_counter() - t
+                out.write(json.dumps({"done": writer.k, "busy": busy}) + "\n")
+                out.flush()
+                return 0
+            got = 0
+            while got < len(buf):
+                n = inp.readinto(buf[got:])  # type: ignore[union-attr]  # sys.stdin.buffer: a BufferedReader
+                if not n:
+                    writer.abandon()
+                    return 1
+                got += n
+            t = time.perf_counter()
+            if i420:  # OpenCV's RGB → YUV 4:2:0 (BT.601, video range, as swscale's), a fifth of swscale's time
+                frame = av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
+            else:
+                frame = av.VideoFrame.from_ndarray(image, format=frame_format)
+            frame.pts, frame.time_base = pts, Fraction(num, den)
+            writer.write(frame)
+            busy += time.perf_counter() - t
+    except BaseException as e:  # reported to the parent, which names the file
+        writer.abandon()
+        out.write(json.dumps({"error": f"{type(e).__name__}: {e}"}) + "\n")
+        out.flush()
+        return 1
+
+
+class _Encoder:
+    """The parent's handle on the encoder process: `send` hands it a frame (blocking while it is busy: the pipe is
+    the queue), `finish` ends it and returns the number of segments written, `abort` stops it (its open segment is
+    deleted)."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        import subprocess
+        import sys
+
+        here = str(Path(__file__).resolve().parents[1])  # the folder holding this engine package
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "engine.video", "--encoder"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
+        self.stdin.write(json.dumps(cfg).encode() + b"\n")
+        self.stdin.flush()
+
+    def _failure(self) -> VideoError:
+        self.proc.wait()
+        try:
+            msg = json.loads(self.stdout.readline() or "{}")
+        except ValueError:
+            msg = {}
+        return VideoError(f"the encoder process stopped (exit status {self.proc.returncode}): "
+                          f"{msg.get('error', 'no message')}")
+
+    def send(self, pts: int, time_base: Fraction, image: np.ndarray) -> None:
+        try:
+            self.stdin.write(_HEADER.pack(_FRAME, pts, time_base.numerator, time_base.denominator))
+            self.stdin.write(memoryview(np.ascontiguousarray(image).data).cast("B"))
+        except (BrokenPipeError, OSError):
+            raise self._failure() from None
+
+    def finish(self) -> tuple[int, float]:
+        """(segments written, seconds the encoder was busy)."""
+        try:
+            self.stdin.write(_HEADER.pack(_END_OF_FRAMES, 0, 0, 1))
+            self.stdin.close()
+        except (BrokenPipeError, OSError):
+            raise self._failure() from None
+        line = self.stdout.readline()
+        self.proc.wait()
+        msg = json.loads(line) if line.strip() else {}
+        if "done" not in msg:
+            raise VideoError(f"the encoder process stopped (exit status {self.proc.returncode}): "
+                             f"{msg.get('error', 'no message')}")
+        return int(msg["done"]), float(msg["busy"])
+
+    def abort(self) -> None:
+        try:
+            self.stdin.close()  # end of input: the encoder deletes its open segment and exits
+        except (BrokenPipeError, OSError):
+            pass
+        try:
+            self.proc.wait(timeout=30)
+        except Exception:  # noqa: BLE001 - a stuck encoder is killed
+            self.proc.kill()
+            self.proc.wait()
+
+
 def upscale_video(net: Any, src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: str | None = None,
                   crf: int | None = None, pix_fmt: str | None = None, outscale: float | None = None,
                   alpha: float | None = None, tile: int | None = None, tile_overlap: int | None = None,
@@ -481,15 +630,6 @@ def upscale_video(net: Any, src: str | os.PathLike[str], dst: str | os.PathLike[
     skip = done * segment_frames
     stats.resumed = skip
 
-    def make_stream(container: Any) -> Any:
-        vout = container.add_stream(codec, rate=info.rate or Fraction(25))
-        vout.width, vout.height, vout.pix_fmt = out_w, out_h, pix_fmt
-        vout.time_base = vout.codec_context.time_base = info.time_base
-        if crf is not None:
-            vout.options = {"crf": str(crf)}
-        return vout
-
-    writer = _SegmentWriter(av, parts, seg_fmt, suffix, done, segment_frames, make_stream)
     seen = 0  # frames decoded, kept ones included
 
     def decode() -> Iterator[Item]:  # the decoder thread: frames past the finished segments, as arrays
@@ -509,16 +649,16 @@ def upscale_video(net: Any, src: str | os.PathLike[str], dst: str | os.PathLike[
         return [("frame", (payload[0], payload[1], np.ascontiguousarray(up)))
                 for (_, payload), up in zip(items, ups, strict=True)]
 
-    i420 = pix_fmt == "yuv420p" and frame_format == "rgb24" and out_w % 2 == 0 and out_h % 2 == 0
+    encoder = _Encoder({
+        "shape": [out_h, out_w, 3], "dtype": "uint16" if high else "uint8", "frame_format": frame_format,
+        "pix_fmt": pix_fmt, "i420": pix_fmt == "yuv420p" and not high and out_w % 2 == 0 and out_h % 2 == 0,
+        "codec": codec, "crf": crf, "rate": str(info.rate or Fraction(25)),
+        "time_base": [info.time_base.numerator, info.time_base.denominator], "parts": str(parts), "format": seg_fmt,
+        "suffix": suffix, "first": done, "per": segment_frames})
 
-    def encode(item: Item) -> None:  # the encoder thread
+    def encode(item: Item) -> None:  # the encoder thread: hands frames to the encoder process
         pts, time_base, up = item[1]
-        if i420:  # OpenCV's RGB → YUV 4:2:0 (BT.601, video range, as swscale's): a fifth of swscale's time here
-            frame = av.VideoFrame.from_ndarray(cv2.cvtColor(up, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
-        else:
-            frame = av.VideoFrame.from_ndarray(up, format=frame_format)
-        frame.pts, frame.time_base = pts, time_base
-        writer.write(frame)
+        encoder.send(pts, time_base, up)
         stats.frames += 1
         if progress is not None:
             progress(skip + stats.frames)
@@ -527,9 +667,9 @@ def upscale_video(net: Any, src: str | os.PathLike[str], dst: str | os.PathLike[
     try:
         try:
             run_pipeline(decode(), upscale, encode, stats, group=group)
-            writer.finish()
+            segment_count, stats.busy["encode"] = encoder.finish()
         except BaseException:
-            writer.abandon()
+            encoder.abort()
             if resume_key is None:  # nothing could resume from them
                 _clear_parts(parts)
             raise
@@ -539,9 +679,18 @@ def upscale_video(net: Any, src: str | os.PathLike[str], dst: str | os.PathLike[
         if seen < skip:
             raise VideoError(f"{src}: {seen} frames, fewer than the {skip} of the finished segments in {parts}; "
                              "delete that folder and run again")
-        segments = [parts / _segment_name(k, suffix) for k in range(writer.k)]
+        segments = [parts / _segment_name(k, suffix) for k in range(segment_count)]
         atomic_write(dst, lambda tmp: _join(av, segments, src, tmp, fmt))
     except av.error.FFmpegError as e:
         raise VideoError(f"{src} → {dst}: {e}") from e
     _clear_parts(parts)
     return stats.report()
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--encoder"]:
+        raise SystemExit("engine.video is a module (engine.video.upscale_video); `python -m engine.upscale` upscales "
+                         "videos")
+    sys.exit(_encoder_main())

@@ -208,7 +208,8 @@ def test_audio_before_the_first_frame_and_a_bounded_overlapped_pipeline(tmp_path
     assert audio_packets(dst) == audio_packets(src)
     assert stats["fps"] > 0 and set(stats["busy"]) == {"decode", "engine", "encode"}
     assert all(0 <= share <= 1 for share in stats["busy"].values())
-    assert 1 <= stats["max_frames_in_flight"] <= 2 * video.QUEUE + 4 + 2  # batch 4
+    assert 1 <= stats["max_frames_in_flight"] <= 2 * (video.QUEUE + 4) + 4 + 2  # batch 4
+    assert all(0 <= share <= 1 for share in stats["engine_waits"].values())
 
 
 def test_the_pipeline_keeps_order_groups_frames_and_stops_on_any_stage_s_error() -> None:
