@@ -581,8 +581,9 @@ def upscale_video(net: Any, src: str | os.PathLike[str], dst: str | os.PathLike[
             earlier segments are discarded.
         max_pixels: VideoError for frames with more pixels.
 
-    Decoding, the engine and encoding overlap: a decoder thread and an encoder thread around the engine in this
-    thread, joined by queues of `QUEUE` items, so memory stays bounded whatever the video's length (`run_pipeline`).
+    Decoding, the engine and encoding overlap: a decoder thread and a thread feeding the encoder process
+    (`_encoder_main`, which encodes apart from this process's GIL) around the engine in this thread, joined by
+    bounded queues, so memory stays bounded whatever the video's length (`run_pipeline`).
 
     Returns: `Stats.report()`: frames upscaled, frames kept from an earlier run, seconds, frames/s, and the share of
     the wall time each stage was busy.

@@ -407,6 +407,9 @@ def test_the_command_resumes_after_ctrl_c_and_after_sigkill(tmp_path: Path) -> N
     assert len(first) >= 2 and not (out / "clip_out.mkv").exists()
     assert [p.name for p in parts.iterdir() if p.name.endswith(".tmp")] == []  # the open segment was removed
     assert run_until(len(first) + 2, signal.SIGKILL) == -signal.SIGKILL
+    deadline = time.monotonic() + 30  # the orphaned encoder process finishes or drops its open segment, and exits
+    while any(p.name.endswith(".tmp") for p in parts.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
     second = segments()
     assert second[:len(first)] == first and len(second) >= len(first) + 2 and not (out / "clip_out.mkv").exists()
 
@@ -424,3 +427,36 @@ def test_the_command_resumes_after_ctrl_c_and_after_sigkill(tmp_path: Path) -> N
     for (_, o), (_, f) in zip(got, want, strict=True):
         assert np.array_equal(o, engine.infer(backend, f, batch=1))
     assert audio_packets(out / "clip_out.mkv") == audio_packets(src)
+
+
+def test_subtitles_are_copied_with_their_times(tmp_path: Path) -> None:
+    """A SubRip stream in the source comes out as the same packets at the same times (the join copies it as it
+    copies audio)."""
+    src, dst = tmp_path / "clip.mkv", tmp_path / "clip_out.mkv"
+    header = (b"[Script Info]\nScriptType: v4.00+\n\n[V4+ Styles]\nFormat: Name, Fontname, Fontsize\n"
+              b"Style: Default,Arial,16\n\n[Events]\nFormat: Layer, Start, End, Style, Text\n")
+    with av.open(str(src), "w") as c:
+        v = c.add_stream("ffv1", rate=24)
+        v.width, v.height, v.pix_fmt = 24, 16, "yuv420p"
+        v.time_base = v.codec_context.time_base = TB
+        s = c.add_stream("subrip")
+        s.codec_context.subtitle_header = header
+        for i in range(6):
+            f = av.VideoFrame.from_ndarray(np.full((16, 24, 3), 40 * i, np.uint8), format="rgb24")
+            f.pts, f.time_base = i * 41, TB
+            for p in v.encode(f):
+                c.mux(p)
+            if i in (1, 4):
+                p = av.Packet(f"line {i}".encode())
+                p.stream, p.pts, p.dts, p.duration, p.time_base = s, i * 41, i * 41, 60, TB
+                c.mux(p)
+        for p in v.encode():
+            c.mux(p)
+    upscale_video(MODEL, src, dst, codec="ffv1", segment_frames=4)
+
+    def subtitles(path: Path) -> list[tuple[bytes, Fraction]]:
+        with av.open(str(path)) as c:
+            return [(bytes(p), p.pts * p.time_base) for p in c.demux(c.streams.subtitles[0]) if p.size]
+
+    assert subtitles(dst) == subtitles(src) == [(b"line 1", Fraction(41, 1000)), (b"line 4", Fraction(164, 1000))]
+    assert probe(dst).subtitles == 1 and len(decoded(dst)) == 6
