@@ -150,6 +150,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--segment-frames", type=int, default=SEGMENT_FRAMES,
                    help="frames per resumable video segment: an interrupted video resumes after its last finished "
                    f"segment (default: {SEGMENT_FRAMES})")
+    p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
+                   help="run on a Ray cluster: auto (the cluster this machine belongs to, else a local one) or the "
+                   "head's ADDRESS; one worker per GPU (docs/distributed.md) (default: off, this process)")
+    p.add_argument("--workers", type=int, help="Ray workers (default: one per GPU of the cluster, else one per 2 "
+                   "CPUs)")
+    p.add_argument("--gpus-per-worker", type=float, help="GPUs each Ray worker takes, e.g. 0.5 for two per GPU "
+                   "(default: 1)")
     p.add_argument("--threads", type=int, default=0, help="host threads for conversion and blending, and ONNX "
                    "Runtime's intra-op threads, at most the CPU count (default: 0 = all cores)")
     return p
@@ -168,6 +175,12 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"--crf {args.crf}: give the encoder's quality in 0..63 (lower is better; x264's default 23)")
     if not 0 <= args.threads <= cpus:
         raise UsageError(f"--threads {args.threads}: this machine has {cpus} CPU(s); give 0 (all of them) or 1..{cpus}")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: give at least 1")
+    if args.gpus_per_worker is not None and not 0 < args.gpus_per_worker <= 64:
+        raise UsageError(f"--gpus-per-worker {args.gpus_per_worker}: give a share of a GPU (e.g. 0.5) or a count")
+    if (args.workers is not None or args.gpus_per_worker is not None) and args.ray is None:
+        raise UsageError("--workers and --gpus-per-worker go with --ray")
     if args.segment_frames < 1:
         raise UsageError(f"--segment-frames {args.segment_frames}: give a number of frames, at least 1")
     if args.max_pixels < 1:
@@ -380,9 +393,10 @@ def check_memory(backend: Backend, image: np.ndarray, out_h: int, out_w: int, ti
 # The run
 
 
-def resume_key(args: argparse.Namespace, backend: Backend) -> str:
+def resume_key(args: argparse.Namespace, backend: Any) -> str:
     """What decides a video's pixels besides its own settings: the model as named, the files behind it (size and
-    modification time), the backend and its precision. Segments of an earlier run are kept only for the same key."""
+    modification time), the backend and its precision (for a Ray run, the backend its workers are asked for).
+    Segments of an earlier run are kept only for the same key."""
     def file(name: str | None) -> list[Any] | None:
         if not name or not os.path.exists(name):
             return None
@@ -391,8 +405,23 @@ def resume_key(args: argparse.Namespace, backend: Backend) -> str:
 
     return json.dumps({"model": args.model, "model_file": file(args.model), "gan_weights": file(args.gan_weights),
                        "alpha": args.alpha,
-                       "backend": type(backend).__name__, "requested": args.backend, "precision": args.precision,
-                       "device": str(backend.device), "channels_last": args.channels_last}, sort_keys=True)
+                       "backend": "ray workers" if args.ray is not None else type(backend).__name__,
+                       "requested": args.backend, "precision": args.precision,
+                       "device": args.device if args.ray is not None else str(backend.device),
+                       "channels_last": args.channels_last}, sort_keys=True)
+
+
+def decide(src: Path, dst: Path, args: argparse.Namespace, scale: int) -> tuple[str, str | None, bool]:
+    """What a run does with one input whose output is `dst`: ("go", None, replace), ("skip", None, False) for a
+    complete output kept by --skip-existing, or ("fail", why, False) for an output that exists without
+    --overwrite or --skip-existing."""
+    if dst.exists() and not args.overwrite:
+        if not args.skip_existing:
+            return "fail", f"{dst} exists; pass --overwrite to replace it or --skip-existing to keep it", False
+        if _complete(dst, src, scale, args.outscale):
+            return "skip", None, False
+        return "go", None, True  # --skip-existing: an incomplete output (empty, damaged, wrong size) is redone
+    return "go", None, args.overwrite
 
 
 def _complete(target: Path, source: Path, scale: int, outscale: float | None) -> bool:
@@ -485,6 +514,13 @@ def run(args: argparse.Namespace) -> int:
         check_output_folder(out_dir)
         for folder in {dst.parent for _, dst in pairs}:
             remove_stale_temps(folder, {dst.name for _, dst in pairs})
+        if args.ray is not None:
+            from .distributed import run_ray
+
+            if ours:
+                print(f"note: {len(ours)} image(s) in {args.input} are outputs of the others (named "
+                      f"*_{args.suffix}.*) and are not upscaled again")
+            return run_ray(args, pairs)
         backend = make_backend(args)
         if args.tile and args.tile % backend.multiple:
             fit = max(backend.multiple, args.tile // backend.multiple * backend.multiple)
@@ -508,16 +544,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         for src, dst in files:
             files.set_postfix_str(src.name)
-            replace = args.overwrite
-            if dst.exists() and not args.overwrite:
-                if not args.skip_existing:
-                    failed.append((src, f"{dst} exists; pass --overwrite to replace it or --skip-existing to keep "
-                                        "it"))
-                    continue
-                if _complete(dst, src, backend.scale, args.outscale):
-                    skipped += 1
-                    continue
-                replace = True  # --skip-existing: an incomplete output (empty, damaged, wrong size) is redone
+            verdict, reason, replace = decide(src, dst, args, backend.scale)
+            if verdict == "fail":
+                failed.append((src, reason or "?"))
+                continue
+            if verdict == "skip":
+                skipped += 1
+                continue
             try:
                 upscale_file(backend, src, dst, args, batch, replace)
                 written += 1

@@ -386,7 +386,7 @@ def _join(av: Any, segments: list[Path], src: Path, tmp: str, fmt: str) -> None:
     and metadata, interleaved by time. A packet's decode timestamp that would not follow the previous segment's
     last one (an encoder that reorders frames starts a segment's decode times before its first frame) is moved to
     one tick after it; presentation timestamps are never changed."""
-    with av.open(str(src)) as inp, av.open(tmp, mode="w", format=fmt) as out:
+    with av.open(str(src)) as inp, av.open(tmp, mode="w", format=fmt, options={"fflags": "+bitexact"}) as out:
         out.metadata.update(inp.metadata)
         copied = [s for s in inp.streams if s.type in ("audio", "subtitle")]
         copies = {s.index: out.add_stream_from_template(s) for s in copied}
@@ -446,18 +446,8 @@ def _encoder_main() -> int:
     inp, out = sys.stdin.buffer, sys.stdout
     cfg = json.loads(inp.readline())
     shape, dtype = tuple(cfg["shape"]), np.dtype(cfg["dtype"])
-    frame_format, pix_fmt, i420 = cfg["frame_format"], cfg["pix_fmt"], cfg["i420"]
-
-    def make_stream(container: Any) -> Any:
-        vout = container.add_stream(cfg["codec"], rate=Fraction(cfg["rate"]))
-        vout.width, vout.height, vout.pix_fmt = shape[1], shape[0], pix_fmt
-        vout.time_base = vout.codec_context.time_base = Fraction(*cfg["time_base"])
-        if cfg["crf"] is not None:
-            vout.options = {"crf": str(cfg["crf"])}
-        return vout
-
     writer = _SegmentWriter(av, Path(cfg["parts"]), cfg["format"], cfg["suffix"], cfg["first"], cfg["per"],
-                            make_stream)
+                            lambda container: _add_stream(container, cfg))
     image = np.empty(shape, dtype)
     buf = memoryview(image.data).cast("B")
     busy = 0.0
@@ -483,10 +473,7 @@ def _encoder_main() -> int:
                     return 1
                 got += n
             t = time.perf_counter()
-            if i420:  # OpenCV's RGB → YUV 4:2:0 (BT.601, video range, as swscale's), a fifth of swscale's time
-                frame = av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
-            else:
-                frame = av.VideoFrame.from_ndarray(image, format=frame_format)
+            frame = _video_frame(av, image, cfg)
             frame.pts, frame.time_base = pts, Fraction(num, den)
             writer.write(frame)
             busy += time.perf_counter() - t
@@ -558,6 +545,185 @@ class _Encoder:
             self.proc.wait()
 
 
+@dataclass
+class VideoJob:
+    """One video's upscale, planned (`plan_video`): where its segments go, what the encoder is given, and how many
+    segments an earlier run finished. A single run (`upscale_video`) encodes the rest in one pipeline; a cluster
+    run (`engine.distributed`) hands each remaining segment to a worker (`encode_segment`); both end with
+    `join_video`."""
+
+    src: Path
+    dst: Path
+    fmt: str
+    info: VideoInfo
+    parts: Path
+    suffix: str
+    segment_frames: int
+    done: int  # segments finished by an earlier run, kept
+    frame_format: str  # rgb24 or rgb48le: what frames are decoded to and upscaled in
+    encoder: dict[str, Any]  # the encoder's settings (`_encoder_main`, `_SegmentWriter`)
+
+
+def plan_video(backend: Any, src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: str | None = None,
+               crf: int | None = None, pix_fmt: str | None = None, outscale: float | None = None,
+               alpha: float | None = None, tile: int | None = None, tile_overlap: int = 32,
+               batch: int | None = None, segment_frames: int = SEGMENT_FRAMES, resume_key: str | None = None,
+               max_pixels: int | None = None) -> VideoJob:
+    """Check `src` and the settings, and prepare the parts folder: keep the finished segments of an earlier run
+    with the same manifest (source, `resume_key`, settings) when `resume_key` is given, else start it empty."""
+    av = _require_av()
+    from .inference import output_size
+
+    src, dst = Path(src), Path(dst)
+    fmt = VIDEO_FORMATS.get(dst.suffix.lower())  # the temporary file's own suffix cannot tell FFmpeg
+    if fmt is None:
+        raise VideoError(f"{dst}: the output's suffix must be one of {', '.join(VIDEO_FORMATS)}")
+    if segment_frames < 1:
+        raise ValueError(f"segment_frames must be at least 1, got {segment_frames}")
+    info = probe(src)
+    if max_pixels is not None and info.width * info.height > max_pixels:
+        raise VideoError(f"{src}: its {info.width}×{info.height} frames have more than --max-pixels {max_pixels} "
+                         "pixels; raise --max-pixels if this video is meant")
+    codec = codec or DEFAULT_CODEC.get(fmt, "libx264")
+    check_encoder(codec, pix_fmt)
+    out_h, out_w = output_size(info.height, info.width, backend.scale, outscale)
+    high = info.bits > 8
+    pix_fmt = pix_fmt or DEFAULT_PIX_FMT.get(codec, ("yuv420p", "yuv420p10le"))[high]
+    parts = parts_folder(dst)
+    # segments in the output's own format, so that the join copies packets into the muxer that made them; AVI
+    # keeps no start time per file, so its segments are Matroska
+    seg_fmt, suffix = ("matroska", ".mkv") if fmt == "avi" else (fmt, dst.suffix.lower())
+    _check_copies(av, src, dst, fmt)
+    stat = src.stat()
+    manifest = {"source": str(src.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                "resume_key": resume_key, "codec": codec, "crf": crf, "pix_fmt": pix_fmt, "outscale": outscale,
+                "alpha": alpha, "tile": tile, "tile_overlap": tile_overlap, "batch": batch,
+                "segment_frames": segment_frames, "output": [out_w, out_h], "format": fmt}
+    done = _finished_segments(parts, manifest, suffix) if resume_key is not None else 0
+    if done == 0:
+        _clear_parts(parts)
+        parts.mkdir(parents=True, exist_ok=True)
+        atomic_write(parts / _MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
+    frame_format = "rgb48le" if high else "rgb24"
+    encoder = {
+        "shape": [out_h, out_w, 3], "dtype": "uint16" if high else "uint8", "frame_format": frame_format,
+        "pix_fmt": pix_fmt, "i420": pix_fmt == "yuv420p" and not high and out_w % 2 == 0 and out_h % 2 == 0,
+        "codec": codec, "crf": crf, "rate": str(info.rate or Fraction(25)),
+        "time_base": [info.time_base.numerator, info.time_base.denominator], "parts": str(parts), "format": seg_fmt,
+        "suffix": suffix, "first": done, "per": segment_frames}
+    return VideoJob(src, dst, fmt, info, parts, suffix, segment_frames, done, frame_format, encoder)
+
+
+def join_video(job: VideoJob, segments: int) -> None:
+    """Join the job's first `segments` segments with the source's other streams into `job.dst` (a temporary file
+    renamed into place), then remove the parts folder."""
+    av = _require_av()
+    paths = [job.parts / _segment_name(k, job.suffix) for k in range(segments)]
+    try:
+        atomic_write(job.dst, lambda tmp: _join(av, paths, job.src, tmp, job.fmt))
+    except av.error.FFmpegError as e:
+        raise VideoError(f"{job.src} → {job.dst}: {e}") from e
+    _clear_parts(job.parts)
+
+
+def frame_times(src: str | os.PathLike[str]) -> list[int]:
+    """The presentation times of `src`'s video frames in order, from its packets (nothing decoded); decoded when
+    a packet has none."""
+    av = _require_av()
+    with av.open(str(src)) as c:
+        vin = c.streams.video[0]
+        pts = [p.pts for p in c.demux(vin) if p.size]
+        if any(t is None for t in pts):
+            c.seek(0)
+            pts = [f.pts for f in c.decode(c.streams.video[0])]
+    return sorted(pts)
+
+
+def encode_segment(backend: Any, job: VideoJob, k: int, times: list[int], *, tile: int | None = None,
+                   tile_overlap: int = 32, batch: int | None = None, outscale: float | None = None,
+                   alpha: float | None = None, threads: int = 0) -> int:
+    """Upscale and encode segment `k` of `job` (the frames at presentation times `times`) into its file in the
+    parts folder, as a single run writes it: the same frames, encoder and settings, so the same packets. The source
+    is read from the keyframe before the first frame (from the start when that seek lands past it). Returns the
+    number of frames."""
+    av = _require_av()
+    from .inference import infer_frames
+
+    cfg = job.encoder
+    wanted, first = set(times), times[0]
+
+    def frames(seek: bool) -> Iterator[Any]:
+        with av.open(str(job.src)) as inp:
+            vin = inp.streams.video[0]
+            vin.thread_type = "AUTO"
+            if seek and first > 0:
+                inp.seek(first, stream=vin, backward=True, any_frame=False)
+            started = False
+            for frame in inp.decode(vin):
+                if not started:
+                    if frame.pts is not None and frame.pts > first:
+                        raise LookupError("the seek passed the segment's first frame")
+                    started = True
+                if frame.pts in wanted:
+                    yield frame
+                if frame.pts is not None and frame.pts >= times[-1]:
+                    return
+
+    writer = _SegmentWriter(av, job.parts, cfg["format"], cfg["suffix"], k, len(times) + 1,
+                            lambda container: _add_stream(container, cfg))
+    group = batch or getattr(backend, "batch", None) or 4
+    count = 0
+    try:
+        try:
+            source = list(_grouped(frames(seek=True), group, job.frame_format))
+        except LookupError:
+            source = list(_grouped(frames(seek=False), group, job.frame_format))
+        for chunk in source:
+            ups = infer_frames(backend, [image for _, _, image in chunk], tile=tile, tile_overlap=tile_overlap,
+                               batch=batch, outscale=outscale, alpha=alpha, threads=threads)
+            for (pts, time_base, _), up in zip(chunk, ups, strict=True):
+                frame = _video_frame(av, np.ascontiguousarray(up), cfg)
+                frame.pts, frame.time_base = pts, time_base
+                writer.write(frame)
+                count += 1
+        if count != len(times):
+            raise VideoError(f"{job.src}: segment {k} should hold {len(times)} frames, decoding gave {count}")
+        writer.finish()
+    except BaseException:
+        writer.abandon()
+        raise
+    return count
+
+
+def _grouped(frames: Iterator[Any], group: int, frame_format: str) -> Iterator[list[tuple[int, Fraction, Any]]]:
+    chunk: list[tuple[int, Fraction, Any]] = []
+    for frame in frames:
+        chunk.append((frame.pts, frame.time_base, frame.to_ndarray(format=frame_format)))
+        if len(chunk) == group:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _add_stream(container: Any, cfg: dict[str, Any]) -> Any:
+    """The encoded video stream of a segment file, from the encoder's settings (`VideoJob.encoder`)."""
+    vout = container.add_stream(cfg["codec"], rate=Fraction(cfg["rate"]))
+    vout.width, vout.height, vout.pix_fmt = cfg["shape"][1], cfg["shape"][0], cfg["pix_fmt"]
+    vout.time_base = vout.codec_context.time_base = Fraction(*cfg["time_base"])
+    if cfg["crf"] is not None:
+        vout.options = {"crf": str(cfg["crf"])}
+    return vout
+
+
+def _video_frame(av: Any, image: np.ndarray, cfg: dict[str, Any]) -> Any:
+    """An upscaled RGB frame as the encoder takes it: YUV 4:2:0 by OpenCV where the encoder wants yuv420p (BT.601,
+    video range, as swscale's, a fifth of its time), else RGB for FFmpeg to convert."""
+    if cfg["i420"]:
+        return av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
+    return av.VideoFrame.from_ndarray(image, format=cfg["frame_format"])
+
+
 def upscale_video(net: Any, src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: str | None = None,
                   crf: int | None = None, pix_fmt: str | None = None, outscale: float | None = None,
                   alpha: float | None = None, tile: int | None = None, tile_overlap: int | None = None,
@@ -591,58 +757,28 @@ def upscale_video(net: Any, src: str | os.PathLike[str], dst: str | os.PathLike[
     frame; `dst` is then left as it was.
     """
     av = _require_av()
-    from .inference import DEFAULT_TILE_OVERLAP, as_backend, infer_frames, output_size
+    from .inference import DEFAULT_TILE_OVERLAP, as_backend, infer_frames
 
-    src, dst = Path(src), Path(dst)
-    fmt = VIDEO_FORMATS.get(dst.suffix.lower())  # the temporary file's own suffix cannot tell FFmpeg
-    if fmt is None:
-        raise VideoError(f"{dst}: the output's suffix must be one of {', '.join(VIDEO_FORMATS)}")
-    if segment_frames < 1:
-        raise ValueError(f"segment_frames must be at least 1, got {segment_frames}")
-    info = probe(src)
-    if max_pixels is not None and info.width * info.height > max_pixels:
-        raise VideoError(f"{src}: its {info.width}×{info.height} frames have more than --max-pixels {max_pixels} "
-                         "pixels; raise --max-pixels if this video is meant")
-    codec = codec or DEFAULT_CODEC.get(fmt, "libx264")
-    check_encoder(codec, pix_fmt)
-    backend = as_backend(net)
-    out_h, out_w = output_size(info.height, info.width, backend.scale, outscale)
-    high = info.bits > 8
-    frame_format = "rgb48le" if high else "rgb24"
-    overlap = DEFAULT_TILE_OVERLAP if tile_overlap is None else tile_overlap
-    pix_fmt = pix_fmt or DEFAULT_PIX_FMT.get(codec, ("yuv420p", "yuv420p10le"))[high]
     stats = Stats()
-
-    parts = parts_folder(dst)
-    # segments in the output's own format, so that the join copies packets into the muxer that made them; AVI
-    # keeps no start time per file, so its segments are Matroska
-    seg_fmt, suffix = ("matroska", ".mkv") if fmt == "avi" else (fmt, dst.suffix.lower())
-    _check_copies(av, src, dst, fmt)
-    stat = src.stat()
-    manifest = {"source": str(src.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                "resume_key": resume_key, "codec": codec, "crf": crf, "pix_fmt": pix_fmt, "outscale": outscale,
-                "alpha": alpha, "tile": tile, "tile_overlap": overlap, "batch": batch, "segment_frames": segment_frames,
-                "output": [out_w, out_h], "format": fmt}
-    done = _finished_segments(parts, manifest, suffix) if resume_key is not None else 0
-    if done == 0:
-        _clear_parts(parts)
-        parts.mkdir(parents=True, exist_ok=True)
-        atomic_write(parts / _MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
-    skip = done * segment_frames
+    backend = as_backend(net)
+    overlap = DEFAULT_TILE_OVERLAP if tile_overlap is None else tile_overlap
+    job = plan_video(backend, src, dst, codec=codec, crf=crf, pix_fmt=pix_fmt, outscale=outscale, alpha=alpha,
+                     tile=tile, tile_overlap=overlap, batch=batch, segment_frames=segment_frames,
+                     resume_key=resume_key, max_pixels=max_pixels)
+    skip = job.done * segment_frames
     stats.resumed = skip
-
     seen = 0  # frames decoded, kept ones included
 
     def decode() -> Iterator[Item]:  # the decoder thread: frames past the finished segments, as arrays
         nonlocal seen
-        with av.open(str(src)) as inp:
+        with av.open(str(job.src)) as inp:
             vin = next(s for s in inp.streams if s.type == "video")
             vin.thread_type = "AUTO"
             for frame in inp.decode(vin):
                 seen += 1
                 if seen <= skip:
                     continue
-                yield "frame", (frame.pts, frame.time_base, frame.to_ndarray(format=frame_format))
+                yield "frame", (frame.pts, frame.time_base, frame.to_ndarray(format=job.frame_format))
 
     def upscale(items: list[Item]) -> list[Item]:  # this thread: the engine, several frames per call
         ups = infer_frames(backend, [payload[2] for _, payload in items], tile=tile, tile_overlap=overlap,
@@ -650,12 +786,7 @@ def upscale_video(net: Any, src: str | os.PathLike[str], dst: str | os.PathLike[
         return [("frame", (payload[0], payload[1], np.ascontiguousarray(up)))
                 for (_, payload), up in zip(items, ups, strict=True)]
 
-    encoder = _Encoder({
-        "shape": [out_h, out_w, 3], "dtype": "uint16" if high else "uint8", "frame_format": frame_format,
-        "pix_fmt": pix_fmt, "i420": pix_fmt == "yuv420p" and not high and out_w % 2 == 0 and out_h % 2 == 0,
-        "codec": codec, "crf": crf, "rate": str(info.rate or Fraction(25)),
-        "time_base": [info.time_base.numerator, info.time_base.denominator], "parts": str(parts), "format": seg_fmt,
-        "suffix": suffix, "first": done, "per": segment_frames})
+    encoder = _Encoder(job.encoder)
 
     def encode(item: Item) -> None:  # the encoder thread: hands frames to the encoder process
         pts, time_base, up = item[1]
@@ -672,19 +803,17 @@ def upscale_video(net: Any, src: str | os.PathLike[str], dst: str | os.PathLike[
         except BaseException:
             encoder.abort()
             if resume_key is None:  # nothing could resume from them
-                _clear_parts(parts)
+                _clear_parts(job.parts)
             raise
-        if seen == 0:
-            _clear_parts(parts)
-            raise VideoError(f"{src}: the video stream has no frame")
-        if seen < skip:
-            raise VideoError(f"{src}: {seen} frames, fewer than the {skip} of the finished segments in {parts}; "
-                             "delete that folder and run again")
-        segments = [parts / _segment_name(k, suffix) for k in range(segment_count)]
-        atomic_write(dst, lambda tmp: _join(av, segments, src, tmp, fmt))
     except av.error.FFmpegError as e:
-        raise VideoError(f"{src} → {dst}: {e}") from e
-    _clear_parts(parts)
+        raise VideoError(f"{job.src} → {job.dst}: {e}") from e
+    if seen == 0:
+        _clear_parts(job.parts)
+        raise VideoError(f"{job.src}: the video stream has no frame")
+    if seen < skip:
+        raise VideoError(f"{job.src}: {seen} frames, fewer than the {skip} of the finished segments in {job.parts}; "
+                         "delete that folder and run again")
+    join_video(job, segment_count)
     return stats.report()
 
 
