@@ -28,6 +28,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,21 @@ def connect(ray: Any, address: str, num_cpus: int | None = None) -> str:
         return "a local Ray instance"
 
 
+@dataclass(frozen=True)
+class Ops:
+    """What this module takes from `engine.upscale`, handed over by it (this module sits beside it and must not
+    import it): module-level functions, so that a worker process unpickles them by name."""
+
+    make_backend: Callable[[argparse.Namespace], Any]
+    upscale_file: Callable[..., None]
+    decide: Callable[..., tuple[str, str | None, bool]]
+    resume_key: Callable[[argparse.Namespace, Any], str]
+    reason: Callable[[Path, BaseException], str]
+    resolve_model: Callable[[str | None], Path]
+    usage_error: type[Exception]
+    exit_codes: dict[str, int]  # ok, failed, usage, interrupted
+
+
 @dataclass
 class Shape:
     """What the driver needs of the model without building an engine: its scale and input multiple."""
@@ -81,12 +97,11 @@ class Shape:
     multiple: int
 
 
-def model_shape(args: argparse.Namespace) -> Shape:
+def model_shape(args: argparse.Namespace, ops: Ops) -> Shape:
     from . import models
     from .manifest import read_manifest
-    from .upscale import resolve_model
 
-    source = resolve_model(args.model)
+    source = ops.resolve_model(args.model)
     if source.is_dir():
         m = read_manifest(source)
         return Shape(int(m["scale"]), int(m["multiple"]))
@@ -101,13 +116,11 @@ def model_shape(args: argparse.Namespace) -> Shape:
 class UpscaleWorker:
     """A Ray Data actor: one engine, built once; each call upscales one unit and reports it."""
 
-    def __init__(self, args: argparse.Namespace, jobs: dict[str, Any], threads: int) -> None:
-        from .upscale import make_backend
-
+    def __init__(self, args: argparse.Namespace, jobs: dict[str, Any], threads: int, ops: Ops) -> None:
         if not args.threads:
             args.threads = threads  # the CPUs Ray gave this actor, not all of the machine's
-        self.args, self.jobs = args, jobs
-        self.backend = make_backend(args)
+        self.args, self.jobs, self.ops = args, jobs, ops
+        self.backend = ops.make_backend(args)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -115,7 +128,6 @@ class UpscaleWorker:
 
     def run(self, unit: dict[str, Any]) -> dict[str, Any]:
         from .inference import DEFAULT_BATCH
-        from .upscale import _reason, upscale_file
         from .video import encode_segment
 
         args = self.args
@@ -130,7 +142,7 @@ class UpscaleWorker:
                     out["note"] = "written by an earlier attempt"
                 else:
                     batch = args.batch or getattr(self.backend, "batch", None) or DEFAULT_BATCH
-                    upscale_file(self.backend, src, dst, args, batch, unit["replace"])
+                    self.ops.upscale_file(self.backend, src, dst, args, batch, unit["replace"])
                     out["status"] = "written"
                 out["frames"] = 1
             else:
@@ -140,7 +152,7 @@ class UpscaleWorker:
                                                outscale=args.outscale, threads=args.threads)
                 out["status"] = "segment"
         except Exception as e:  # this unit fails alone, by name
-            out["status"], out["reason"] = "failed", _reason(src, e)
+            out["status"], out["reason"] = "failed", self.ops.reason(src, e)
         out["seconds"] = time.perf_counter() - start
         return out
 
@@ -180,22 +192,23 @@ def resources(ray: Any, args: argparse.Namespace) -> tuple[int, dict[str, Any], 
     return n, {"num_cpus": per_cpu}, per_cpu
 
 
-def run_ray(args: argparse.Namespace, pairs: list[tuple[Path, Path]]) -> int:
+def run_ray(args: argparse.Namespace, pairs: list[tuple[Path, Path]], ops: Ops) -> int:
     """The run on Ray; exit status as a single run's (0, 1 some failed, 2 could not start, 130 interrupted)."""
     from .imageio import is_video
-    from .upscale import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError, decide, resume_key
     from .video import VideoError, frame_times, plan_video
 
+    codes = ops.exit_codes
+    UsageError = ops.usage_error  # noqa: N806 - the class engine.upscale raises for bad arguments
     try:
         ray = require_ray()
-        shape = model_shape(args)
+        shape = model_shape(args, ops)
         if args.tile and args.tile % shape.multiple:
             raise UsageError(f"-t/--tile {args.tile}: this ×{shape.scale} network needs tiles whose side is a "
                              f"multiple of {shape.multiple}")
         joined = connect(ray, args.ray)
     except (RayMissing, UsageError, ValueError, OSError, ConnectionError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return codes["usage"]
 
     start = time.perf_counter()
     summary = Summary()
@@ -203,9 +216,9 @@ def run_ray(args: argparse.Namespace, pairs: list[tuple[Path, Path]]) -> int:
     jobs: dict[str, Any] = {}
     segments_of: dict[str, tuple[int, int]] = {}  # video → (segments in all, segments still to encode)
     names: dict[int, Path] = {}
-    key = None if args.overwrite else resume_key(args, shape)
+    key = None if args.overwrite else ops.resume_key(args, shape)
     for src, dst in pairs:
-        verdict, reason, replace = decide(src, dst, args, shape.scale)
+        verdict, reason, replace = ops.decide(src, dst, args, shape.scale)
         if verdict == "skip":
             summary.skipped += 1
             continue
@@ -225,9 +238,7 @@ def run_ray(args: argparse.Namespace, pairs: list[tuple[Path, Path]]) -> int:
             if not times:
                 raise VideoError(f"{src}: the video stream has no frame")
         except (VideoError, ValueError, OSError) as e:
-            from .upscale import _reason
-
-            summary.failed.append((src, _reason(src, e)))
+            summary.failed.append((src, ops.reason(src, e)))
             continue
         jobs[str(src)] = job
         n = math.ceil(len(times) / args.segment_frames)
@@ -251,7 +262,7 @@ def run_ray(args: argparse.Namespace, pairs: list[tuple[Path, Path]]) -> int:
             ctx.enable_progress_bars = False  # this run prints a line per unit instead
             logging.getLogger("ray.data").setLevel(logging.WARNING)
             ds = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=len(units))
-            results = ds.map_batches(UpscaleWorker, fn_constructor_args=(args, jobs, threads), batch_size=1,
+            results = ds.map_batches(UpscaleWorker, fn_constructor_args=(args, jobs, threads, ops), batch_size=1,
                                      concurrency=actors, max_restarts=-1, max_task_retries=MAX_TASK_RETRIES,
                                      **remote)
             for row in results.iter_rows():
@@ -298,5 +309,6 @@ def run_ray(args: argparse.Namespace, pairs: list[tuple[Path, Path]]) -> int:
     for path, reason in summary.failed:
         print(f"failed: {path}: {reason}", file=sys.stderr)
     if interrupted:
-        return EXIT_INTERRUPTED
-    return EXIT_FAILED if summary.failed else EXIT_OK
+        return codes["interrupted"]
+    return codes["failed"] if summary.failed else codes["ok"]
+

@@ -515,12 +515,16 @@ def run(args: argparse.Namespace) -> int:
         for folder in {dst.parent for _, dst in pairs}:
             remove_stale_temps(folder, {dst.name for _, dst in pairs})
         if args.ray is not None:
-            from .distributed import run_ray
+            from .distributed import Ops, run_ray
 
             if ours:
                 print(f"note: {len(ours)} image(s) in {args.input} are outputs of the others (named "
                       f"*_{args.suffix}.*) and are not upscaled again")
-            return run_ray(args, pairs)
+            ops = Ops(make_backend=make_backend, upscale_file=upscale_file, decide=decide, resume_key=resume_key,
+                      reason=_reason, resolve_model=resolve_model, usage_error=UsageError,
+                      exit_codes={"ok": EXIT_OK, "failed": EXIT_FAILED, "usage": EXIT_USAGE,
+                                  "interrupted": EXIT_INTERRUPTED})
+            return run_ray(args, pairs, ops)
         backend = make_backend(args)
         if args.tile and args.tile % backend.multiple:
             fit = max(backend.multiple, args.tile // backend.multiple * backend.multiple)
@@ -574,6 +578,22 @@ def run(args: argparse.Namespace) -> int:
     if interrupted:
         return EXIT_INTERRUPTED
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def upscale_on_ray(input: str | os.PathLike[str], output: str | os.PathLike[str], *, address: str = "auto",
+                   **flags: Any) -> int:
+    """The Ray run from Python, as `python -m engine.upscale -i INPUT -o OUTPUT --ray ADDRESS`: `flags` are that
+    command's options by their long names (`model="realesr-animevideov3-x4"`, `workers=4`, `codec="ffv1"`,
+    `skip_existing=True`; True for a switch, None or False to leave one out). Returns the command's exit status
+    (0 all written, 1 some failed, each named on stderr, 2 could not start)."""
+    argv = ["-i", os.fspath(input), "-o", os.fspath(output), "--ray", address]
+    for name, value in flags.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is not None and value is not False:
+            argv += [flag, str(value)]
+    return run(parser().parse_args(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,10 +33,11 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [  # a module's layer: the longest p
     (3, ("engine.backends",)),
     (4, ("engine.manifest", "engine.engines")),
     (5, ("engine.inference",)),
-    (6, ("engine.build", "engine.upscale", "engine.interp", "engine.video", "train", "bench")),
+    (6, ("engine.build", "engine.upscale", "engine.interp", "engine.video", "engine.distributed", "train",
+         "bench")),
 ]
 SIBLINGS = {("export", "kernels"), ("kernels", "export")}  # same layer, but neither may import the other
-LAZY_NAMES = ("infer", "load", "Engine", "Backend", "TorchBackend", "OrtBackend")  # engine/__init__'s lazy map
+LAZY_NAMES = ("infer", "infer_frames", "load", "Engine", "Backend", "TorchBackend", "OrtBackend")  # engine/__init__'s lazy map
 
 
 def modules(root: Path) -> dict[str, Path]:

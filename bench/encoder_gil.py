@@ -1,6 +1,7 @@
-"""libx264 through PyAV, alone and beside a busy Python thread: 60 frames of 1920×1080 yuv420p (a smooth random
-picture panning), encoded to MP4 in memory. Run on the H200's machine on 2026-11-30 (output: encoder_gil.txt; this
-is that script, reformatted)."""
+"""`python bench/encoder_gil.py`: libx264 through PyAV, alone and beside a busy Python thread (and 3 encoders in
+threads): 60 frames of 1920×1080 yuv420p (a smooth random picture panning), encoded to MP4 in memory. Why
+engine.video encodes in a process of its own: run on the H200's machine on 2026-11-30, its output is
+bench/results/gpu_check/20261130-H200-video/encoder_gil.txt."""
 
 import io
 import threading
