@@ -192,6 +192,37 @@ def resources(ray: Any, args: argparse.Namespace) -> tuple[int, dict[str, Any], 
     return n, {"num_cpus": per_cpu}, per_cpu
 
 
+def stream_units(ray: Any, units: list[dict[str, Any]], args: argparse.Namespace, jobs: dict[str, Any], threads: int,
+                 ops: Ops, actors: int, remote: dict[str, Any], done_ids: set[int], summary: Summary,
+                 names: dict[int, Path], video_failed: dict[str, str]) -> None:
+    """Stream `units` through the actor pool, recording each result as it arrives."""
+    if not units:
+        return
+    ctx = ray.data.DataContext.get_current()
+    ctx.max_errored_blocks = -1  # a unit whose worker died on every try is reported by the caller, not fatal
+    ctx.enable_progress_bars = False  # this run prints a line per unit instead
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # a block per unit (a retry redoes one unit), up to 10,000 blocks for very long runs
+    ds = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=min(len(units), 10_000))
+    results = ds.map_batches(UpscaleWorker, fn_constructor_args=(args, jobs, threads, ops), batch_size=1,
+                             concurrency=actors, max_restarts=-1, max_task_retries=MAX_TASK_RETRIES, **remote)
+    for row in results.iter_rows():
+        r = json.loads(row["result"])
+        done_ids.add(r["id"])
+        summary.add(r)
+        src = names[r["id"]]
+        if r["status"] == "failed":
+            if str(src) in jobs:
+                video_failed.setdefault(str(src), r["reason"])
+            else:
+                summary.failed.append((src, r["reason"]))
+        elif r["status"] == "written":
+            summary.written += 1
+        what = f"segment {units[r['id']]['k']} done" if r["status"] == "segment" else r["status"]
+        print(f"{src.name}: {what}" + (f" ({r['reason']})" if r.get("reason") else "")
+              + f" [{r['worker']}, {r['seconds']:.1f} s]", file=sys.stderr, flush=True)
+
+
 def run_ray(args: argparse.Namespace, pairs: list[tuple[Path, Path]], ops: Ops) -> int:
     """The run on Ray; exit status as a single run's (0, 1 some failed, 2 could not start, 130 interrupted)."""
     from .imageio import is_video
@@ -255,34 +286,16 @@ def run_ray(args: argparse.Namespace, pairs: list[tuple[Path, Path]], ops: Ops) 
     done_ids: set[int] = set()
     interrupted = False
     video_failed: dict[str, str] = {}
+    stopped: str | None = None  # why the Ray run ended early (no worker could start, say)
     try:
-        if units:
-            ctx = ray.data.DataContext.get_current()
-            ctx.max_errored_blocks = -1  # a unit whose worker died on every try is reported here, not fatal
-            ctx.enable_progress_bars = False  # this run prints a line per unit instead
-            logging.getLogger("ray.data").setLevel(logging.WARNING)
-            ds = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=len(units))
-            results = ds.map_batches(UpscaleWorker, fn_constructor_args=(args, jobs, threads, ops), batch_size=1,
-                                     concurrency=actors, max_restarts=-1, max_task_retries=MAX_TASK_RETRIES,
-                                     **remote)
-            for row in results.iter_rows():
-                r = json.loads(row["result"])
-                done_ids.add(r["id"])
-                summary.add(r)
-                src = names[r["id"]]
-                if r["status"] == "failed":
-                    if str(src) in jobs:
-                        video_failed.setdefault(str(src), r["reason"])
-                    else:
-                        summary.failed.append((src, r["reason"]))
-                elif r["status"] == "written":
-                    summary.written += 1
-                what = f"segment {units[r['id']]['k']} done" if r["status"] == "segment" else r["status"]
-                print(f"{src.name}: {what}" + (f" ({r['reason']})" if r.get("reason") else "")
-                      + f" [{r['worker']}, {r['seconds']:.1f} s]", file=sys.stderr, flush=True)
-        for u in units:  # a unit with no result: its worker died on every try
+        try:
+            stream_units(ray, units, args, jobs, threads, ops, actors, remote, done_ids, summary, names,
+                         video_failed)
+        except Exception as e:  # noqa: BLE001 - e.g. no worker could build its engine: every unit left is named
+            stopped = f"the Ray run stopped: {type(e).__name__}: {str(e)[:500]}"
+        for u in units:  # a unit with no result: its worker died on every try, or the run stopped
             if u["id"] not in done_ids:
-                why = f"its worker process died on each of {1 + MAX_TASK_RETRIES} tries"
+                why = stopped or f"its worker process died on each of {1 + MAX_TASK_RETRIES} tries"
                 if u["kind"] == "segment":
                     video_failed.setdefault(u["video"], f"segment {u['k']}: {why}")
                 else:
