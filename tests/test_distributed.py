@@ -185,3 +185,28 @@ def test_without_ray_the_flag_says_how_to_install_it(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert 'error: --ray needs Ray: pip install -e ".[distributed]"' in proc.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_workers_are_one_per_gpu_or_share_the_cpus() -> None:
+    """The pool's size and each actor's resources from the cluster's: one actor per GPU (two per GPU with
+    --gpus-per-worker 0.5), CPU actors sharing the CPUs where there is no GPU or --device cpu."""
+    import argparse
+
+    from engine.distributed import resources
+
+    class Cluster:
+        def __init__(self, **total: float) -> None:
+            self.total = total
+
+        def cluster_resources(self) -> dict[str, float]:
+            return self.total
+
+    def args(**kw: object) -> argparse.Namespace:
+        return argparse.Namespace(**{"workers": None, "gpus_per_worker": None, "device": "auto", **kw})
+
+    assert resources(Cluster(CPU=64, GPU=8), args()) == (8, {"num_gpus": 1.0, "num_cpus": 1}, 0)
+    assert resources(Cluster(CPU=64, GPU=8), args(gpus_per_worker=0.5)) == (16, {"num_gpus": 0.5, "num_cpus": 1}, 0)
+    assert resources(Cluster(CPU=64, GPU=8), args(workers=3)) == (3, {"num_gpus": 1.0, "num_cpus": 1}, 0)
+    assert resources(Cluster(CPU=64, GPU=8), args(device="cpu", workers=4)) == (4, {"num_cpus": 16}, 16)
+    assert resources(Cluster(CPU=16), args()) == (8, {"num_cpus": 2}, 2)
+    assert resources(Cluster(CPU=2), args(workers=2)) == (2, {"num_cpus": 1}, 1)

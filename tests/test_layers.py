@@ -37,7 +37,8 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [  # a module's layer: the longest p
          "bench")),
 ]
 SIBLINGS = {("export", "kernels"), ("kernels", "export")}  # same layer, but neither may import the other
-LAZY_NAMES = ("infer", "infer_frames", "load", "Engine", "Backend", "TorchBackend", "OrtBackend")  # engine/__init__'s lazy map
+LAZY_NAMES = ("infer", "infer_frames", "load", "Engine", "Backend", "TorchBackend",
+              "OrtBackend")  # engine/__init__'s lazy map
 
 
 def modules(root: Path) -> dict[str, Path]:
