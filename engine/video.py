@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 import io
+import itertools
 import json
 import os
 import queue
@@ -674,11 +675,13 @@ def encode_segment(backend: Any, job: VideoJob, k: int, times: list[int], *, til
     group = batch or getattr(backend, "batch", None) or 4
     count = 0
     try:
-        try:
-            source = list(_grouped(frames(seek=True), group, job.frame_format))
+        source = _grouped(frames(seek=True), group, job.frame_format)
+        try:  # the seek is judged by the first frame decoded, before anything is encoded
+            head = next(source, None)
         except LookupError:
-            source = list(_grouped(frames(seek=False), group, job.frame_format))
-        for chunk in source:
+            source = _grouped(frames(seek=False), group, job.frame_format)
+            head = next(source, None)
+        for chunk in itertools.chain([head] if head is not None else [], source):  # a group in memory at a time
             ups = infer_frames(backend, [image for _, _, image in chunk], tile=tile, tile_overlap=tile_overlap,
                                batch=batch, outscale=outscale, alpha=alpha, threads=threads)
             for (pts, time_base, _), up in zip(chunk, ups, strict=True):

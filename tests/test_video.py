@@ -460,3 +460,38 @@ def test_subtitles_are_copied_with_their_times(tmp_path: Path) -> None:
 
     assert subtitles(dst) == subtitles(src) == [(b"line 1", Fraction(41, 1000)), (b"line 4", Fraction(164, 1000))]
     assert probe(dst).subtitles == 1 and len(decoded(dst)) == 6
+
+
+def test_segments_encoded_apart_and_out_of_order_join_to_a_single_run_s_bytes(tmp_path: Path) -> None:
+    """What a Ray run does with a video (engine.distributed): plan it, encode each segment apart (here last first),
+    each decoding from the keyframe before its first frame of an H.264 source with B-frames and a keyframe every 8
+    frames, and join: the same file, byte for byte, as a single run."""
+    import math
+
+    from engine.video import encode_segment, frame_times, join_video, plan_video
+
+    src = tmp_path / "clip.mp4"
+    with av.open(str(src), "w") as c:
+        v = c.add_stream("libx264", rate=24)
+        v.width, v.height, v.pix_fmt, v.options = 64, 48, "yuv420p", {"g": "8", "bf": "2"}
+        rng = np.random.default_rng(0)
+        for i in range(30):
+            f = av.VideoFrame.from_ndarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), format="rgb24")
+            f.pts = i
+            for p in v.encode(f):
+                c.mux(p)
+        for p in v.encode():
+            c.mux(p)
+    backend = as_backend(MODEL)
+    single = tmp_path / "single.mkv"
+    upscale_video(backend, src, single, codec="ffv1", segment_frames=7, batch=1)
+    apart = tmp_path / "apart.mkv"
+    job = plan_video(backend, src, apart, codec="ffv1", segment_frames=7, batch=1)
+    times = frame_times(src)
+    assert len(times) == 30 and job.done == 0
+    segments = math.ceil(len(times) / 7)
+    for k in reversed(range(segments)):
+        assert encode_segment(backend, job, k, times[k * 7:(k + 1) * 7], batch=1) == len(times[k * 7:(k + 1) * 7])
+    join_video(job, segments)
+    assert apart.read_bytes() == single.read_bytes()
+    assert not video.parts_folder(apart).exists()
