@@ -210,3 +210,50 @@ def test_workers_are_one_per_gpu_or_share_the_cpus() -> None:
     assert resources(Cluster(CPU=64, GPU=8), args(device="cpu", workers=4)) == (4, {"num_cpus": 16}, 16)
     assert resources(Cluster(CPU=16), args()) == (8, {"num_cpus": 2}, 2)
     assert resources(Cluster(CPU=2), args(workers=2)) == (2, {"num_cpus": 1}, 1)
+
+
+def test_an_input_that_kills_its_worker_every_time_fails_alone(inputs: tuple[Path, Path], tmp_path: Path) -> None:
+    """A 'poisoned' photo: whichever worker writes its output is killed (SIGKILL, found by the pid in the output's
+    temporary name) every time. Ray restarts the worker and retries the unit twice; then that photo is reported
+    failed, alone, and the other photos are written as a single run writes them."""
+    import shutil
+    import threading
+
+    from engine.atomic import TEMP_PATTERN
+
+    src, single = inputs
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(2):
+        shutil.copy(src / f"photo{i}.png", folder)
+    rng = np.random.default_rng(1)
+    cv2.imwrite(str(folder / "poison.png"), cv2.resize(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8), (400, 300)))
+    out = tmp_path / "ray"
+    killed: set[int] = set()
+    proc = subprocess.Popen(command(folder, out, "--ray", "--workers", "2"), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+    def watch() -> None:
+        while proc.poll() is None:
+            for p in out.glob(".poison_out.png.*.tmp") if out.is_dir() else ():
+                m = TEMP_PATTERN.fullmatch(p.name)
+                pid = int(m["pid"]) if m else 0
+                if pid and pid not in killed:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                        killed.add(pid)
+                    except ProcessLookupError:
+                        pass
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    stdout, stderr = proc.communicate(timeout=900)
+    watcher.join(timeout=10)
+    assert proc.returncode == 1, stderr[-3000:]
+    assert len(killed) == 3  # the first try and two retries, each in a fresh worker
+    assert "2 written to" in stdout and "1 failed" in stdout
+    assert f"failed: {folder / 'poison.png'}: its worker process died on each of 3 tries" in stderr
+    for i in range(2):
+        assert (out / f"photo{i}_out.png").read_bytes() == (single / f"photo{i}_out.png").read_bytes()
+    assert not (out / "poison_out.png").exists()
