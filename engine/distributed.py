@@ -127,7 +127,7 @@ class UpscaleWorker:
         return {"result": np.array([json.dumps(self.run(json.loads(str(u)))) for u in batch["unit"]])}
 
     def run(self, unit: dict[str, Any]) -> dict[str, Any]:
-        from .inference import DEFAULT_BATCH
+        from .inference import backend_batch
         from .video import encode_segment
 
         args = self.args
@@ -141,7 +141,7 @@ class UpscaleWorker:
                     out["status"] = "written"  # by an earlier attempt at this unit (the driver checked it was not)
                     out["note"] = "written by an earlier attempt"
                 else:
-                    batch = args.batch or getattr(self.backend, "batch", None) or DEFAULT_BATCH
+                    batch = backend_batch(self.backend, args.batch)
                     self.ops.upscale_file(self.backend, src, dst, args, batch, unit["replace"])
                     out["status"] = "written"
                 out["frames"] = 1

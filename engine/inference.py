@@ -41,6 +41,12 @@ DEFAULT_BATCH = 4
 CPU_MEMORY_BUDGET = 2 * 2**30  # bytes of activations in flight when the tile size is chosen and free memory is unknown
 
 
+def backend_batch(backend: Any, batch: int | None) -> int:
+    """Tiles (or whole frames) per network call: `batch` when given, else an engine's own batch, else
+    `DEFAULT_BATCH`."""
+    return batch if batch is not None else (getattr(backend, "batch", None) or DEFAULT_BATCH)
+
+
 def as_backend(net: Any, *, device: str | torch.device | None = None, dtype: str | None = None,
                gan_net: Any = None) -> Backend:
     """A `Backend` for `net`: a Backend as is (an `Engine` too), a reference network, a checkpoint path (loaded)
@@ -318,8 +324,7 @@ def infer(net: Any, image: np.ndarray | torch.Tensor, *, tile: int | None = None
     check_tiling(tile, tile_overlap, batch if batch is not None else DEFAULT_BATCH)
     if tile is None:
         tile = getattr(backend, "tile", None)
-    if batch is None:
-        batch = getattr(backend, "batch", None) or DEFAULT_BATCH
+    batch = backend_batch(backend, batch)
     _set_alpha(backend, alpha)
     if alpha_upsampler not in ("model", "bicubic"):
         raise ValueError(f"alpha_upsampler must be model or bicubic, got {alpha_upsampler!r}")
@@ -469,8 +474,7 @@ def infer_frames(net: Any, frames: list[np.ndarray], *, tile: int | None = None,
               and all(f.shape == first.shape and f.dtype == first.dtype for f in frames))
     if tile is None:
         tile = getattr(backend, "tile", None)
-    if batch is None:
-        batch = getattr(backend, "batch", None) or DEFAULT_BATCH
+    batch = backend_batch(backend, batch)
     m = backend.multiple
     H, W = h + (-h) % m, w + (-w) % m
     per_frame = H * W * backend.bytes_per_pixel()

@@ -48,6 +48,7 @@ from .inference import (
     DEFAULT_BATCH,
     DEFAULT_TILE_OVERLAP,
     auto_tile,
+    backend_batch,
     check_tiling,
     infer,
     output_size,
@@ -540,7 +541,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {len(ours)} image(s) in {args.input} are outputs of the others (named *_{args.suffix}.*) and "
               "are not upscaled again")
 
-    batch = args.batch or getattr(backend, "batch", None) or DEFAULT_BATCH
+    batch = backend_batch(backend, args.batch)
     written, skipped, failed = 0, 0, []
     interrupted = False
     start = time.perf_counter()

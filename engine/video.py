@@ -111,7 +111,7 @@ def check_encoder(codec: str, pix_fmt: str | None = None) -> None:
         raise VideoError(f"--pix-fmt {pix_fmt}: {codec} does not encode it; it takes {', '.join(formats)}")
 
 
-Item = tuple[str, Any]  # ("frame", (pts, time_base, array)) or ("packet", a copied stream's packet)
+Item = tuple[str, Any]  # ("frame", (pts, time_base, array)); any other kind passes through the engine alone
 QUEUE = 4  # items between two stages besides a group: at most 2·(QUEUE + group) + group + 2 frames are decoded
 #           and not yet encoded
 SEGMENT_FRAMES = 240  # frames per resumable segment: what an interrupted run can lose
@@ -306,6 +306,12 @@ class _SegmentWriter:
         self.tmp: Path | None = None
         self.count = 0
 
+    @classmethod
+    def from_settings(cls, av: Any, cfg: dict[str, Any], first: int, frames_per_segment: int) -> _SegmentWriter:
+        """A writer of segments `first`, `first` + 1, … with the encoder's settings (`VideoJob.encoder`)."""
+        return cls(av, Path(cfg["parts"]), cfg["format"], cfg["suffix"], first, frames_per_segment,
+                   lambda container: _add_stream(container, cfg))
+
     def write(self, frame: Any) -> None:
         if self.container is None:
             self.tmp = temp_path(self.parts / _segment_name(self.k, self.suffix))
@@ -447,8 +453,7 @@ def _encoder_main() -> int:
     inp, out = sys.stdin.buffer, sys.stdout
     cfg = json.loads(inp.readline())
     shape, dtype = tuple(cfg["shape"]), np.dtype(cfg["dtype"])
-    writer = _SegmentWriter(av, Path(cfg["parts"]), cfg["format"], cfg["suffix"], cfg["first"], cfg["per"],
-                            lambda container: _add_stream(container, cfg))
+    writer = _SegmentWriter.from_settings(av, cfg, cfg["first"], cfg["per"])
     image = np.empty(shape, dtype)
     buf = memoryview(image.data).cast("B")
     busy = 0.0
@@ -503,12 +508,17 @@ class _Encoder:
         self.stdin.write(json.dumps(cfg).encode() + b"\n")
         self.stdin.flush()
 
-    def _failure(self) -> VideoError:
+    def _report(self) -> dict[str, Any]:
+        """The encoder's last line, once it has exited ({} when it said nothing readable)."""
+        line = self.stdout.readline()
         self.proc.wait()
         try:
-            msg = json.loads(self.stdout.readline() or "{}")
+            msg = json.loads(line) if line.strip() else {}
         except ValueError:
             msg = {}
+        return msg if isinstance(msg, dict) else {}
+
+    def _failure(self, msg: dict[str, Any]) -> VideoError:
         return VideoError(f"the encoder process stopped (exit status {self.proc.returncode}): "
                           f"{msg.get('error', 'no message')}")
 
@@ -517,7 +527,7 @@ class _Encoder:
             self.stdin.write(_HEADER.pack(_FRAME, pts, time_base.numerator, time_base.denominator))
             self.stdin.write(memoryview(np.ascontiguousarray(image).data).cast("B"))
         except (BrokenPipeError, OSError):
-            raise self._failure() from None
+            raise self._failure(self._report()) from None
 
     def finish(self) -> tuple[int, float]:
         """(segments written, seconds the encoder was busy)."""
@@ -525,13 +535,10 @@ class _Encoder:
             self.stdin.write(_HEADER.pack(_END_OF_FRAMES, 0, 0, 1))
             self.stdin.close()
         except (BrokenPipeError, OSError):
-            raise self._failure() from None
-        line = self.stdout.readline()
-        self.proc.wait()
-        msg = json.loads(line) if line.strip() else {}
+            raise self._failure(self._report()) from None
+        msg = self._report()
         if "done" not in msg:
-            raise VideoError(f"the encoder process stopped (exit status {self.proc.returncode}): "
-                             f"{msg.get('error', 'no message')}")
+            raise self._failure(msg)
         return int(msg["done"]), float(msg["busy"])
 
     def abort(self) -> None:
@@ -648,7 +655,7 @@ def encode_segment(backend: Any, job: VideoJob, k: int, times: list[int], *, til
     is read from the keyframe before the first frame (from the start when that seek lands past it). Returns the
     number of frames."""
     av = _require_av()
-    from .inference import infer_frames
+    from .inference import backend_batch, infer_frames
 
     cfg = job.encoder
     wanted, first = set(times), times[0]
@@ -670,9 +677,8 @@ def encode_segment(backend: Any, job: VideoJob, k: int, times: list[int], *, til
                 if frame.pts is not None and frame.pts >= times[-1]:
                     return
 
-    writer = _SegmentWriter(av, job.parts, cfg["format"], cfg["suffix"], k, len(times) + 1,
-                            lambda container: _add_stream(container, cfg))
-    group = batch or getattr(backend, "batch", None) or 4
+    writer = _SegmentWriter.from_settings(av, cfg, k, len(times) + 1)  # finished by hand: one segment
+    group = backend_batch(backend, batch)
     count = 0
     try:
         source = _grouped(frames(seek=True), group, job.frame_format)
@@ -760,7 +766,7 @@ def upscale_video(net: Any, src: str | os.PathLike[str], dst: str | os.PathLike[
     frame; `dst` is then left as it was.
     """
     av = _require_av()
-    from .inference import DEFAULT_TILE_OVERLAP, as_backend, infer_frames
+    from .inference import DEFAULT_TILE_OVERLAP, as_backend, backend_batch, infer_frames
 
     stats = Stats()
     backend = as_backend(net)
@@ -798,7 +804,7 @@ def upscale_video(net: Any, src: str | os.PathLike[str], dst: str | os.PathLike[
         if progress is not None:
             progress(skip + stats.frames)
 
-    group = batch or getattr(backend, "batch", None) or 4
+    group = backend_batch(backend, batch)
     try:
         try:
             run_pipeline(decode(), upscale, encode, stats, group=group)
