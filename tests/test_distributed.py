@@ -213,29 +213,31 @@ def test_workers_are_one_per_gpu_or_share_the_cpus() -> None:
 
 
 def test_an_input_that_kills_its_worker_every_time_fails_alone(inputs: tuple[Path, Path], tmp_path: Path) -> None:
-    """A 'poisoned' photo: whichever worker writes its output is killed (SIGKILL, found by the pid in the output's
-    temporary name) every time. Ray restarts the worker and retries the unit twice; then that photo is reported
-    failed, alone, and the other photos are written as a single run writes them."""
+    """A 'poisoned' video segment: whichever worker encodes segment 0 of poison.mkv is killed (SIGKILL, found by the
+    pid in the segment's temporary name, which lives while the segment is encoded) every time. Ray restarts the
+    worker and retries the unit twice; then that video is reported failed, alone, with its other segment finished
+    for a later run, and the photos are written as a single run writes them."""
     import shutil
     import threading
 
     from engine.atomic import TEMP_PATTERN
+    from engine.video import parts_folder
 
     src, single = inputs
     folder = tmp_path / "in"
     folder.mkdir()
     for i in range(2):
         shutil.copy(src / f"photo{i}.png", folder)
-    rng = np.random.default_rng(1)
-    cv2.imwrite(str(folder / "poison.png"), cv2.resize(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8), (400, 300)))
+    make_clip(folder / "poison.mkv", frames=12, size=(96, 72), audio=False)
     out = tmp_path / "ray"
+    parts = parts_folder(out / "poison_out.mkv")
     killed: set[int] = set()
-    proc = subprocess.Popen(command(folder, out, "--ray", "--workers", "2"), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command(folder, out, "--ray", "--workers", "2", "--batch", "1"), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def watch() -> None:
         while proc.poll() is None:
-            for p in out.glob(".poison_out.png.*.tmp") if out.is_dir() else ():
+            for p in parts.glob(".seg-000000.mkv.*.tmp") if parts.is_dir() else ():
                 m = TEMP_PATTERN.fullmatch(p.name)
                 pid = int(m["pid"]) if m else 0
                 if pid and pid not in killed:
@@ -253,7 +255,9 @@ def test_an_input_that_kills_its_worker_every_time_fails_alone(inputs: tuple[Pat
     assert proc.returncode == 1, stderr[-3000:]
     assert len(killed) == 3  # the first try and two retries, each in a fresh worker
     assert "2 written to" in stdout and "1 failed" in stdout
-    assert f"failed: {folder / 'poison.png'}: its worker process died on each of 3 tries" in stderr
+    assert (f"failed: {folder / 'poison.mkv'}: segment 0: its worker process died on each of 3 tries"
+            in stderr), stderr[-3000:]
     for i in range(2):
         assert (out / f"photo{i}_out.png").read_bytes() == (single / f"photo{i}_out.png").read_bytes()
-    assert not (out / "poison_out.png").exists()
+    assert not (out / "poison_out.mkv").exists()
+    assert (parts / "seg-000001.mkv").is_file()  # the other segment is kept for a later run
