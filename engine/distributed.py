@@ -60,6 +60,8 @@ def connect(ray: Any, address: str, num_cpus: int | None = None) -> str:
     if address != "auto":
         try:
             ray.init(address=address, **quiet)
+        except ValueError as e:  # not an address at all
+            raise ValueError(f"--ray {address}: {e}; give the head's HOST:PORT (e.g. 10.0.0.1:6379) or auto") from None
         except ConnectionError as e:
             hint = ("; a cluster started with token authentication (the default of `ray start` in recent Ray) needs "
                     "RAY_AUTH_MODE=token in this environment, and its token (`ray get-auth-token`)"

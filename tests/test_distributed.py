@@ -187,6 +187,22 @@ def test_without_ray_the_flag_says_how_to_install_it(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_bad_ray_flags_are_named_before_any_work(tmp_path: Path) -> None:
+    from engine.upscale import EXIT_USAGE, main
+
+    out = tmp_path / "out"
+    for argv, message in ((["--ray", "not an address"], "error: --ray not an address: Invalid address format"),
+                          (["--workers", "2"], "error: --workers and --gpus-per-worker go with --ray"),
+                          (["--ray", "--workers", "0"], "error: --workers 0: give at least 1"),
+                          (["--ray", "--gpus-per-worker", "0"], "error: --gpus-per-worker 0.0: give a share")):
+        proc = subprocess.run([sys.executable, "-m", "engine.upscale", "-i", str(REPO / "examples"), "-o", str(out),
+                               *argv], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == EXIT_USAGE and message in proc.stderr, (argv, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr
+    assert not out.exists() or not any(out.iterdir())
+    assert main(["-i", str(REPO / "examples"), "-o", str(out), "--segment-frames", "0"]) == EXIT_USAGE
+
+
 def test_workers_are_one_per_gpu_or_share_the_cpus() -> None:
     """The pool's size and each actor's resources from the cluster's: one actor per GPU (two per GPU with
     --gpus-per-worker 0.5), CPU actors sharing the CPUs where there is no GPU or --device cpu."""
