@@ -206,8 +206,11 @@ def stream_units(ray: Any, units: list[dict[str, Any]], args: argparse.Namespace
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     # a block per unit (a retry redoes one unit), up to 10,000 blocks for very long runs
     ds = ray.data.from_items([{"unit": json.dumps(u)} for u in units], override_num_blocks=min(len(units), 10_000))
+    # one unit at a time per actor: a worker that dies takes only its own unit's retries with it, never those of
+    # units queued behind it (a poisoned input fails alone)
+    pool = ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1)
     results = ds.map_batches(UpscaleWorker, fn_constructor_args=(args, jobs, threads, ops), batch_size=1,
-                             concurrency=actors, max_restarts=-1, max_task_retries=MAX_TASK_RETRIES, **remote)
+                             compute=pool, max_restarts=-1, max_task_retries=MAX_TASK_RETRIES, **remote)
     for row in results.iter_rows():
         r = json.loads(row["result"])
         done_ids.add(r["id"])
