@@ -119,8 +119,8 @@ WORKLOADS = [
              device="cpu"),
     Workload("animevideov3-cpu", "the example photo at 640×427 → 2560×1708, realesr-animevideov3",
              "realesr-animevideov3", 640, 427, device="cpu", fallback="realesr-animevideov3"),
-    Workload("video-1080p", "a 48-frame 480×270 H.264 clip → 1920×1080 H.264: decode, engine, encode", X4PLUS, 480,
-             270, video=48),
+    Workload("video-1080p", "a 144-frame 480×270 H.264 clip → 1920×1080 H.264: decode, engine, encode", X4PLUS,
+             480, 270, video=144),
     Workload("video-cpu", "a 24-frame 320×180 H.264 clip → 1280×720 H.264 with the shipped default model: decode, "
              "engine, encode", "default", 320, 180, device="cpu", video=24),
 ]
@@ -480,6 +480,7 @@ def run_workload(w: Workload, specs: list[BackendSpec], args: argparse.Namespace
             row["times"].append(seconds)
             if clip is not None:  # the pipeline's stats, then the engine alone on the same frames
                 row.setdefault("busy", []).append(out["busy"])
+                row.setdefault("engine_waits", []).append(out["engine_waits"])
                 with _fp32_reference() if row["dtype"] == "fp32" else contextlib.nullcontext():
                     engine_s, frames_out = timed(call.engine_only, device)
                 row.setdefault("engine_times", []).append(engine_s)
@@ -503,12 +504,13 @@ def run_workload(w: Workload, specs: list[BackendSpec], args: argparse.Namespace
         row["times_ms"] = [t * 1e3 for t in row.pop("times")]
         if clip is not None:
             engine_ms = percentiles(row.pop("engine_times"))["median"]
-            busy = row.pop("busy")
+            busy, waits = row.pop("busy"), row.pop("engine_waits")
             row["video"] = {
                 "frames": w.video, "codec": "libx264", "pipeline_fps": row["fps"],
                 "engine_fps": w.frames / (engine_ms / 1e3),
                 "pipeline_vs_engine": engine_ms / lat["median"],
-                "busy": {stage: float(np.median([b[stage] for b in busy])) for stage in busy[0]}}
+                "busy": {stage: float(np.median([b[stage] for b in busy])) for stage in busy[0]},
+                "engine_waits": {why: float(np.median([x[why] for x in waits])) for why in waits[0]}}
         result["rows"].append(row)
     result["baseline"] = BASELINE if base is not None else None
     result["psnr_units"] = "8-bit output, peak 255" if batch is None else "float output in [0, 1], peak 1"
@@ -567,14 +569,20 @@ def markdown(doc: dict[str, Any], level: int = 1) -> str:
         videos = [r for r in w["rows"] if r.get("video")]
         if videos:
             lines += ["", "The clip end to end against the engine alone on its decoded frames (engine.infer_frames), "
-                      "and the share of the clip's wall time each stage was busy:", "",
+                      "the share of the clip's wall time each stage was busy, and the engine's idle share: waiting "
+                      "for frames, for the encoder, before its first frame (setup) and after its last (the "
+                      "encoder's last frames and the join):", "",
                       "| backend | clip frames/s (decode + engine + encode) | engine-only frames/s | "
-                      "clip ÷ engine-only | busy: decode / engine / encode |", "|---|---|---|---|---|"]
+                      "clip ÷ engine-only | busy: decode / engine / encode | engine idle: frames / encoder / setup "
+                      "/ finish |", "|---|---|---|---|---|---|"]
             for r in videos:
                 v, b = r["video"], r["video"]["busy"]
+                i = v.get("engine_waits") or {}
+                idle = " / ".join(f"{i[k]:.0%}" if k in i else "—" for k in ("for_frames", "for_encoder", "setup",
+                                                                               "finish"))
                 lines.append(f"| {r['label']} | {_num(v['pipeline_fps'], 3)} | {_num(v['engine_fps'], 3)} | "
                              f"{v['pipeline_vs_engine']:.2f} | {b['decode']:.0%} / {b['engine']:.0%} / "
-                             f"{b['encode']:.0%} |")
+                             f"{b['encode']:.0%} | {idle} |")
         reasons: dict[str, list[str]] = {}
         for u in w["unavailable"]:
             reasons.setdefault(u["reason"], []).append(u["label"])

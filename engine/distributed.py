@@ -87,6 +87,7 @@ class Ops:
     resume_key: Callable[[argparse.Namespace, Any], str]
     reason: Callable[[Path, BaseException], str]
     resolve_model: Callable[[str | None], Path]
+    video_options: Callable[[argparse.Namespace], dict[str, str]]
     usage_error: type[Exception]
     exit_codes: dict[str, int]  # ok, failed, usage, interrupted
 
@@ -266,7 +267,8 @@ def run_ray(args: argparse.Namespace, pairs: list[tuple[Path, Path]], ops: Ops) 
             names[len(names)] = src
             continue
         try:
-            job = plan_video(shape, src, dst, codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt,
+            job = plan_video(shape, src, dst, codec=args.codec, codec_options=ops.video_options(args),
+                             pix_fmt=args.pix_fmt,
                              outscale=args.outscale, tile=args.tile, tile_overlap=args.tile_overlap,
                              batch=args.batch, segment_frames=args.segment_frames, resume_key=key,
                              max_pixels=args.max_pixels)

@@ -36,6 +36,7 @@ from .backends.registry import Backend
 from .engines import load as load_engine
 from .imageio import (
     DEFAULT_MAX_PIXELS,
+    VIDEO_FORMATS,
     ImageError,
     image_size,
     is_video,
@@ -146,6 +147,11 @@ def parser() -> argparse.ArgumentParser:
                    "libx264; libvpx-vp9 for .webm)")
     p.add_argument("--crf", type=int, help="video quality, the encoder's constant rate factor (lower is better; "
                    "default: the encoder's own)")
+    p.add_argument("--preset", help="video encoder's speed preset, e.g. libx264/libx265: ultrafast, veryfast, fast, "
+                   "medium, slow (default: the encoder's own, medium for libx264)")
+    p.add_argument("--codec-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other option of the video encoder, by FFmpeg's name (ffmpeg -h encoder=NAME), e.g. "
+                   "tune=animation or x265-params=aq-mode=3; repeat for more")
     p.add_argument("--pix-fmt", help="video pixel format, e.g. yuv420p, yuv420p10le (default: per encoder, 10-bit "
                    "for 10-bit sources)")
     p.add_argument("--segment-frames", type=int, default=SEGMENT_FRAMES,
@@ -167,6 +173,28 @@ def parser() -> argparse.ArgumentParser:
 # Checks before any work
 
 
+def video_options(args: argparse.Namespace) -> dict[str, str]:
+    """The video encoder's options from --codec-opt KEY=VALUE, --crf and --preset; UsageError naming a malformed
+    or repeated one."""
+    from .video import encoder_options
+
+    given: dict[str, str] = {}
+    for item in args.codec_opt:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value:
+            raise UsageError(f"--codec-opt {item}: give KEY=VALUE, an option of the encoder by FFmpeg's name "
+                             "(e.g. tune=animation)")
+        if key.strip() in given:
+            raise UsageError(f"--codec-opt {item}: {key.strip()} is given twice")
+        given[key.strip()] = value
+    if args.preset is not None and not args.preset.strip():
+        raise UsageError("--preset: give a preset name, e.g. veryfast or slow")
+    try:
+        return encoder_options(args.crf, args.preset, given)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 def check_arguments(args: argparse.Namespace) -> None:
     """Every argument that can be checked without the model or the images; UsageError naming it."""
     if args.overwrite and args.skip_existing:
@@ -174,6 +202,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     cpus = usable_cpus()
     if args.crf is not None and not 0 <= args.crf <= 63:
         raise UsageError(f"--crf {args.crf}: give the encoder's quality in 0..63 (lower is better; x264's default 23)")
+    video_options(args)
     if not 0 <= args.threads <= cpus:
         raise UsageError(f"--threads {args.threads}: this machine has {cpus} CPU(s); give 0 (all of them) or 1..{cpus}")
     if args.workers is not None and args.workers < 1:
@@ -474,7 +503,8 @@ def upscale_file(backend: Backend, src: Path, dst: Path, args: argparse.Namespac
             check_memory(backend, frame, out_h, out_w, args.tile, batch, {"frames in flight": in_flight})
         with tqdm(total=info.frames or None, unit="frame", leave=False, dynamic_ncols=True, desc=src.name,
                   disable=None) as bar:
-            stats = upscale_video(backend, src, dst, codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt,
+            stats = upscale_video(backend, src, dst, codec=args.codec, codec_options=video_options(args),
+                                  pix_fmt=args.pix_fmt,
                                   outscale=args.outscale, tile=args.tile,
                                   tile_overlap=args.tile_overlap, batch=args.batch, threads=args.threads,
                                   progress=lambda done: bar.update(done - bar.n),
@@ -485,7 +515,8 @@ def upscale_file(backend: Backend, src: Path, dst: Path, args: argparse.Namespac
         waits = stats["engine_waits"]
         print(f"{src.name}: {stats['frames']} frames{kept} in {stats['seconds']:.1f} s, {stats['fps']:.2f} "
               f"frames/s; busy: {busy}; the engine waited {waits['for_frames']:.0%} for frames, "
-              f"{waits['for_encoder']:.0%} for the encoder")
+              f"{waits['for_encoder']:.0%} for the encoder, {waits['setup']:.0%} before its first frame (setup) and "
+              f"{waits['finish']:.0%} after its last (the encoder's last frames and the join)")
         return
     image = read_image(src, max_pixels=args.max_pixels)
     out_h, out_w = output_size(image.shape[0], image.shape[1], backend.scale, args.outscale)
@@ -508,10 +539,14 @@ def run(args: argparse.Namespace) -> int:
         if not pairs:
             raise UsageError(f"-i {args.input}: every image there is an output of this tool ({len(ours)} named "
                              f"*_{args.suffix}.*); nothing to upscale")
-        if args.codec is not None and any(is_video(src) for src, _ in pairs):
-            from .video import check_encoder
+        options = video_options(args)
+        if (args.codec is not None or options) and any(is_video(src) for src, _ in pairs):
+            from .video import DEFAULT_CODEC, check_encoder
 
-            check_encoder(args.codec, args.pix_fmt)  # a bad --codec or --pix-fmt stops the run before any work
+            # a bad --codec, --pix-fmt or encoder option stops the run before any work
+            for codec in {args.codec or DEFAULT_CODEC.get(VIDEO_FORMATS[dst.suffix.lower()], "libx264")
+                          for src, dst in pairs if is_video(src)}:
+                check_encoder(codec, args.pix_fmt, options)
         check_output_folder(out_dir)
         for folder in {dst.parent for _, dst in pairs}:
             remove_stale_temps(folder, {dst.name for _, dst in pairs})
@@ -522,7 +557,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"note: {len(ours)} image(s) in {args.input} are outputs of the others (named "
                       f"*_{args.suffix}.*) and are not upscaled again")
             ops = Ops(make_backend=make_backend, upscale_file=upscale_file, decide=decide, resume_key=resume_key,
-                      reason=_reason, resolve_model=resolve_model, usage_error=UsageError,
+                      reason=_reason, resolve_model=resolve_model, video_options=video_options,
+                      usage_error=UsageError,
                       exit_codes={"ok": EXIT_OK, "failed": EXIT_FAILED, "usage": EXIT_USAGE,
                                   "interrupted": EXIT_INTERRUPTED})
             return run_ray(args, pairs, ops)

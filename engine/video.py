@@ -27,7 +27,7 @@ import re
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -96,8 +96,22 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
         raise VideoError(f"{path}: cannot be read as a video ({e})") from e
 
 
-def check_encoder(codec: str, pix_fmt: str | None = None) -> None:
-    """VideoError naming the option unless PyAV's FFmpeg has a video encoder `codec` that takes `pix_fmt`."""
+def encoder_options(crf: int | None = None, preset: str | None = None,
+                    options: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The encoder's private options (FFmpeg's AVOptions: `preset`, `tune`, `crf`, `x264-params`, …): `options`
+    (`--codec-opt KEY=VALUE`) with `crf` and `preset` added; ValueError naming both flags when they give one twice."""
+    merged = {str(k): str(v) for k, v in (options or {}).items()}
+    for key, value in (("crf", crf), ("preset", preset)):
+        if value is not None:
+            if key in merged:
+                raise ValueError(f"--{key} {value} and --codec-opt {key}={merged[key]}: give {key} once")
+            merged[key] = str(value)
+    return merged
+
+
+def check_encoder(codec: str, pix_fmt: str | None = None, options: Mapping[str, str] | None = None) -> None:
+    """VideoError naming the option unless PyAV's FFmpeg has a video encoder `codec` that takes `pix_fmt` and opens
+    with `options` (each one used: FFmpeg ignores an option an encoder lacks, so a misspelt one is named here)."""
     av = _require_av()
     try:
         encoder = av.codec.Codec(codec, "w")
@@ -109,6 +123,26 @@ def check_encoder(codec: str, pix_fmt: str | None = None) -> None:
     formats = [f.name for f in encoder.video_formats or ()]
     if pix_fmt is not None and formats and pix_fmt not in formats:
         raise VideoError(f"--pix-fmt {pix_fmt}: {codec} does not encode it; it takes {', '.join(formats)}")
+    if not options:
+        return
+    # an encoder opened on a small frame with the options; what it leaves unused, it does not have
+    trial = av.CodecContext.create(codec, "w")
+    trial.width = trial.height = 256
+    trial.pix_fmt = pix_fmt or DEFAULT_PIX_FMT.get(codec, ("yuv420p",))[0]
+    if formats and trial.pix_fmt not in formats:
+        trial.pix_fmt = formats[0]
+    trial.time_base, trial.framerate = Fraction(1, 25), Fraction(25)
+    trial.options = dict(options)
+    given = ", ".join(f"{k}={v}" for k, v in options.items())
+    try:
+        trial.open()
+    except av.error.FFmpegError as e:
+        raise VideoError(f"--codec-opt/--preset/--crf ({given}): {codec} refuses them ({e}); see its options with "
+                         f"`ffmpeg -h encoder={codec}`") from None
+    unused = sorted(trial.options)
+    if unused:
+        raise VideoError(f"--codec-opt/--preset ({given}): {codec} has no option {', '.join(unused)}; see its "
+                         f"options with `ffmpeg -h encoder={codec}`")
 
 
 Item = tuple[str, Any]  # ("frame", (pts, time_base, array)); any other kind passes through the engine alone
@@ -127,13 +161,19 @@ class Stats:
     start: float = field(default_factory=time.perf_counter)
     busy: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "engine": 0.0, "encode": 0.0})
     # the engine's idle time: waiting for decoded frames (the decoder is slower) or for room in the encoder's queue
-    # (the encoder is slower)
-    engine_waits: dict[str, float] = field(default_factory=lambda: {"for_frames": 0.0, "for_encoder": 0.0})
+    # (the encoder is slower); before the pipeline starts (`setup`: the video probed, the encoder process started)
+    # and after the engine's last frame (`finish`: the encoder's last frames and flush, the join)
+    engine_waits: dict[str, float] = field(default_factory=lambda: {"for_frames": 0.0, "for_encoder": 0.0,
+                                                                    "setup": 0.0, "finish": 0.0})
+    engine_done: float | None = None  # when the engine handed on its last frame
     in_flight: int = 0  # frames decoded and not yet encoded
     max_in_flight: int = 0
 
     def report(self) -> dict[str, Any]:
-        wall = time.perf_counter() - self.start
+        now = time.perf_counter()
+        wall = now - self.start
+        if self.engine_done is not None:
+            self.engine_waits["finish"] = now - self.engine_done
         return {"frames": self.frames, "resumed_frames": self.resumed, "seconds": round(wall, 3),
                 "fps": round(self.frames / wall, 3) if wall else None,
                 "busy": {k: round(v / wall, 3) if wall else None for k, v in self.busy.items()},
@@ -230,6 +270,7 @@ def run_pipeline(source: Iterator[Item], middle: Callable[[list[Item]], list[Ite
                 break
             frames = []
             if item is _END:
+                stats.engine_done = time.perf_counter()
                 put(upscaled, item)
                 break
             if item[0] != "frame" and not process([item]):
@@ -295,24 +336,35 @@ def _finished_segments(parts: Path, manifest: dict[str, Any], suffix: str) -> in
 
 class _SegmentWriter:
     """Encodes frames into segment files of `frames_per_segment` frames: each written to a temporary name in
-    `parts` and renamed when its encoder is flushed, so a finished segment is a whole file."""
+    `parts` and renamed when its encoder is flushed, so a finished segment is a whole file.
+
+    With `background`, a full segment is flushed (the encoder's delayed frames, then the file's close and rename) by
+    a thread while the next segment takes frames: the flush takes as long as encoding the frames the encoder holds
+    back (its lookahead and frame threads; tens of frames for libx264), and would otherwise stop the intake, and so
+    the engine upstream, at every segment's end. One flush runs at a time, so segments finish in order; a flush's
+    error is raised by the next `write` or `finish`."""
 
     def __init__(self, av: Any, parts: Path, fmt: str, suffix: str, first: int, frames_per_segment: int,
-                 make_stream: Callable[[Any], Any]) -> None:
+                 make_stream: Callable[[Any], Any], *, background: bool = False) -> None:
         self.av, self.parts, self.fmt, self.suffix = av, parts, fmt, suffix
-        self.k, self.per, self.make_stream = first, frames_per_segment, make_stream
+        self.k, self.per, self.make_stream, self.background = first, frames_per_segment, make_stream, background
         self.container: Any = None
         self.stream: Any = None
         self.tmp: Path | None = None
         self.count = 0
+        self.flushing: threading.Thread | None = None
+        self.flush_error: BaseException | None = None
 
     @classmethod
-    def from_settings(cls, av: Any, cfg: dict[str, Any], first: int, frames_per_segment: int) -> _SegmentWriter:
+    def from_settings(cls, av: Any, cfg: dict[str, Any], first: int, frames_per_segment: int, *,
+                      background: bool = False) -> _SegmentWriter:
         """A writer of segments `first`, `first` + 1, … with the encoder's settings (`VideoJob.encoder`)."""
         return cls(av, Path(cfg["parts"]), cfg["format"], cfg["suffix"], first, frames_per_segment,
-                   lambda container: _add_stream(container, cfg))
+                   lambda container: _add_stream(container, cfg), background=background)
 
     def write(self, frame: Any) -> None:
+        if self.flush_error is not None:
+            self._wait()
         if self.container is None:
             self.tmp = temp_path(self.parts / _segment_name(self.k, self.suffix))
             self.container = self.av.open(str(self.tmp), mode="w", format=self.fmt)
@@ -320,22 +372,59 @@ class _SegmentWriter:
         self.container.mux(self.stream.encode(frame))
         self.count += 1
         if self.count == self.per:
-            self.finish()
+            self._close(self.background)
 
     def finish(self) -> None:
-        """Flush and close the open segment and rename it into place (nothing when none is open)."""
+        """Flush and close the open segment and rename it into place (nothing when none is open), after any flush
+        under way."""
+        self._close(background=False)
+        self._wait()
+
+    def _close(self, background: bool) -> None:
         if self.container is None:
             return
-        self.container.mux(self.stream.encode())
-        self.container.close()
-        self.container = None
-        assert self.tmp is not None
-        os.chmod(self.tmp, file_mode())
-        os.replace(self.tmp, self.parts / _segment_name(self.k, self.suffix))
-        self.tmp, self.k, self.count = None, self.k + 1, 0
+        assert self.tmp is not None  # set with the container
+        segment = (self.container, self.stream, self.tmp, self.k)
+        self.container, self.stream, self.tmp, self.k, self.count = None, None, None, self.k + 1, 0
+        self._wait()  # the segment before: in order
+        if not background:
+            self._flush(*segment)
+            return
+
+        def flush() -> None:
+            try:
+                self._flush(*segment)
+            except BaseException as e:  # raised by the next write or finish
+                self.flush_error = e
+
+        self.flushing = threading.Thread(target=flush, name="video-segment-flush", daemon=True)
+        self.flushing.start()
+
+    def _flush(self, container: Any, stream: Any, tmp: Path, k: int) -> None:
+        try:
+            container.mux(stream.encode())
+            container.close()
+            os.chmod(tmp, file_mode())
+            os.replace(tmp, self.parts / _segment_name(k, self.suffix))
+        except BaseException:
+            try:
+                container.close()
+            except Exception:  # noqa: BLE001 - an encoder in an error state; the file is deleted anyway
+                pass
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _wait(self) -> None:
+        """Wait for the flush under way, if any; raise its error."""
+        if self.flushing is not None:
+            self.flushing.join()
+            self.flushing = None
+        if self.flush_error is not None:
+            e, self.flush_error = self.flush_error, None
+            raise e
 
     def abandon(self) -> None:
-        """Close and delete an unfinished segment (after an error)."""
+        """Close and delete an unfinished segment (after an error); a full segment being flushed is finished."""
         if self.container is not None:
             try:
                 self.container.close()
@@ -345,6 +434,10 @@ class _SegmentWriter:
         if self.tmp is not None:
             self.tmp.unlink(missing_ok=True)
             self.tmp = None
+        try:
+            self._wait()
+        except Exception:  # noqa: BLE001 - abandoning after an error already; its file is deleted
+            pass
 
 
 def _with_decode_times(packets: Iterator[Any]) -> Iterator[Any]:
@@ -453,7 +546,7 @@ def _encoder_main() -> int:
     inp, out = sys.stdin.buffer, sys.stdout
     cfg = json.loads(inp.readline())
     shape, dtype = tuple(cfg["shape"]), np.dtype(cfg["dtype"])
-    writer = _SegmentWriter.from_settings(av, cfg, cfg["first"], cfg["per"])
+    writer = _SegmentWriter.from_settings(av, cfg, cfg["first"], cfg["per"], background=True)
     image = np.empty(shape, dtype)
     buf = memoryview(image.data).cast("B")
     busy = 0.0
@@ -573,7 +666,8 @@ class VideoJob:
 
 
 def plan_video(backend: Any, src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: str | None = None,
-               crf: int | None = None, pix_fmt: str | None = None, outscale: float | None = None,
+               crf: int | None = None, preset: str | None = None, codec_options: Mapping[str, str] | None = None,
+               pix_fmt: str | None = None, outscale: float | None = None,
                alpha: float | None = None, tile: int | None = None, tile_overlap: int = 32,
                batch: int | None = None, segment_frames: int = SEGMENT_FRAMES, resume_key: str | None = None,
                max_pixels: int | None = None) -> VideoJob:
@@ -593,10 +687,11 @@ def plan_video(backend: Any, src: str | os.PathLike[str], dst: str | os.PathLike
         raise VideoError(f"{src}: its {info.width}×{info.height} frames have more than --max-pixels {max_pixels} "
                          "pixels; raise --max-pixels if this video is meant")
     codec = codec or DEFAULT_CODEC.get(fmt, "libx264")
-    check_encoder(codec, pix_fmt)
+    options = encoder_options(crf, preset, codec_options)
     out_h, out_w = output_size(info.height, info.width, backend.scale, outscale)
     high = info.bits > 8
     pix_fmt = pix_fmt or DEFAULT_PIX_FMT.get(codec, ("yuv420p", "yuv420p10le"))[high]
+    check_encoder(codec, pix_fmt, options)
     parts = parts_folder(dst)
     # segments in the output's own format, so that the join copies packets into the muxer that made them; AVI
     # keeps no start time per file, so its segments are Matroska
@@ -604,7 +699,7 @@ def plan_video(backend: Any, src: str | os.PathLike[str], dst: str | os.PathLike
     _check_copies(av, src, dst, fmt)
     stat = src.stat()
     manifest = {"source": str(src.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                "resume_key": resume_key, "codec": codec, "crf": crf, "pix_fmt": pix_fmt, "outscale": outscale,
+                "resume_key": resume_key, "codec": codec, "options": options, "pix_fmt": pix_fmt, "outscale": outscale,
                 "alpha": alpha, "tile": tile, "tile_overlap": tile_overlap, "batch": batch,
                 "segment_frames": segment_frames, "output": [out_w, out_h], "format": fmt}
     done = _finished_segments(parts, manifest, suffix) if resume_key is not None else 0
@@ -616,7 +711,7 @@ def plan_video(backend: Any, src: str | os.PathLike[str], dst: str | os.PathLike
     encoder = {
         "shape": [out_h, out_w, 3], "dtype": "uint16" if high else "uint8", "frame_format": frame_format,
         "pix_fmt": pix_fmt, "i420": pix_fmt == "yuv420p" and not high and out_w % 2 == 0 and out_h % 2 == 0,
-        "codec": codec, "crf": crf, "rate": str(info.rate or Fraction(25)),
+        "codec": codec, "options": options, "rate": str(info.rate or Fraction(25)),
         "time_base": [info.time_base.numerator, info.time_base.denominator], "parts": str(parts), "format": seg_fmt,
         "suffix": suffix, "first": done, "per": segment_frames}
     return VideoJob(src, dst, fmt, info, parts, suffix, segment_frames, done, frame_format, encoder)
@@ -720,8 +815,8 @@ def _add_stream(container: Any, cfg: dict[str, Any]) -> Any:
     vout = container.add_stream(cfg["codec"], rate=Fraction(cfg["rate"]))
     vout.width, vout.height, vout.pix_fmt = cfg["shape"][1], cfg["shape"][0], cfg["pix_fmt"]
     vout.time_base = vout.codec_context.time_base = Fraction(*cfg["time_base"])
-    if cfg["crf"] is not None:
-        vout.options = {"crf": str(cfg["crf"])}
+    if cfg["options"]:
+        vout.options = dict(cfg["options"])
     return vout
 
 
@@ -734,7 +829,8 @@ def _video_frame(av: Any, image: np.ndarray, cfg: dict[str, Any]) -> Any:
 
 
 def upscale_video(net: Any, src: str | os.PathLike[str], dst: str | os.PathLike[str], *, codec: str | None = None,
-                  crf: int | None = None, pix_fmt: str | None = None, outscale: float | None = None,
+                  crf: int | None = None, preset: str | None = None, codec_options: Mapping[str, str] | None = None,
+                  pix_fmt: str | None = None, outscale: float | None = None,
                   alpha: float | None = None, tile: int | None = None, tile_overlap: int | None = None,
                   batch: int | None = None, threads: int = 0, progress: Callable[[int], None] | None = None,
                   segment_frames: int = SEGMENT_FRAMES, resume_key: str | None = None,
@@ -745,7 +841,8 @@ def upscale_video(net: Any, src: str | os.PathLike[str], dst: str | os.PathLike[
     Args:
         net: what `engine.infer` takes (a network, checkpoint path, engine or `Backend`); made a backend once.
         codec: the video encoder (libx264, libx265, ffv1, libvpx-vp9, …; default: libx264, libvpx-vp9 for .webm);
-            `crf` its quality setting when given.
+            `crf` its quality setting, `preset` its speed preset (libx264/libx265: ultrafast … veryslow), and
+            `codec_options` any of its other options (FFmpeg's names: {"tune": "animation"}), when given.
         pix_fmt: the encoded pixel format (default per codec and source depth: `DEFAULT_PIX_FMT`).
         outscale, alpha, tile, tile_overlap, threads: as `engine.infer`; batch: frames per network call where a
             frame is one tile, else tiles per call (`engine.infer_frames`).
@@ -771,7 +868,8 @@ def upscale_video(net: Any, src: str | os.PathLike[str], dst: str | os.PathLike[
     stats = Stats()
     backend = as_backend(net)
     overlap = DEFAULT_TILE_OVERLAP if tile_overlap is None else tile_overlap
-    job = plan_video(backend, src, dst, codec=codec, crf=crf, pix_fmt=pix_fmt, outscale=outscale, alpha=alpha,
+    job = plan_video(backend, src, dst, codec=codec, crf=crf, preset=preset, codec_options=codec_options,
+                     pix_fmt=pix_fmt, outscale=outscale, alpha=alpha,
                      tile=tile, tile_overlap=overlap, batch=batch, segment_frames=segment_frames,
                      resume_key=resume_key, max_pixels=max_pixels)
     skip = job.done * segment_frames
@@ -805,6 +903,7 @@ def upscale_video(net: Any, src: str | os.PathLike[str], dst: str | os.PathLike[
             progress(skip + stats.frames)
 
     group = backend_batch(backend, batch)
+    stats.engine_waits["setup"] = time.perf_counter() - stats.start
     try:
         try:
             run_pipeline(decode(), upscale, encode, stats, group=group)

@@ -4,6 +4,7 @@ metadata, pixels equal to `engine.infer` on the decoded frames (lossless ffv1), 
 
 from __future__ import annotations
 
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -196,8 +197,8 @@ def test_the_upscale_command_takes_videos_beside_images_and_names_a_bad_one(tmp_
 
 def test_audio_before_the_first_frame_and_a_bounded_overlapped_pipeline(tmp_path: Path) -> None:
     """A clip whose audio comes first in the file (the output's video stream must exist before anything is muxed),
-    40 frames: every frame arrives, the report gives frames/s and each stage's busy share, and the decoder never
-    runs more than the queues allow ahead of the encoder."""
+    40 frames: every frame arrives, the report gives frames/s and each stage's busy share, the engine's busy and idle
+    shares account for the whole run, and the decoder never runs more than the queues allow ahead of the encoder."""
     src, dst = tmp_path / "clip.mkv", tmp_path / "clip_out.mkv"
     pts = make_clip(src, frames=40, video_start=200)
     with av.open(str(src)) as c:
@@ -210,6 +211,8 @@ def test_audio_before_the_first_frame_and_a_bounded_overlapped_pipeline(tmp_path
     assert all(0 <= share <= 1 for share in stats["busy"].values())
     assert 1 <= stats["max_frames_in_flight"] <= 2 * (video.QUEUE + 4) + 4 + 2  # batch 4
     assert all(0 <= share <= 1 for share in stats["engine_waits"].values())
+    accounted = stats["busy"]["engine"] + sum(stats["engine_waits"].values())  # the engine's time, all of it
+    assert 0.9 <= accounted <= 1.001
 
 
 def test_the_pipeline_keeps_order_groups_frames_and_stops_on_any_stage_s_error() -> None:
@@ -314,12 +317,13 @@ def test_an_interrupted_run_resumes_after_its_finished_segments(tmp_path: Path) 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mkv", "clip_out.mkv"]  # the parts are gone
 
     # another key, or another setting, does not reuse segments
-    for key, crf in (("model B", None), ("model A", 3)):
+    for key, options in (("model B", None), ("model A", {"context": "1"})):
         dst.unlink()
         with pytest.raises(KeyboardInterrupt):
             upscale_video(MODEL, src, dst, codec="ffv1", segment_frames=4, resume_key="model A", batch=1,
                           progress=stop_after(5))
-        stats = upscale_video(MODEL, src, dst, codec="ffv1", segment_frames=4, resume_key=key, batch=1, crf=crf)
+        stats = upscale_video(MODEL, src, dst, codec="ffv1", segment_frames=4, resume_key=key, batch=1,
+                              codec_options=options)
         assert (stats["resumed_frames"], stats["frames"]) == (0, 14)
     # without a key nothing is kept, not even after a failure
     dst.unlink()
@@ -495,3 +499,126 @@ def test_segments_encoded_apart_and_out_of_order_join_to_a_single_run_s_bytes(tm
     join_video(job, segments)
     assert apart.read_bytes() == single.read_bytes()
     assert not video.parts_folder(apart).exists()
+
+
+def video_packets(path: Path) -> list[tuple[int, bytes]]:
+    with av.open(str(path)) as c:
+        return [(p.pts, bytes(p)) for p in c.demux(c.streams.video[0]) if p.size]
+
+
+def _writer_cfg(parts: Path, codec: str = "ffv1") -> dict:
+    return {"shape": [16, 24, 3], "dtype": "uint8", "frame_format": "rgb24", "pix_fmt": "bgr0", "i420": False,
+            "codec": codec, "options": {}, "rate": "24", "time_base": [1, 1000], "parts": str(parts),
+            "format": "matroska", "suffix": ".mkv", "first": 0, "per": 3}
+
+
+def _write_frames(writer: video._SegmentWriter, cfg: dict, n: int, start: int = 0) -> None:
+    """Frames start … start + n - 1 of a fixed random sequence."""
+    images = np.random.default_rng(1).integers(0, 255, (start + n, 16, 24, 3), dtype=np.uint8)
+    for i in range(start, start + n):
+        frame = video._video_frame(av, images[i], cfg)
+        frame.pts, frame.time_base = 41 * i, TB
+        writer.write(frame)
+
+
+def test_segments_flushed_in_the_background_are_the_same_files_and_a_flush_error_is_raised(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The encoder process flushes a full segment in a thread while the next takes frames: the segments hold the
+    packets a writer flushing in line writes; a failed flush (here its rename) is raised by the next write or by
+    finish and leaves no temporary; abandoning the open segment keeps the one being flushed."""
+    events: list[tuple[str, int]] = []
+    real_flush = video._SegmentWriter._flush
+
+    def slow_flush(self: video._SegmentWriter, container: object, stream: object, tmp: Path, k: int) -> None:
+        events.append(("start", k))
+        time.sleep(0.1)  # a flush that takes a while, as libx264's does: the next segment's frames arrive meanwhile
+        real_flush(self, container, stream, tmp, k)
+        events.append(("end", k))
+
+    monkeypatch.setattr(video._SegmentWriter, "_flush", slow_flush)
+    files = {}
+    for background in (False, True):
+        events.clear()
+        parts = tmp_path / f"bg{background}"
+        parts.mkdir()
+        cfg = _writer_cfg(parts)
+        writer = video._SegmentWriter.from_settings(av, cfg, 0, 3, background=background)
+        _write_frames(writer, cfg, 4)  # segment 0 full, segment 1 begun
+        assert (("end", 0) in events) != background  # flushed in line, or still flushing beside segment 1
+        _write_frames(writer, cfg, 4, start=4)
+        writer.finish()
+        assert writer.k == 3
+        files[background] = {p.name: video_packets(p) for p in sorted(parts.iterdir())}
+    assert list(files[True]) == ["seg-000000.mkv", "seg-000001.mkv", "seg-000002.mkv"]
+    assert files[True] == files[False]
+    assert [len(decoded(tmp_path / "bgTrue" / name)) for name in files[True]] == [3, 3, 2]
+    assert events == [(e, k) for k in range(3) for e in ("start", "end")]  # one flush at a time, in order
+
+    real_replace = video.os.replace
+
+    def failing_replace(src: str, dst: str) -> None:
+        if Path(dst).name == "seg-000001.mkv":
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(video.os, "replace", failing_replace)
+    for frames, end in ((7, "write"), (6, "finish")):  # segment 1 fails in the background: seen by the next call
+        parts = tmp_path / f"fail{frames}"
+        parts.mkdir()
+        cfg = _writer_cfg(parts)
+        writer = video._SegmentWriter.from_settings(av, cfg, 0, 3, background=True)
+        with pytest.raises(OSError, match="No space left"):
+            _write_frames(writer, cfg, frames)
+            if writer.flushing is not None:
+                writer.flushing.join()
+            _write_frames(writer, cfg, 1) if end == "write" else writer.finish()
+        writer.abandon()
+        assert sorted(p.name for p in parts.iterdir()) == ["seg-000000.mkv"]  # no temporary left
+
+    monkeypatch.setattr(video.os, "replace", real_replace)
+    monkeypatch.setattr(video._SegmentWriter, "_flush", slow_flush)
+    parts = tmp_path / "abandoned"
+    parts.mkdir()
+    cfg = _writer_cfg(parts)
+    writer = video._SegmentWriter.from_settings(av, cfg, 0, 3, background=True)
+    _write_frames(writer, cfg, 4)  # segment 0 full and flushing, segment 1 open
+    writer.abandon()
+    assert sorted(p.name for p in parts.iterdir()) == ["seg-000000.mkv"]
+    assert len(decoded(parts / "seg-000000.mkv")) == 3
+
+
+def x264_settings(path: Path) -> str:
+    """The settings libx264 writes into its stream (the SEI "options: …" text of the first packet)."""
+    with av.open(str(path)) as c:
+        data = bytes(next(p for p in c.demux(c.streams.video[0]) if p.size))
+    return data[data.index(b"options: "):].split(b"\x00")[0].decode("ascii", "replace")
+
+
+def test_the_encoder_s_preset_and_options_reach_it_and_a_wrong_one_is_named_before_any_work(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--preset and --codec-opt KEY=VALUE reach libx264 (its stream says which settings it ran with: veryfast
+    searches 1 reference frame where medium searches 3; tune=animation deblocks at 1:1); a misspelt option, one
+    the encoder lacks, a value it refuses or an option given twice stops the run before any work, named."""
+    from engine.upscale import EXIT_OK, EXIT_USAGE, main
+
+    src = tmp_path / "in"
+    src.mkdir()
+    make_clip(src / "clip.mkv", frames=3, size=(32, 16), audio=False)
+    base = ["-i", str(src), "-n", str(MODEL), "--codec", "libx264"]
+    assert main([*base, "-o", str(tmp_path / "default")]) == EXIT_OK
+    assert main([*base, "-o", str(tmp_path / "fast"), "--preset", "veryfast", "--codec-opt", "tune=animation",
+                 "--crf", "20"]) == EXIT_OK
+    default, fast = (x264_settings(tmp_path / d / "clip_out.mkv") for d in ("default", "fast"))
+    assert " ref=3 " in default and "deblock=1:0:0" in default and "crf=23.0" in default
+    assert " ref=" in fast and " ref=3 " not in fast and "deblock=1:1:1" in fast and "crf=20.0" in fast
+    assert decoded(tmp_path / "fast" / "clip_out.mkv")[0][1].shape == (64, 128, 3)
+    capsys.readouterr()
+    for extra, named in ((["--codec-opt", "presett=fast"], "libx264 has no option presett"),
+                         (["--preset", "warp"], "libx264 refuses them"),
+                         (["--codec", "ffv1", "--preset", "fast"], "ffv1 has no option preset"),
+                         (["--codec-opt", "tune"], "--codec-opt tune: give KEY=VALUE"),
+                         (["--crf", "18", "--codec-opt", "crf=20"], "give crf once"),
+                         (["--codec-opt", "tune=film", "--codec-opt", "tune=grain"], "tune is given twice")):
+        assert main([*base, "-o", str(tmp_path / "none"), *extra]) == EXIT_USAGE, extra
+        assert named in capsys.readouterr().err, extra
+        assert not (tmp_path / "none").exists()
