@@ -578,8 +578,8 @@ class Check:
     def p_video(self) -> None:
         """bench/run.py's video-1080p workload (a generated clip end to end beside the engine alone) with the
         Triton and native backends, then `python -m engine.upscale` on the clip given by --clip as a user runs it:
-        with --clip-model (default preset, then veryfast), and with rrdb23 (random weights: the speed is not the
-        weights') through Triton in fp16."""
+        with --clip-model (default preset, then veryfast), and with rrdb23 (random weights, which do not change
+        its speed) through Triton in fp16."""
         from bench.run import backend_specs
         from engine import models
 
@@ -601,7 +601,7 @@ class Check:
             runs.append(["-n", str(rrdb), "--backend", "triton", "--fp16"])
             b = self.call([sys.executable, "bench/run.py", "--workloads", "video-1080p", "--backends",
                            ",".join(backends), "--repeat", "2", "--warmup", "0", "--out", tmp, "--no-chart"], log,
-                          timeout=self.share("video") - (40 * len(runs) if self.args.clip else 0))
+                          timeout=max(60, self.share("video") - (40 * len(runs) if self.args.clip else 0)))
             b.pop("output")
             found = sorted(Path(tmp).glob("*/*.json"))
             if found:

@@ -544,7 +544,7 @@ def run(args: argparse.Namespace) -> int:
             from .video import DEFAULT_CODEC, check_encoder
 
             # a bad --codec, --pix-fmt or encoder option stops the run before any work
-            for codec in {args.codec or DEFAULT_CODEC.get(VIDEO_FORMATS[dst.suffix.lower()], "libx264")
+            for codec in {args.codec or DEFAULT_CODEC.get(VIDEO_FORMATS.get(dst.suffix.lower(), ""), "libx264")
                           for src, dst in pairs if is_video(src)}:
                 check_encoder(codec, args.pix_fmt, options)
         check_output_folder(out_dir)

@@ -109,9 +109,11 @@ def encoder_options(crf: int | None = None, preset: str | None = None,
     return merged
 
 
-def check_encoder(codec: str, pix_fmt: str | None = None, options: Mapping[str, str] | None = None) -> None:
-    """VideoError naming the option unless PyAV's FFmpeg has a video encoder `codec` that takes `pix_fmt` and opens
-    with `options` (each one used: FFmpeg ignores an option an encoder lacks, so a misspelt one is named here)."""
+def check_encoder(codec: str, pix_fmt: str | None = None, options: Mapping[str, str] | None = None, *,
+                  trial_pix_fmt: str | None = None) -> None:
+    """VideoError naming the option unless PyAV's FFmpeg has a video encoder `codec` that takes `pix_fmt` (the one
+    given) and opens with `options` (each one used: FFmpeg ignores an option an encoder lacks, so a misspelt one is
+    named here) at `trial_pix_fmt` (the one it will encode; default `pix_fmt`, else the encoder's default)."""
     av = _require_av()
     try:
         encoder = av.codec.Codec(codec, "w")
@@ -128,7 +130,7 @@ def check_encoder(codec: str, pix_fmt: str | None = None, options: Mapping[str, 
     # an encoder opened on a small frame with the options; what it leaves unused, it does not have
     trial = av.CodecContext.create(codec, "w")
     trial.width = trial.height = 256
-    trial.pix_fmt = pix_fmt or DEFAULT_PIX_FMT.get(codec, ("yuv420p",))[0]
+    trial.pix_fmt = trial_pix_fmt or pix_fmt or DEFAULT_PIX_FMT.get(codec, ("yuv420p",))[0]
     if formats and trial.pix_fmt not in formats:
         trial.pix_fmt = formats[0]
     trial.time_base, trial.framerate = Fraction(1, 25), Fraction(25)
@@ -690,8 +692,8 @@ def plan_video(backend: Any, src: str | os.PathLike[str], dst: str | os.PathLike
     options = encoder_options(crf, preset, codec_options)
     out_h, out_w = output_size(info.height, info.width, backend.scale, outscale)
     high = info.bits > 8
-    pix_fmt = pix_fmt or DEFAULT_PIX_FMT.get(codec, ("yuv420p", "yuv420p10le"))[high]
-    check_encoder(codec, pix_fmt, options)
+    given_pix_fmt, pix_fmt = pix_fmt, pix_fmt or DEFAULT_PIX_FMT.get(codec, ("yuv420p", "yuv420p10le"))[high]
+    check_encoder(codec, given_pix_fmt, options, trial_pix_fmt=pix_fmt)
     parts = parts_folder(dst)
     # segments in the output's own format, so that the join copies packets into the muxer that made them; AVI
     # keeps no start time per file, so its segments are Matroska
