@@ -521,7 +521,7 @@ def _write_frames(writer: video._SegmentWriter, cfg: dict, n: int, start: int = 
         writer.write(frame)
 
 
-def test_segments_flushed_in_the_background_are_the_same_files_and_a_flush_error_is_raised(
+def test_segments_flushed_in_the_background_hold_the_same_packets_and_a_flush_error_is_raised(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The encoder process flushes a full segment in a thread while the next takes frames: the segments hold the
     packets a writer flushing in line writes; a failed flush (here its rename) is raised by the next write or by
