@@ -17,6 +17,7 @@ decodes past their frames without upscaling them, and encodes the rest.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import io
 import itertools
@@ -125,26 +126,35 @@ def check_encoder(codec: str, pix_fmt: str | None = None, options: Mapping[str, 
     formats = [f.name for f in encoder.video_formats or ()]
     if pix_fmt is not None and formats and pix_fmt not in formats:
         raise VideoError(f"--pix-fmt {pix_fmt}: {codec} does not encode it; it takes {', '.join(formats)}")
-    if not options:
-        return
-    # an encoder opened on a small frame with the options; what it leaves unused, it does not have
+    if options:
+        pix = trial_pix_fmt or pix_fmt or DEFAULT_PIX_FMT.get(codec, ("yuv420p",))[0]
+        why = _refused_options(codec, pix if not formats or pix in formats else formats[0], tuple(options.items()))
+        if why is not None:
+            raise VideoError(why)
+
+
+@functools.lru_cache(maxsize=16)
+def _refused_options(codec: str, pix_fmt: str, options: tuple[tuple[str, str], ...]) -> str | None:
+    """Why `codec` does not take `options` at `pix_fmt`, or None: an encoder opened once on a small frame with them
+    (what it leaves unused, it does not have). Cached: the command checks before any work and again per video, and
+    an encoder's open is not free (libx265 prints its banner each time)."""
+    av = _require_av()
     trial = av.CodecContext.create(codec, "w")
     trial.width = trial.height = 256
-    trial.pix_fmt = trial_pix_fmt or pix_fmt or DEFAULT_PIX_FMT.get(codec, ("yuv420p",))[0]
-    if formats and trial.pix_fmt not in formats:
-        trial.pix_fmt = formats[0]
+    trial.pix_fmt = pix_fmt
     trial.time_base, trial.framerate = Fraction(1, 25), Fraction(25)
     trial.options = dict(options)
-    given = ", ".join(f"{k}={v}" for k, v in options.items())
+    given = ", ".join(f"{k}={v}" for k, v in options)
     try:
         trial.open()
     except av.error.FFmpegError as e:
-        raise VideoError(f"--codec-opt/--preset/--crf ({given}): {codec} refuses them ({e}); see its options with "
-                         f"`ffmpeg -h encoder={codec}`") from None
+        return (f"--codec-opt/--preset/--crf ({given}): {codec} refuses them ({e}); see its options with "
+                f"`ffmpeg -h encoder={codec}`")
     unused = sorted(trial.options)
     if unused:
-        raise VideoError(f"--codec-opt/--preset ({given}): {codec} has no option {', '.join(unused)}; see its "
-                         f"options with `ffmpeg -h encoder={codec}`")
+        return (f"--codec-opt/--preset ({given}): {codec} has no option {', '.join(unused)}; see its options with "
+                f"`ffmpeg -h encoder={codec}`")
+    return None
 
 
 Item = tuple[str, Any]  # ("frame", (pts, time_base, array)); any other kind passes through the engine alone
