@@ -621,13 +621,17 @@ def upscale_on_ray(input: str | os.PathLike[str], output: str | os.PathLike[str]
                    **flags: Any) -> int:
     """The Ray run from Python, as `python -m engine.upscale -i INPUT -o OUTPUT --ray ADDRESS`: `flags` are that
     command's options by their long names (`model="realesr-animevideov3-x4"`, `workers=4`, `codec="ffv1"`,
-    `skip_existing=True`; True for a switch, None or False to leave one out). Returns the command's exit status
-    (0 all written, 1 some failed, each named on stderr, 2 could not start)."""
+    `skip_existing=True`; True for a switch, None or False to leave one out, a list for a repeated option:
+    `codec_opt=["tune=animation", "x264-params=keyint=48"]`). Returns the command's exit status (0 all written,
+    1 some failed, each named on stderr, 2 could not start)."""
     argv = ["-i", os.fspath(input), "-o", os.fspath(output), "--ray", address]
     for name, value in flags.items():
         flag = "--" + name.replace("_", "-")
         if value is True:
             argv.append(flag)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                argv += [flag, str(item)]
         elif value is not None and value is not False:
             argv += [flag, str(value)]
     return run(parser().parse_args(argv))

@@ -622,3 +622,18 @@ def test_the_encoder_s_preset_and_options_reach_it_and_a_wrong_one_is_named_befo
         assert main([*base, "-o", str(tmp_path / "none"), *extra]) == EXIT_USAGE, extra
         assert named in capsys.readouterr().err, extra
         assert not (tmp_path / "none").exists()
+
+
+def test_upscale_on_ray_passes_a_list_as_a_repeated_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`engine.upscale.upscale_on_ray(codec_opt=[…])` gives --codec-opt once per item, as the command line does
+    (the Ray run itself is tested in tests/test_distributed.py)."""
+    import engine.upscale as up
+
+    seen = []
+    monkeypatch.setattr(up, "run", lambda args: seen.append(args) or 0)
+    assert up.upscale_on_ray("in", "out", codec_opt=["tune=animation", "x264-params=keyint=48"], preset="fast",
+                             skip_existing=True, workers=None) == 0
+    args = seen[0]
+    assert args.codec_opt == ["tune=animation", "x264-params=keyint=48"] and args.preset == "fast"
+    assert args.skip_existing and args.workers is None and args.ray == "auto"
+    assert up.video_options(args) == {"tune": "animation", "x264-params": "keyint=48", "preset": "fast"}
