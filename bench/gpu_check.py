@@ -29,11 +29,15 @@ failure is recorded with its traceback while the next phase runs:
   6 infer     engine.infer(TritonBackend fp16, a 960×540 uint8 frame): the user's path, median ms, PSNR in 8 bits;
               its output (converted to uint8 on the device) against the float output converted on the host
   7 bench     bench/run.py --workloads 4k with torch-fp16, torch-channels-last, triton-fp16 and native-fp16
-  8 video     bench/run.py --workloads video-1080p (a generated H.264 clip end to end beside the engine alone, with
-              each stage's busy share and the engine's idle share) with triton-fp16 and native-fp16; then, with
-              --clip FILE, `python -m engine.upscale -i FILE` as a user runs it, with -n --clip-model (libx264's
-              default preset, then --preset veryfast) and with a random rrdb23 checkpoint (--backend triton --fp16).
-              Needs PyAV: carry its wheel (the device has none; docs/kernels.md)
+  8 video     bench/video_ceiling.py (the pipeline around a stand-in engine that costs no CPU: its ceiling per
+              libx264 preset, and whether an engine at 0.8× that stays the only busy stage) on bench/run.py's
+              generated clip, and with --clip and --clip-model on that clip with that model's outputs (its JSON
+              goes into gpu_check.json); bench/run.py --workloads video-1080p (a generated H.264 clip end to end
+              beside the engine alone, with each stage's busy share and the engine's idle share) with triton-fp16
+              and native-fp16; then, with --clip FILE, `python -m engine.upscale -i FILE` as a user runs it, with
+              -n --clip-model (libx264's default preset, then --preset veryfast) and with a random rrdb23
+              checkpoint (--backend triton --fp16). Needs PyAV: carry its wheel (the device has none;
+              docs/kernels.md)
   9 overflow  convs whose buffers span more than 2³¹ elements, in a subprocess (a fault may poison the CUDA
               context, so it runs last), against PyTorch
 
@@ -599,6 +603,24 @@ class Check:
             torch.manual_seed(0)
             models.save(models.create("rrdb23"), rrdb)
             runs.append(["-n", str(rrdb), "--backend", "triton", "--fp16"])
+            # the pipeline's own ceiling (the engine a stand-in that costs no CPU): the generated clip with bicubic
+            # outputs, and the given clip with the clip model's real outputs
+            r["ceiling"] = []
+            ceilings = [[]] + ([["--clip", self.args.clip, "--content", self.args.clip_model]]
+                               if self.args.clip and self.args.clip_model else [])
+            for k, extra in enumerate(ceilings):
+                found_json = Path(tmp) / f"ceiling{k}.json"
+                c = self.call([sys.executable, "bench/video_ceiling.py", "--paces", "0.8", "--out", str(found_json),
+                               *extra], log, timeout=max(30, min(150, self.share("video") / 4)))
+                c.pop("output")
+                if found_json.is_file():
+                    doc = json.loads(found_json.read_text())
+                    c["doc"] = doc
+                    c["summary"] = {preset: {name: v["fps_median"] for name, v in by.items()}
+                                    for preset, by in doc["presets"].items()}
+                r["ceiling"].append({"args": extra, **c})
+                self.log(f"video ceiling: {json.dumps({k: v for k, v in c.items() if k != 'doc'})[:800]}")
+                self.save()
             b = self.call([sys.executable, "bench/run.py", "--workloads", "video-1080p", "--backends",
                            ",".join(backends), "--repeat", "2", "--warmup", "0", "--out", tmp, "--no-chart"], log,
                           timeout=max(60, self.share("video") - (40 * len(runs) if self.args.clip else 0)))

@@ -26,13 +26,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine import video  # noqa: E402
 
 
-def run(frames: list[np.ndarray], per: int, background: bool) -> tuple[float, float, list[float]]:
-    """(frames/s, median hand-over ms, hand-over ms of each segment's last frame)."""
+def run(frames: list[np.ndarray], per: int, background: bool,
+        options: dict[str, str] | None = None) -> tuple[float, float, list[float]]:
+    """(frames/s, median hand-over ms, hand-over ms of each segment's last frame): libx264 with `options` (its
+    private options, e.g. {"preset": "veryfast"}) encoding `frames` alone, as fast as it takes them."""
     h, w = frames[0].shape[:2]
     with tempfile.TemporaryDirectory() as tmp:
         cfg = {"shape": [h, w, 3], "dtype": "uint8", "frame_format": "rgb24", "pix_fmt": "yuv420p", "i420": True,
-               "codec": "libx264", "options": {}, "rate": "24", "time_base": [1, 24], "parts": tmp, "format": "mp4",
-               "suffix": ".mp4", "first": 0, "per": per}
+               "codec": "libx264", "options": dict(options or {}), "rate": "24", "time_base": [1, 24], "parts": tmp,
+               "format": "mp4", "suffix": ".mp4", "first": 0, "per": per}
         writer = video._SegmentWriter.from_settings(av, cfg, 0, per, background=background)
         times = []
         start = time.perf_counter()

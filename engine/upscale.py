@@ -493,14 +493,16 @@ def upscale_file(backend: Backend, src: Path, dst: Path, args: argparse.Namespac
     """Upscale one file into `dst` (atomically; exclusively unless `replace`; a video is always written whole or
     not at all, and the caller has checked that `dst` may be replaced)."""
     if is_video(src):
-        from .video import QUEUE, probe, upscale_video
+        from .video import QUEUE, RING_SLOTS, probe, upscale_video
 
         info = probe(src)
         if info.width * info.height <= args.max_pixels:  # else upscale_video names the limit
             frame = np.empty((info.height, info.width, 3), np.uint16 if info.bits > 8 else np.uint8)  # not touched
             out_h, out_w = output_size(info.height, info.width, backend.scale, args.outscale)
             in_flight = (2 * (QUEUE + batch) + batch + 2) * frame.nbytes * (1 + backend.scale ** 2)
-            check_memory(backend, frame, out_h, out_w, args.tile, batch, {"frames in flight": in_flight})
+            ring = RING_SLOTS * out_h * out_w * 3 * frame.itemsize  # shared with the encoder process
+            check_memory(backend, frame, out_h, out_w, args.tile, batch,
+                         {"frames in flight": in_flight, "the encoder's ring": ring})
         with tqdm(total=info.frames or None, unit="frame", leave=False, dynamic_ncols=True, desc=src.name,
                   disable=None) as bar:
             stats = upscale_video(backend, src, dst, codec=args.codec, codec_options=video_options(args),

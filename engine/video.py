@@ -538,18 +538,31 @@ def _join(av: Any, segments: list[Path], src: Path, tmp: str, fmt: str) -> None:
 # ---------------------------------------------------------------------------------------------------------
 # The encoder process
 
-# a frame on the encoder's stdin: this header (kind, pts, time base numerator and denominator), then the frame's bytes
-_HEADER = struct.Struct("<qqqq")
+# a frame on the encoder's stdin: this header (kind, pts, time base numerator and denominator, ring slot), then the
+# frame's bytes when its slot is -1 (no ring)
+_HEADER = struct.Struct("<qqqqq")
 _FRAME, _END_OF_FRAMES = 0, 1
+# frames the parent can hand over through shared memory (a memfd ring, Linux) ahead of the encoder; 0: the pipe only
+RING_SLOTS = 3 if hasattr(os, "memfd_create") else 0
+
+
+def _ring_views(buffer: Any, shape: tuple[int, ...], dtype: np.dtype[Any], slots: int) -> list[np.ndarray]:
+    count = int(np.prod(shape))
+    return [np.frombuffer(buffer, dtype, count, k * count * dtype.itemsize).reshape(shape) for k in range(slots)]
 
 
 def _encoder_main() -> int:
     """`python -m engine.video --encoder`, the encoder process: its settings as one JSON line on stdin, then frames
-    (`_HEADER` and the frame's bytes) until an end record, each encoded into segments (`_SegmentWriter`); then one
-    JSON line on stdout: {"done": segments written so far, "busy": seconds} or {"error": message}. End of input
-    before the end record (the parent stopped or was killed) abandons the open segment. Encoding runs here, apart
-    from the parent's Python threads: PyAV's encoder needs the GIL often, and a busy engine thread in the same
-    process halves libx264's frame rate (docs/upscaling.md)."""
+    (`_HEADER`, then the frame's bytes or, with a ring, the frame in its slot) until an end record, each encoded
+    into segments (`_SegmentWriter`); then one JSON line on stdout: {"done": segments written so far, "busy":
+    seconds} or {"error": message}. End of input before the end record (the parent stopped or was killed) abandons
+    the open segment. Encoding runs here, apart from the parent's Python threads: PyAV's encoder needs the GIL often,
+    and a busy engine thread in the same process halves libx264's frame rate (docs/upscaling.md).
+
+    The ring (settings "ring": {"fd", "slots", "ack"}, from `_Encoder`): a shared memory file of `slots` frames,
+    inherited as descriptor `fd`. A frame in slot k is converted straight from it into the encoder's frame, and k is
+    then written as one byte to the pipe `ack`, which gives the slot back to the parent: no copy through a pipe."""
+    import mmap
     import signal
     import sys
 
@@ -561,6 +574,12 @@ def _encoder_main() -> int:
     writer = _SegmentWriter.from_settings(av, cfg, cfg["first"], cfg["per"], background=True)
     image = np.empty(shape, dtype)
     buf = memoryview(image.data).cast("B")
+    ring = cfg.get("ring")
+    slots: list[np.ndarray] = []
+    if ring:
+        shared = mmap.mmap(ring["fd"], ring["slots"] * image.nbytes)
+        os.close(ring["fd"])  # the mapping keeps the memory
+        slots = _ring_views(shared, shape, dtype, ring["slots"])
     busy = 0.0
     try:
         while True:
@@ -568,7 +587,7 @@ def _encoder_main() -> int:
             if len(head) < _HEADER.size:
                 writer.abandon()  # the parent is gone, or stopped the run
                 return 1
-            kind, pts, num, den = _HEADER.unpack(head)
+            kind, pts, num, den, slot = _HEADER.unpack(head)
             if kind == _END_OF_FRAMES:
                 t = time.perf_counter()
                 writer.finish()
@@ -576,15 +595,18 @@ def _encoder_main() -> int:
                 out.write(json.dumps({"done": writer.k, "busy": busy}) + "\n")
                 out.flush()
                 return 0
-            got = 0
-            while got < len(buf):
-                n = inp.readinto(buf[got:])  # type: ignore[union-attr]  # sys.stdin.buffer: a BufferedReader
-                if not n:
-                    writer.abandon()
-                    return 1
-                got += n
+            if slot < 0:
+                got = 0
+                while got < len(buf):
+                    n = inp.readinto(buf[got:])  # type: ignore[union-attr]  # sys.stdin.buffer: a BufferedReader
+                    if not n:
+                        writer.abandon()
+                        return 1
+                    got += n
             t = time.perf_counter()
-            frame = _video_frame(av, image, cfg)
+            frame = _video_frame(av, image if slot < 0 else slots[slot], cfg)  # a copy: the slot is free again
+            if slot >= 0:
+                os.write(ring["ack"], bytes((slot,)))
             frame.pts, frame.time_base = pts, Fraction(num, den)
             writer.write(frame)
             busy += time.perf_counter() - t
@@ -596,27 +618,75 @@ def _encoder_main() -> int:
 
 
 class _Encoder:
-    """The parent's handle on the encoder process: `send` hands it a frame (blocking while it is busy: the pipe is
-    the queue), `finish` ends it and returns the number of segments written, `abort` stops it (its open segment is
-    deleted)."""
+    """The parent's handle on the encoder process: `send` hands it a frame (blocking while it is busy: the pipe, or
+    the ring's slots, are the queue), `finish` ends it and returns the number of segments written, `abort` stops it
+    (its open segment is deleted).
 
-    def __init__(self, cfg: dict[str, Any]) -> None:
+    With `slots` (default `RING_SLOTS`: 3 on Linux, else 0) frames go through a ring of that many frames in shared
+    memory, an anonymous memory file (memfd, not /dev/shm, whose size a container may cap) that only the two
+    processes hold: one copy into a free slot, instead of two through the pipe (into the kernel and out, the second
+    in the encoder process's own thread, before it can convert the frame). bench/video_ceiling.py measures both."""
+
+    def __init__(self, cfg: dict[str, Any], slots: int | None = None) -> None:
+        import mmap
         import subprocess
         import sys
 
+        slots = RING_SLOTS if slots is None else slots
         here = str(Path(__file__).resolve().parents[1])  # the folder holding this engine package
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "engine.video", "--encoder"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env=env)
+        shape, dtype = tuple(cfg["shape"]), np.dtype(cfg["dtype"])
+        self.slots: list[np.ndarray] = []
+        self.free: list[int] = []
+        self.ack = -1
+        self.shared: mmap.mmap | None = None
+        keep: tuple[int, ...] = ()
+        if slots:
+            size = slots * int(np.prod(shape)) * dtype.itemsize
+            fd = os.memfd_create("engine-video-frames")
+            ack_w = -1
+            try:
+                os.ftruncate(fd, size)
+                self.shared = mmap.mmap(fd, size)
+                self.ack, ack_w = os.pipe()
+            except BaseException:
+                os.close(fd)
+                self._close_ring()
+                raise
+            self.slots, self.free = _ring_views(self.shared, shape, dtype, slots), list(range(slots))
+            cfg = {**cfg, "ring": {"fd": fd, "slots": slots, "ack": ack_w}}
+            keep = (fd, ack_w)
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "engine.video", "--encoder"], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, env=env, pass_fds=keep)
+        except BaseException:
+            self._close_ring()
+            raise
+        finally:
+            for fd in keep:  # the child's copies now; its end of `ack` closing is how a crash shows
+                os.close(fd)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
         self.stdin.write(json.dumps(cfg).encode() + b"\n")
         self.stdin.flush()
 
+    def _close_ring(self) -> None:
+        self.slots, self.free = [], []
+        if self.ack >= 0:
+            os.close(self.ack)
+            self.ack = -1
+        if self.shared is not None:
+            try:
+                self.shared.close()
+            except BufferError:  # a view of a slot still alive somewhere: the memory goes with it
+                pass
+            self.shared = None
+
     def _report(self) -> dict[str, Any]:
         """The encoder's last line, once it has exited ({} when it said nothing readable)."""
         line = self.stdout.readline()
         self.proc.wait()
+        self._close_ring()
         try:
             msg = json.loads(line) if line.strip() else {}
         except ValueError:
@@ -629,15 +699,27 @@ class _Encoder:
 
     def send(self, pts: int, time_base: Fraction, image: np.ndarray) -> None:
         try:
-            self.stdin.write(_HEADER.pack(_FRAME, pts, time_base.numerator, time_base.denominator))
-            self.stdin.write(memoryview(np.ascontiguousarray(image).data).cast("B"))
+            head = (_FRAME, pts, time_base.numerator, time_base.denominator)
+            if not self.slots:
+                self.stdin.write(_HEADER.pack(*head, -1))
+                self.stdin.write(memoryview(np.ascontiguousarray(image).data).cast("B"))
+                return
+            while not self.free:  # every slot is with the encoder: wait for it to give one back
+                freed = os.read(self.ack, len(self.slots))
+                if not freed:  # the encoder process is gone
+                    raise BrokenPipeError
+                self.free.extend(freed)
+            slot = self.free.pop()
+            np.copyto(self.slots[slot], image)
+            self.stdin.write(_HEADER.pack(*head, slot))
+            self.stdin.flush()
         except (BrokenPipeError, OSError):
             raise self._failure(self._report()) from None
 
     def finish(self) -> tuple[int, float]:
         """(segments written, seconds the encoder was busy)."""
         try:
-            self.stdin.write(_HEADER.pack(_END_OF_FRAMES, 0, 0, 1))
+            self.stdin.write(_HEADER.pack(_END_OF_FRAMES, 0, 0, 1, -1))
             self.stdin.close()
         except (BrokenPipeError, OSError):
             raise self._failure(self._report()) from None
@@ -656,6 +738,7 @@ class _Encoder:
         except Exception:  # noqa: BLE001 - a stuck encoder is killed
             self.proc.kill()
             self.proc.wait()
+        self._close_ring()
 
 
 @dataclass

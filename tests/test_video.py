@@ -81,7 +81,13 @@ def audio_packets(path: Path) -> list[bytes]:
         return [bytes(p) for p in c.demux(c.streams.audio[0]) if p.dts is not None]
 
 
-def test_a_clip_keeps_its_frames_timestamps_audio_and_metadata_and_the_pixels_are_infer_s(tmp_path: Path) -> None:
+@pytest.mark.parametrize("slots", [3, 1, 0], ids=["ring", "ring-of-one", "pipe"])
+def test_a_clip_keeps_its_frames_timestamps_audio_and_metadata_and_the_pixels_are_infer_s(
+        tmp_path: Path, slots: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frames go to the encoder process through the shared-memory ring (Linux) or its pipe: the same pixels."""
+    if slots and not hasattr(__import__("os"), "memfd_create"):
+        pytest.skip("the ring needs memfd_create (Linux)")
+    monkeypatch.setattr(video, "RING_SLOTS", slots)
     src, dst = tmp_path / "clip.mkv", tmp_path / "out" / "clip_out.mkv"
     pts = make_clip(src, gaps=[30, 50, 70] * 4)  # a variable frame rate
     stats = upscale_video(MODEL, src, dst, codec="ffv1", batch=1)  # PyTorch on the CPU: batches may move a bit
@@ -98,6 +104,28 @@ def test_a_clip_keeps_its_frames_timestamps_audio_and_metadata_and_the_pixels_ar
     with av.open(str(dst)) as c:
         assert c.metadata.get("title") == "test clip"
     assert list(dst.parent.iterdir()) == [dst]  # no temporary left beside it
+
+
+@pytest.mark.parametrize("slots", [2, 0], ids=["ring", "pipe"])
+def test_an_encoder_process_that_dies_is_an_error_not_a_hang(tmp_path: Path, slots: int) -> None:
+    """The encoder process killed while frames are being handed over: the next frames raise VideoError (the ring's
+    slots are never given back, the pipe has no reader), and nothing waits forever."""
+    if slots and not hasattr(__import__("os"), "memfd_create"):
+        pytest.skip("the ring needs memfd_create (Linux)")
+    src = tmp_path / "clip.mkv"
+    make_clip(src, frames=3, audio=False)
+    job = video.plan_video(as_backend(MODEL), src, tmp_path / "clip_out.mkv", codec="ffv1")
+    encoder = video._Encoder(job.encoder, slots=slots)
+    frame = np.zeros(job.encoder["shape"], np.dtype(job.encoder["dtype"]))
+    encoder.send(0, TB, frame)
+    encoder.proc.kill()
+    encoder.proc.wait()
+    start = time.monotonic()
+    with pytest.raises(VideoError, match="the encoder process stopped"):
+        for pts in range(1, 100):  # the pipe's buffer may take a few frames' bytes before it refuses
+            encoder.send(pts, TB, frame)
+    assert time.monotonic() - start < 30
+    assert encoder.slots == [] and encoder.ack == -1  # the ring is released
 
 
 def test_ten_bit_sources_go_through_in_16_bits(tmp_path: Path) -> None:
@@ -372,6 +400,21 @@ def test_a_video_without_frames_or_too_large_is_refused_by_name(tmp_path: Path) 
     with pytest.raises(VideoError, match=r"clip.mkv: its 24×16 frames have more than --max-pixels 100 pixels"):
         upscale_video(MODEL, clip, tmp_path / "b.mkv", max_pixels=100)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mkv", "empty.mkv"]
+
+
+def test_a_clip_that_would_not_fit_in_memory_is_named_with_its_frames_in_flight_and_the_encoder_s_ring(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.upscale as cli
+
+    clip = tmp_path / "clip.mkv"
+    make_clip(clip, frames=2, audio=False)  # 24×16 → 96×64
+    monkeypatch.setattr(cli, "available_memory", lambda: 2**16)
+    assert cli.main(["-i", str(clip), "-o", str(tmp_path / "out"), "-n", str(MODEL), "--batch", "1"]) == 1
+    err = capsys.readouterr().err
+    queued = (2 * (video.QUEUE + 1) + 1 + 2) * 24 * 16 * 3 * (1 + 16)
+    assert "clip.mkv" in err and f"frames in flight {cli._gib(queued)}" in err
+    assert f"the encoder's ring {cli._gib(video.RING_SLOTS * 96 * 64 * 3)}" in err
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
 
 
 def test_the_command_resumes_after_ctrl_c_and_after_sigkill(tmp_path: Path) -> None:
