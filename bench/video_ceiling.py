@@ -19,7 +19,7 @@ preset (`--presets`) it then times:
 Everything else is the real pipeline: PyAV's decoder thread, the engine thread, the encoder process fed through its
 shared-memory ring (`--slots`, 0: through its pipe), segments of 48 frames flushed in the background, the final
 join. Runs alternate presets and paces over `--repeats` rounds. Prints a table and writes JSON to `--out` (default:
-bench/results/<machine>/video_ceiling.json).
+bench/results/extra/<machine>/video_ceiling.json).
 """
 
 from __future__ import annotations
@@ -122,7 +122,8 @@ def main() -> None:
     p.add_argument("--slots", type=int, default=video.RING_SLOTS,
                    help=f"frames in the shared-memory ring to the encoder process; 0: through its pipe "
                         f"(default {video.RING_SLOTS}, this machine's)")
-    p.add_argument("--out", type=Path, help="the JSON written (default bench/results/<machine>/video_ceiling.json)")
+    p.add_argument("--out", type=Path,
+                   help="the JSON written (default bench/results/extra/<machine>/video_ceiling.json)")
     args = p.parse_args()
     presets = [s for s in args.presets.split(",") if s]
     video.RING_SLOTS = args.slots
@@ -193,8 +194,9 @@ def main() -> None:
                 print(f"| {preset} | {name} | {med:.1f}{alone} | {last['engine_busy_running']:.0%} | "
                       f"{b['decode']:.0%} / {b['engine']:.0%} / {b['encode']:.0%} | {wt['for_frames']:.0%} / "
                       f"{wt['for_encoder']:.0%} / {wt['setup']:.0%} / {wt['finish']:.0%} |")
-    out = args.out or REPO / "bench" / "results" / device_slug(f"{cpu_name()} ({os.cpu_count()} cores)") / \
-        "video_ceiling.json"  # the folder bench/run.py names for a CPU
+    # bench/results/<device>/ holds bench/run.py's runs alone (bench/report.py reads them all); other benches: extra/
+    out = args.out or REPO / "bench" / "results" / "extra" / device_slug(f"{cpu_name()} ({os.cpu_count()} cores)") / \
+        "video_ceiling.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1) + "\n"))
     print(f"wrote {out}")
