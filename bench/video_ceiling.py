@@ -4,9 +4,9 @@ slower than that ceiling stays the only busy stage.
 
 The clip is bench/run.py's `video-1080p` one (480×270 H.264 panning across the example photo, with audio), with 288
 frames (`--frames`) so that libx264's final flush weighs less, or `--clip`. Every frame's ×4 output is computed
-before any timing: bicubic by default (smooth, cheaper for libx264 than a real model's texture), or with `--content
-MODEL` (a model name or checkpoint, run once by `engine.infer_frames`, on CUDA when there is one). Per libx264
-preset (`--presets`) it then times:
+before any timing: bicubic by default (smooth: libx264 encodes it a little faster than a real model's output), or
+with `--content MODEL` (a model name or checkpoint, run once by `engine.infer_frames`, on CUDA when there is one).
+Per libx264 preset (`--presets`) it then times:
 - `encoder alone`: those outputs encoded by `engine.video`'s segment writer in this process, as fast as it takes
   them (bench/segment_flush.py's loop), converted to yuv420p as the pipeline does;
 - `engine free`: `engine.video.upscale_video` of the clip with the engine replaced by a stand-in that returns the
