@@ -4,6 +4,7 @@ metadata, pixels equal to `engine.infer` on the decoded frames (lossless ffv1), 
 
 from __future__ import annotations
 
+import os
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -85,7 +86,7 @@ def audio_packets(path: Path) -> list[bytes]:
 def test_a_clip_keeps_its_frames_timestamps_audio_and_metadata_and_the_pixels_are_infer_s(
         tmp_path: Path, slots: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Frames go to the encoder process through the shared-memory ring (Linux) or its pipe: the same pixels."""
-    if slots and not hasattr(__import__("os"), "memfd_create"):
+    if slots and not hasattr(os, "memfd_create"):
         pytest.skip("the ring needs memfd_create (Linux)")
     monkeypatch.setattr(video, "RING_SLOTS", slots)
     src, dst = tmp_path / "clip.mkv", tmp_path / "out" / "clip_out.mkv"
@@ -110,7 +111,7 @@ def test_a_clip_keeps_its_frames_timestamps_audio_and_metadata_and_the_pixels_ar
 def test_an_encoder_process_that_dies_is_an_error_not_a_hang(tmp_path: Path, slots: int) -> None:
     """The encoder process killed while frames are being handed over: the next frames raise VideoError (the ring's
     slots are never given back, the pipe has no reader), and nothing waits forever."""
-    if slots and not hasattr(__import__("os"), "memfd_create"):
+    if slots and not hasattr(os, "memfd_create"):
         pytest.skip("the ring needs memfd_create (Linux)")
     src = tmp_path / "clip.mkv"
     make_clip(src, frames=3, audio=False)
