@@ -65,7 +65,10 @@ def outputs(frames: list[np.ndarray], content: str) -> list[np.ndarray]:
     if content == "cubic":
         h, w = frames[0].shape[:2]
         return [cv2.resize(f, (w * SCALE, h * SCALE), interpolation=cv2.INTER_CUBIC) for f in frames]
-    net, _ = engine.models.load(content)
+    try:
+        net, _ = engine.models.load(content)
+    except Exception as e:  # noqa: BLE001 - named, with the loader's reason
+        raise SystemExit(f"--content {content}: {e}") from None
     if net.scale != SCALE:
         raise SystemExit(f"--content {content}: a ×{net.scale} model; this bench takes ×{SCALE}")
     cuda = torch.cuda.is_available()
@@ -126,8 +129,27 @@ def main() -> None:
                    help="the JSON written (default bench/results/extra/<machine>/video_ceiling.json)")
     args = p.parse_args()
     presets = [s for s in args.presets.split(",") if s]
+    try:
+        paces = [float(s) for s in args.paces.split(",") if s]
+    except ValueError:
+        p.error(f"--paces {args.paces}: give fractions of the ceiling, e.g. 0.5,0.8")
+    if any(not 0 < f for f in paces):
+        p.error(f"--paces {args.paces}: each fraction must be above 0")
+    if not 0 <= args.slots <= 255:
+        p.error(f"--slots {args.slots}: 0 (the pipe) to 255")
+    if args.frames < 1:
+        p.error(f"--frames {args.frames}: at least 1")
+    if args.clip is not None:
+        try:
+            video.probe(args.clip)  # a file with a video stream
+        except video.VideoError as e:
+            p.error(f"--clip: {e}")
+    for preset in presets:
+        try:
+            video.check_encoder("libx264", None, {"preset": preset})
+        except video.VideoError as e:
+            p.error(f"--presets: {e}")
     video.RING_SLOTS = args.slots
-    paces = [float(s) for s in args.paces.split(",") if s]
     with tempfile.TemporaryDirectory(prefix="video-ceiling-") as tmpdir:
         tmp = Path(tmpdir)
         clip = args.clip

@@ -633,6 +633,8 @@ class _Encoder:
         import sys
 
         slots = RING_SLOTS if slots is None else slots
+        if not 0 <= slots <= 255:  # a slot is given back as one byte
+            raise ValueError(f"slots {slots}: 0 (the pipe) to 255")
         here = str(Path(__file__).resolve().parents[1])  # the folder holding this engine package
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
         shape, dtype = tuple(cfg["shape"]), np.dtype(cfg["dtype"])

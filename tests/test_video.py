@@ -116,6 +116,8 @@ def test_an_encoder_process_that_dies_is_an_error_not_a_hang(tmp_path: Path, slo
     src = tmp_path / "clip.mkv"
     make_clip(src, frames=3, audio=False)
     job = video.plan_video(as_backend(MODEL), src, tmp_path / "clip_out.mkv", codec="ffv1")
+    with pytest.raises(ValueError, match="slots 256: 0 .the pipe. to 255"):  # a slot is given back as one byte
+        video._Encoder(job.encoder, slots=256)
     encoder = video._Encoder(job.encoder, slots=slots)
     frame = np.zeros(job.encoder["shape"], np.dtype(job.encoder["dtype"]))
     encoder.send(0, TB, frame)
